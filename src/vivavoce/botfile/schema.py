@@ -1,0 +1,116 @@
+"""The bot-file model: what a pipeline file may say, validated by pydantic.
+
+The pipeline's entry type is assembled from the registry, so the JSON Schema (``vivavoce schema``)
+and the validation both know every registered kind and its keys.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
+
+from vivavoce.registry import CustomProcessorConfig, ProcessorRegistry
+
+CUSTOM_TAG = "custom"
+
+
+class StrictModel(BaseModel):
+    """A section of a bot file: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class VADConfig(StrictModel):
+    """Silero voice activity detection (pipecat's ``VADParams``)."""
+
+    confidence: float = Field(0.7, ge=0, le=1, description="Speech probability threshold.")
+    start_secs: float = Field(0.2, ge=0, le=2, description="Speech needed before 'user started speaking'.")
+    stop_secs: float = Field(0.2, ge=0, le=2, description="Silence needed before 'user stopped speaking'.")
+    min_volume: float = Field(0.6, ge=0, le=1, description="Minimum normalised loudness counted as speech.")
+
+
+class EndOfTurnConfig(StrictModel):
+    """How the end of the user's turn is decided once they pause."""
+
+    model: Literal["smart_turn_v3", "silence"] = Field(
+        "smart_turn_v3",
+        description="smart_turn_v3: Smart Turn v3 (bundled with pipecat) judges if the user is done; "
+        "silence: the turn ends after `silence_secs` of silence.",
+    )
+    silence_secs: float = Field(0.6, gt=0, le=10, description="Silence that ends a turn (model: silence).")
+
+
+class InterruptionConfig(StrictModel):
+    """Barge-in: what happens when the user talks over the bot."""
+
+    enabled: bool = Field(True, description="Whether user speech interrupts the bot.")
+    min_words: int = Field(
+        0, ge=0, le=20, description="Words the user must say before the bot is interrupted (0: on speech)."
+    )
+
+
+class TurnTakingConfig(StrictModel):
+    """VAD, end-of-turn model and interruption policy."""
+
+    vad: VADConfig = Field(default_factory=VADConfig)
+    end_of_turn: EndOfTurnConfig = Field(default_factory=EndOfTurnConfig)
+    interruptions: InterruptionConfig = Field(default_factory=InterruptionConfig)
+
+
+class LocalTransportConfig(StrictModel):
+    """Microphone and speakers through pipecat's LocalAudioTransport (the `local` extra)."""
+
+    kind: Literal["local"]
+    input_device: int | None = Field(None, ge=0, description="PyAudio input device index (default device).")
+    output_device: int | None = Field(None, ge=0, description="PyAudio output device index (default device).")
+
+
+class FileTransportConfig(StrictModel):
+    """A WAV file in, a WAV file out, paced in real time (the test harness)."""
+
+    kind: Literal["file"]
+
+
+TransportConfig = Annotated[
+    Union[LocalTransportConfig, FileTransportConfig],
+    Field(discriminator="kind", description="How audio reaches the bot when served."),
+]
+
+
+def processor_tag(value: Any) -> str | None:
+    """Discriminator for pipeline entries: the kind, or 'custom' for a dotted class path."""
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    if isinstance(kind, str) and ":" in kind:
+        return CUSTOM_TAG
+    return kind
+
+
+class BotFileBase(StrictModel):
+    """Everything in a bot file but the pipeline, whose entry type depends on the registry."""
+
+    version: Literal[1] = Field(1, description="Bot-file format version.")
+    name: str = Field(min_length=1, description="Short name of the bot, used in logs and reports.")
+    description: str = Field("", description="What this bot is for.")
+    transport: TransportConfig
+    turn_taking: TurnTakingConfig = Field(default_factory=TurnTakingConfig)
+    system_prompt: str = Field(
+        "You are a helpful voice assistant. Answer in one or two short, spoken sentences.",
+        description="The LLM's system prompt.",
+    )
+    greeting: str | None = Field(None, description="Said by the bot when the conversation starts.")
+
+
+def bot_file_model(registry: ProcessorRegistry) -> type[BotFileBase]:
+    """The BotFile model for the kinds registered now."""
+    members = [Annotated[kind.config, Tag(kind.name)] for kind in registry.kinds()]
+    members.append(Annotated[CustomProcessorConfig, Tag(CUSTOM_TAG)])
+    entry = Annotated[Union[tuple(members)], Discriminator(processor_tag)]  # type: ignore[valid-type]
+    return create_model(
+        "BotFile",
+        __base__=BotFileBase,
+        pipeline=(
+            list[entry],  # type: ignore[valid-type]
+            Field(min_length=1, description="Processors in order, from the input transport to the output."),
+        ),
+    )

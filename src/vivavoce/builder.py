@@ -1,0 +1,168 @@
+"""Compile a bot file into a pipecat pipeline: transport in, processors, context aggregators, transport out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.observers.base_observer import BaseObserver
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMAssistantAggregator,
+    LLMContextAggregatorPair,
+    LLMUserAggregator,
+    LLMUserAggregatorParams,
+)
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.transports.base_transport import BaseTransport
+from pipecat.turns.user_start import (
+    MinWordsUserTurnStartStrategy,
+    TranscriptionUserTurnStartStrategy,
+    VADUserTurnStartStrategy,
+)
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy, TurnAnalyzerUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from vivavoce.botfile import Bot, Stage
+from vivavoce.botfile.schema import TurnTakingConfig
+from vivavoce.build_context import BuildContext
+
+PIPELINE_SAMPLE_RATE = 16000
+"""Every input is resampled once, at the transport, to this rate for VAD, Smart Turn and STT."""
+
+
+@dataclass
+class Conversation:
+    """One session of a bot: the pipecat pipeline and worker, and the parts callers hook into."""
+
+    bot: Bot
+    worker: PipelineWorker
+    pipeline: Pipeline
+    context: LLMContext
+    user_aggregator: LLMUserAggregator
+    assistant_aggregator: LLMAssistantAggregator
+    processors: dict[int, FrameProcessor]
+
+    def processor_roles(self) -> dict[str, str]:
+        """Processor name -> role (stt, llm, tts...), to attribute pipecat's metrics."""
+        return {self.processors[s.index].name: s.role for s in self.bot.stages}
+
+
+def turn_strategies(turn_taking: TurnTakingConfig) -> UserTurnStrategies:
+    """pipecat user-turn strategies for the bot file's turn-taking section."""
+    interruptions = turn_taking.interruptions
+    if not interruptions.enabled:
+        start = [
+            VADUserTurnStartStrategy(enable_interruptions=False),
+            TranscriptionUserTurnStartStrategy(enable_interruptions=False),
+        ]
+    elif interruptions.min_words > 0:
+        start = [MinWordsUserTurnStartStrategy(min_words=interruptions.min_words)]
+    else:
+        start = [VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()]
+    end = turn_taking.end_of_turn
+    if end.model == "smart_turn_v3":
+        stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=LocalSmartTurnAnalyzerV3())]
+    else:
+        stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=end.silence_secs)]
+    return UserTurnStrategies(start=start, stop=stop)
+
+
+def load_models(bot: Bot) -> None:
+    """Load every model the bot needs into the process-wide store, in parallel.
+
+    Sessions built afterwards start instantly; calling this is optional (building loads lazily).
+    """
+    kinds = [(s.kind, s.config) for s in bot.stages if s.kind is not None and s.kind.preload]
+    if not kinds:
+        return
+    with ThreadPoolExecutor(max_workers=len(kinds), thread_name_prefix="vivavoce-load") as pool:
+        for future in [pool.submit(kind.load_models, config) for kind, config in kinds]:
+            future.result()
+
+
+def _create(stage: Stage, context: BuildContext) -> FrameProcessor:
+    if stage.kind is not None:
+        return stage.kind.create(stage.config, context)
+    assert stage.processor_class is not None
+    return stage.processor_class(**stage.config.settings)  # type: ignore[attr-defined]
+
+
+def build_conversation(
+    bot: Bot,
+    transport: BaseTransport,
+    *,
+    audio_out_sample_rate: int,
+    observers: Sequence[BaseObserver] = (),
+    enable_rtvi: bool = False,
+    idle_timeout_secs: float | None = 300,
+) -> Conversation:
+    """Build one conversation of ``bot`` over ``transport``.
+
+    Order: ``transport.input()``, stages before the LLM, user aggregator, LLM, stages after it,
+    ``transport.output()``, assistant aggregator (which then records what was actually spoken).
+    """
+    build_context = BuildContext(bot=bot)
+    processors = {stage.index: _create(stage, build_context) for stage in bot.stages}
+    brain = next(s for s in bot.stages if s.role in ("llm", "s2s"))
+
+    vad = bot.spec.turn_taking.vad
+    context = LLMContext()
+    aggregators = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(
+            vad_analyzer=SileroVADAnalyzer(
+                sample_rate=PIPELINE_SAMPLE_RATE,
+                params=VADParams(
+                    confidence=vad.confidence,
+                    start_secs=vad.start_secs,
+                    stop_secs=vad.stop_secs,
+                    min_volume=vad.min_volume,
+                ),
+            ),
+            user_turn_strategies=turn_strategies(bot.spec.turn_taking),
+        ),
+    )
+    steps: list[FrameProcessor] = [transport.input()]
+    for stage in bot.stages:
+        if stage.index == brain.index:
+            steps.append(aggregators.user())
+        steps.append(processors[stage.index])
+    steps += [transport.output(), aggregators.assistant()]
+    pipeline = Pipeline(steps)
+
+    worker = PipelineWorker(
+        pipeline,
+        params=PipelineParams(
+            audio_in_sample_rate=PIPELINE_SAMPLE_RATE,
+            audio_out_sample_rate=audio_out_sample_rate,
+            enable_metrics=True,
+        ),
+        observers=list(observers),
+        enable_rtvi=enable_rtvi,
+        idle_timeout_secs=idle_timeout_secs,
+        name=f"vivavoce:{bot.name}",
+    )
+    greeting = bot.spec.greeting
+    if greeting:
+
+        @worker.event_handler("on_pipeline_started")
+        async def _greet(_worker: PipelineWorker, *_args) -> None:
+            await worker.queue_frame(TTSSpeakFrame(greeting))
+
+    return Conversation(
+        bot=bot,
+        worker=worker,
+        pipeline=pipeline,
+        context=context,
+        user_aggregator=aggregators.user(),
+        assistant_aggregator=aggregators.assistant(),
+        processors=processors,
+    )

@@ -1,0 +1,148 @@
+"""The ``vivavoce`` command: run, check, list and schema."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from loguru import logger
+
+
+def _configure_logging(verbose: bool) -> None:
+    logger.remove()
+    logger.add(sys.stderr, level="DEBUG" if verbose else os.environ.get("VIVAVOCE_LOG_LEVEL", "WARNING"))
+
+
+# Before pipecat is first imported (below), so its INFO banner does not greet every command.
+_configure_logging(verbose=False)
+
+from vivavoce.botfile import Bot, BotFileError, bot_file_model, load_bot  # noqa: E402
+from vivavoce.console import console, model_loading_progress, print_error, print_problems, print_turns  # noqa: E402
+from vivavoce.packaged_models import ModelNotFoundError  # noqa: E402
+from vivavoce.registry import MissingDependencyError, registry  # noqa: E402
+
+app = typer.Typer(
+    help="vivavoce: self-hosted, real-time voice agents declared as pipeline files.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_USER_ERROR = 2
+"""A bad bot file, a bad recording: the message says what to fix."""
+EXIT_MISSING = 3
+"""A model or package is missing: the message says what to install."""
+
+
+
+
+def _load(path: Path) -> Bot:
+    try:
+        return load_bot(path)
+    except BotFileError as e:
+        print_problems(f"{path}: invalid bot file", e.problems)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def _load_models(bot: Bot) -> None:
+    from vivavoce.builder import load_models
+
+    started = time.perf_counter()
+    with model_loading_progress():
+        load_models(bot)
+    console.print(f"[green]Ready[/] in {time.perf_counter() - started:.1f}s: listening.")
+
+
+@app.command()
+def run(
+    bot_file: Annotated[Path, typer.Argument(help="The bot file (YAML).")],
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="A WAV to play to the bot instead of the microphone.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the bot's audio here, aligned with the input.")] = None,
+    report: Annotated[Path | None, typer.Option("--report", "-r", help="Write the per-turn JSON report here.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show pipecat's debug log.")] = False,
+) -> None:
+    """Run a bot: on a recording (--input) or through the microphone and speakers."""
+    _configure_logging(verbose)
+    process_started = time.perf_counter()
+    bot = _load(bot_file)
+    try:
+        if input is None:
+            if output or report:
+                print_error("--output and --report need --input (a recording to play to the bot).")
+                raise typer.Exit(EXIT_USER_ERROR)
+            from vivavoce.local_session import run_with_microphone
+            from vivavoce.transports.local import NoSoundDeviceError, check_sound_devices
+
+            try:
+                check_sound_devices()
+            except NoSoundDeviceError as e:
+                print_error(str(e))
+                raise typer.Exit(EXIT_USER_ERROR) from None
+            _load_models(bot)
+            turns = asyncio.run(run_with_microphone(bot))
+            print_turns(turns)
+            return
+
+        from vivavoce.file_session import run_on_recording
+        from vivavoce.transports.file import AudioFileError, read_wav
+
+        try:
+            audio = read_wav(input)
+        except AudioFileError as e:
+            print_error(str(e))
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        _load_models(bot)
+        console.print(f"[dim]cold start {time.perf_counter() - process_started:.1f}s; playing {input} ({audio.duration_secs:.1f}s)")
+        result = asyncio.run(run_on_recording(bot, audio))
+        result.write(output, report)
+        print_turns(result.turns)
+        for path in (output, report):
+            if path:
+                console.print(f"wrote {path}")
+    except (ModelNotFoundError, MissingDependencyError) as e:
+        print_error(str(e))
+        raise typer.Exit(EXIT_MISSING) from None
+
+
+@app.command()
+def check(bot_files: Annotated[list[Path], typer.Argument(help="Bot files to validate.")]) -> None:
+    """Validate bot files: every problem with its file, line, key and the allowed values."""
+    failed = 0
+    for path in bot_files:
+        try:
+            bot = load_bot(path)
+        except BotFileError as e:
+            failed += 1
+            print_problems(f"✗ {path}", e.problems)
+            continue
+        kinds = " → ".join(s.config.kind for s in bot.stages)
+        console.print(f"[green]✓[/] {path}: {bot.name} ({bot.spec.transport.kind}: {kinds})")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("list")
+def list_kinds() -> None:
+    """List processor kinds, one line each."""
+    for kind in registry.kinds():
+        typer.echo(f"{kind.name:<12} {kind.role:<9} {kind.summary}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of bot files (point your editor's YAML support at it)."""
+    model = bot_file_model(registry)
+    document = model.model_json_schema()
+    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    document["title"] = "vivavoce bot file"
+    typer.echo(json.dumps(document, indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,273 @@
+"""Per-turn records of a conversation, measured from the frames that cross the pipeline.
+
+A turn is one user utterance and the bot's answer. Times are seconds on the transport's timeline
+(for the file transport: the input recording's), taken from the pipeline clock at the moment each
+frame was pushed, so observer queueing never skews them.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    MetricsFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.metrics.metrics import TTFBMetricsData
+from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.transports.base_output import BaseOutputTransport
+
+STAGES = ("end_of_turn", "llm_first_token", "tts_first_audio", "transport")
+"""Consecutive parts of voice-to-voice: user stops -> turn ends -> first token -> first audio -> audio out."""
+
+
+def _ms(start: float | None, end: float | None) -> float | None:
+    return None if start is None or end is None else round((end - start) * 1000, 1)
+
+
+@dataclass
+class Turn:
+    """One user utterance and the bot's answer; times in seconds on the transport timeline."""
+
+    user_text: str = ""
+    bot_text: str = ""
+    user_started_s: float | None = None
+    user_stopped_s: float | None = None
+    bot_started_s: float | None = None
+    bot_stopped_s: float | None = None
+    interrupted: bool = False
+    ttfb_ms: dict[str, float] = field(default_factory=dict)
+    # Moments the stages are measured between (not reported themselves).
+    turn_ended_s: float | None = None
+    first_token_s: float | None = None
+    first_audio_s: float | None = None
+    user_turn_open: bool = True
+
+    @property
+    def voice_to_voice_ms(self) -> float | None:
+        """User stops speaking -> first bot audio leaves the transport."""
+        return _ms(self.user_stopped_s, self.bot_started_s)
+
+    def stages_ms(self) -> dict[str, float | None]:
+        """Voice-to-voice split into consecutive stages (they add up to it)."""
+        return {
+            "end_of_turn": _ms(self.user_stopped_s, self.turn_ended_s),
+            "llm_first_token": _ms(self.turn_ended_s, self.first_token_s),
+            "tts_first_audio": _ms(self.first_token_s, self.first_audio_s),
+            "transport": _ms(self.first_audio_s, self.bot_started_s),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's JSON form of this turn."""
+        rounded = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        return {
+            "user_text": self.user_text.strip(),
+            "bot_text": self.bot_text.strip(),
+            "user_started_s": rounded["user_started_s"],
+            "user_stopped_s": rounded["user_stopped_s"],
+            "bot_started_s": rounded["bot_started_s"],
+            "bot_stopped_s": rounded["bot_stopped_s"],
+            "voice_to_voice_ms": self.voice_to_voice_ms,
+            "interrupted": self.interrupted,
+            "ttfb_ms": {role: self.ttfb_ms.get(role, 0.0) for role in ("stt", "llm", "tts")},
+            "stages_ms": self.stages_ms(),
+        }
+
+
+class TurnRecorder(BaseObserver):
+    """Builds :class:`Turn` records and tracks whether the conversation is still busy.
+
+    ``timeline`` converts a pipeline-clock timestamp (ns) to seconds on the transport's timeline;
+    ``roles`` maps processor names to ``stt``/``llm``/``tts`` for the TTFB metrics.
+    """
+
+    def __init__(self, timeline: Callable[[int], float], roles: dict[str, str] | None = None, **kwargs: Any):
+        """Create a recorder; ``roles`` can also be set later, once the processors exist."""
+        super().__init__(**kwargs)
+        self._timeline = timeline
+        self.roles: dict[str, str] = roles or {}
+        self.turns: list[Turn] = []
+        self._current: Turn | None = None
+        self._responding: Turn | None = None  # the turn whose answer is being generated or spoken
+        self._vad_speaking = False
+        self._llm_open = False
+        self._tts_open = False
+        self._bot_speaking = False
+        self.last_activity_s = 0.0
+
+    @property
+    def busy(self) -> bool:
+        """Someone is talking, a turn is undecided, or the bot is still thinking or speaking."""
+        user_turn_open = self._current is not None and self._current.user_turn_open
+        return self._vad_speaking or user_turn_open or self._llm_open or self._tts_open or self._bot_speaking
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        """Record what each frame says about the current turn."""
+        if not data.first_push and not isinstance(data.frame, TTSTextFrame):
+            return
+        frame, at = data.frame, self._timeline(data.timestamp)
+        handler = self._HANDLERS.get(type(frame))
+        if handler is None:
+            for cls, candidate in self._HANDLERS.items():
+                if isinstance(frame, cls):
+                    handler = candidate
+                    break
+        if handler is not None:
+            handler(self, data, at)
+
+    def _activity(self, at: float) -> None:
+        self.last_activity_s = max(self.last_activity_s, at)
+
+    def _vad_started(self, data: FramePushed, at: float) -> None:
+        self._vad_speaking = True
+        self._activity(at)
+        if self._current is None or not self._current.user_turn_open:
+            self._current = Turn(user_started_s=max(0.0, at - data.frame.start_secs))
+            self.turns.append(self._current)
+
+    def _vad_stopped(self, data: FramePushed, at: float) -> None:
+        self._vad_speaking = False
+        self._activity(at)
+        if self._current is not None:
+            self._current.user_stopped_s = max(0.0, at - data.frame.stop_secs)
+
+    def _user_started(self, data: FramePushed, at: float) -> None:
+        self._activity(at)
+        if self._current is None:  # a turn started by a transcript alone, with no VAD event
+            self._current = Turn(user_started_s=at)
+            self.turns.append(self._current)
+
+    def _user_stopped(self, data: FramePushed, at: float) -> None:
+        self._activity(at)
+        if self._current is not None:
+            self._current.user_turn_open = False
+            self._current.turn_ended_s = at
+            self._responding = self._current
+
+    def _transcription(self, data: FramePushed, at: float) -> None:
+        self._activity(at)
+        if self._current is not None:
+            self._current.user_text += " " + data.frame.text.strip()
+
+    def _llm_started(self, data: FramePushed, at: float) -> None:
+        self._llm_open = True
+        self._activity(at)
+
+    def _llm_ended(self, data: FramePushed, at: float) -> None:
+        self._llm_open = False
+        self._activity(at)
+
+    def _llm_text(self, data: FramePushed, at: float) -> None:
+        self._activity(at)
+        if self._responding is not None and self._responding.first_token_s is None:
+            self._responding.first_token_s = at
+
+    def _tts_started(self, data: FramePushed, at: float) -> None:
+        self._tts_open = True
+        self._activity(at)
+
+    def _tts_stopped(self, data: FramePushed, at: float) -> None:
+        self._tts_open = False
+        self._activity(at)
+
+    def _tts_audio(self, data: FramePushed, at: float) -> None:
+        self._activity(at)
+        if self._responding is not None and self._responding.first_audio_s is None:
+            self._responding.first_audio_s = at
+
+    def _spoken_text(self, data: FramePushed, at: float) -> None:
+        # Text the output transport let through was actually spoken (interrupted text never gets there).
+        if isinstance(data.source, BaseOutputTransport) and self._responding is not None:
+            self._responding.bot_text += " " + data.frame.text.strip()
+
+    def _bot_started(self, data: FramePushed, at: float) -> None:
+        self._bot_speaking = True
+        self._activity(at)
+        if self._responding is not None and self._responding.bot_started_s is None:
+            self._responding.bot_started_s = at
+
+    def _bot_stopped(self, data: FramePushed, at: float) -> None:
+        self._bot_speaking = False
+        self._activity(at)
+        if self._responding is not None:
+            self._responding.bot_stopped_s = at
+
+    def _interruption(self, data: FramePushed, at: float) -> None:
+        # Every user turn broadcasts one; it cuts the bot off only if an answer was under way.
+        if self._responding is not None and (self._bot_speaking or self._llm_open or self._tts_open):
+            self._responding.interrupted = True
+
+    def _metrics(self, data: FramePushed, at: float) -> None:
+        target = self._responding or self._current
+        if target is None:
+            return
+        for item in data.frame.data:
+            role = self.roles.get(item.processor)
+            if isinstance(item, TTFBMetricsData) and role and item.value > 0 and role not in target.ttfb_ms:
+                target.ttfb_ms[role] = round(item.value * 1000, 1)
+
+    _HANDLERS: dict[type, Callable[[TurnRecorder, FramePushed, float], None]] = {
+        VADUserStartedSpeakingFrame: _vad_started,
+        VADUserStoppedSpeakingFrame: _vad_stopped,
+        UserStartedSpeakingFrame: _user_started,
+        UserStoppedSpeakingFrame: _user_stopped,
+        TranscriptionFrame: _transcription,
+        LLMFullResponseStartFrame: _llm_started,
+        LLMFullResponseEndFrame: _llm_ended,
+        LLMTextFrame: _llm_text,
+        TTSStartedFrame: _tts_started,
+        TTSStoppedFrame: _tts_stopped,
+        TTSAudioRawFrame: _tts_audio,
+        TTSTextFrame: _spoken_text,
+        BotStartedSpeakingFrame: _bot_started,
+        BotStoppedSpeakingFrame: _bot_stopped,
+        InterruptionFrame: _interruption,
+        MetricsFrame: _metrics,
+    }
+
+    def completed_turns(self) -> list[Turn]:
+        """Turns in which the user said something (a VAD blip with no words is not a turn)."""
+        return [t for t in self.turns if t.user_text.strip() or t.bot_started_s is not None]
+
+
+def summarize(turns: list[Turn]) -> dict[str, Any]:
+    """p50/p90/mean/max of voice-to-voice and of each stage over the answered turns."""
+
+    def stats(values: list[float]) -> dict[str, float] | None:
+        if not values:
+            return None
+        ordered = sorted(values)
+        return {
+            "p50": round(statistics.median(ordered), 1),
+            "p90": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], 1),
+            "mean": round(statistics.fmean(ordered), 1),
+            "max": round(ordered[-1], 1),
+        }
+
+    answered = [t for t in turns if t.voice_to_voice_ms is not None]
+    result: dict[str, Any] = {
+        "turns": len(turns),
+        "answered": len(answered),
+        "voice_to_voice_ms": stats([t.voice_to_voice_ms for t in answered]),  # type: ignore[misc]
+    }
+    result["stages_ms"] = {
+        stage: stats([v for t in answered if (v := t.stages_ms()[stage]) is not None]) for stage in STAGES
+    }
+    return result

@@ -1,0 +1,1 @@
+"""vivavoce's transports: the file transport (tests, headless runs) and factories for pipecat's own."""
