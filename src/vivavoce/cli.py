@@ -127,6 +127,25 @@ def check(bot_files: Annotated[list[Path], typer.Argument(help="Bot files to val
         raise typer.Exit(1)
 
 
+@app.command()
+def sample(
+    output: Annotated[Path, typer.Argument(help="Where to write the WAV.")],
+    gap: Annotated[float, typer.Option(help="Seconds of silence after each turn (time for the bot to answer).")] = 6.0,
+    phrases_per_turn: Annotated[int, typer.Option(min=1, help="Phrases the speaker says per turn.")] = 1,
+) -> None:
+    """Write a conversation of real human speech (the bundled beckett.wav, re-spaced) to play to a bot."""
+    from vivavoce.samples import conversation
+    from vivavoce.transports.file import write_wav
+
+    try:
+        audio = conversation(gap, phrases_per_turn=phrases_per_turn)
+    except ModelNotFoundError as e:
+        print_error(str(e))
+        raise typer.Exit(EXIT_MISSING) from None
+    write_wav(output, audio.pcm, audio.sample_rate)
+    console.print(f"wrote {output} ({audio.duration_secs:.1f}s of {audio.sample_rate} Hz speech)")
+
+
 @app.command("list")
 def list_kinds() -> None:
     """List processor kinds, one line each."""
