@@ -12,6 +12,7 @@ from pipecat.services.piper.tts import PiperTTSService
 from pipecat.services.tts_service import TTSService
 
 from vivavoce.model_store import models
+from vivavoce.processors.first_phrase import FirstPhraseTextAggregator
 from vivavoce.packaged_models import piper_voice
 
 
@@ -35,16 +36,28 @@ class SharedPiperTTSService(PiperTTSService):
     process-wide voice instead and reuses the parent's ``run_tts`` unchanged.
     """
 
-    def __init__(self, *, voice: PiperVoice, voice_name: str, **kwargs: Any):
-        """Create the service over a loaded ``PiperVoice``."""
+    def __init__(self, *, voice: PiperVoice, voice_name: str, first_phrase_words: int = 3, **kwargs: Any):
+        """Create the service over a loaded ``PiperVoice``.
+
+        ``first_phrase_words``: speak each reply's opening phrase (at most this many words) without
+        waiting for its first sentence to end; 0 keeps pipecat's sentence-by-sentence aggregation.
+        """
         settings = self.Settings(model=None, voice=voice_name, language=None)
         TTSService.__init__(self, push_start_frame=True, push_stop_frames=True, settings=settings, **kwargs)
         self._voice = voice
+        if first_phrase_words > 0:
+            self._text_aggregator = FirstPhraseTextAggregator(
+                max_words=first_phrase_words,
+                aggregation_type=self._text_aggregation_mode,
+                language=self._text_aggregator.language,
+            )
 
 
 def create(config: Any, context: Any) -> SharedPiperTTSService:
     """Factory for the ``piper`` kind."""
-    return SharedPiperTTSService(voice=load_voice(config.voice), voice_name=config.voice)
+    return SharedPiperTTSService(
+        voice=load_voice(config.voice), voice_name=config.voice, first_phrase_words=config.first_phrase_words
+    )
 
 
 def preload(config: Any) -> None:

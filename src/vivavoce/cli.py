@@ -13,14 +13,18 @@ from typing import Annotated
 import typer
 from loguru import logger
 
+from vivavoce.realtime_env import apply_realtime_env
+
 
 def _configure_logging(verbose: bool) -> None:
     logger.remove()
     logger.add(sys.stderr, level="DEBUG" if verbose else os.environ.get("VIVAVOCE_LOG_LEVEL", "WARNING"))
 
 
-# Before pipecat is first imported (below), so its INFO banner does not greet every command.
+# Before pipecat is first imported (below), so its INFO banner does not greet every command;
+# and before torch and CTranslate2 load, which read the OpenMP settings once.
 _configure_logging(verbose=False)
+apply_realtime_env()
 
 from vivavoce.botfile import Bot, BotFileError, bot_file_model, load_bot  # noqa: E402
 from vivavoce.console import console, model_loading_progress, print_error, print_problems, print_turns  # noqa: E402

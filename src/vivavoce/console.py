@@ -52,6 +52,16 @@ def model_loading_progress() -> Iterator[None]:
         models.remove_listener(listener)
 
 
+STAGE_TITLES = {
+    "vad_stop": "vad",
+    "stt": "stt",
+    "turn_decision": "turn",
+    "llm_first_token": "llm",
+    "tts_first_audio": "tts",
+    "transport": "out",
+}
+
+
 def _fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
@@ -65,7 +75,7 @@ def turns_table(turns: list[Turn]) -> Table:
     table.add_column("bot said")
     table.add_column("voice→voice", justify="right", style="bold")
     for stage in STAGES:
-        table.add_column(stage.replace("_", " "), justify="right")
+        table.add_column(STAGE_TITLES[stage], justify="right")
     table.add_column("barge-in")
     for number, turn in enumerate(turns, start=1):
         stages = turn.stages_ms()

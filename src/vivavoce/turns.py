@@ -34,8 +34,12 @@ from pipecat.metrics.metrics import TTFBMetricsData
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.transports.base_output import BaseOutputTransport
 
-STAGES = ("end_of_turn", "llm_first_token", "tts_first_audio", "transport")
-"""Consecutive parts of voice-to-voice: user stops -> turn ends -> first token -> first audio -> audio out."""
+STAGES = ("vad_stop", "stt", "turn_decision", "llm_first_token", "tts_first_audio", "transport")
+"""Consecutive parts of voice-to-voice; they add up to it.
+
+user stops -> VAD confirms the silence -> transcript -> end of turn decided (Smart Turn) -> first LLM token
+-> first TTS audio -> first audio frame leaves the transport. ``end_of_turn`` in reports is the first three.
+"""
 
 
 def _ms(start: float | None, end: float | None) -> float | None:
@@ -55,6 +59,8 @@ class Turn:
     interrupted: bool = False
     ttfb_ms: dict[str, float] = field(default_factory=dict)
     # Moments the stages are measured between (not reported themselves).
+    vad_stopped_s: float | None = None
+    transcribed_s: float | None = None
     turn_ended_s: float | None = None
     first_token_s: float | None = None
     first_audio_s: float | None = None
@@ -68,7 +74,9 @@ class Turn:
     def stages_ms(self) -> dict[str, float | None]:
         """Voice-to-voice split into consecutive stages (they add up to it)."""
         return {
-            "end_of_turn": _ms(self.user_stopped_s, self.turn_ended_s),
+            "vad_stop": _ms(self.user_stopped_s, self.vad_stopped_s),
+            "stt": _ms(self.vad_stopped_s, self.transcribed_s),
+            "turn_decision": _ms(self.transcribed_s, self.turn_ended_s),
             "llm_first_token": _ms(self.turn_ended_s, self.first_token_s),
             "tts_first_audio": _ms(self.first_token_s, self.first_audio_s),
             "transport": _ms(self.first_audio_s, self.bot_started_s),
@@ -87,6 +95,7 @@ class Turn:
             "voice_to_voice_ms": self.voice_to_voice_ms,
             "interrupted": self.interrupted,
             "ttfb_ms": {role: self.ttfb_ms.get(role, 0.0) for role in ("stt", "llm", "tts")},
+            "end_of_turn_ms": _ms(self.user_stopped_s, self.turn_ended_s),
             "stages_ms": self.stages_ms(),
         }
 
@@ -147,6 +156,7 @@ class TurnRecorder(BaseObserver):
         self._activity(at)
         if self._current is not None:
             self._current.user_stopped_s = max(0.0, at - data.frame.stop_secs)
+            self._current.vad_stopped_s = at
 
     def _user_started(self, data: FramePushed, at: float) -> None:
         self._activity(at)
@@ -165,6 +175,7 @@ class TurnRecorder(BaseObserver):
         self._activity(at)
         if self._current is not None:
             self._current.user_text += " " + data.frame.text.strip()
+            self._current.transcribed_s = at
 
     def _llm_started(self, data: FramePushed, at: float) -> None:
         self._llm_open = True
