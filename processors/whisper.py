@@ -118,7 +118,8 @@ class SpeculativeTranscriber:
             spoken, spoken_options, future = pending
             # The speculation was padded with silence; compare only the audio it really heard.
             heard = len(spoken) - _padding(spoken)
-            if options == spoken_options and len(audio) >= heard and np.array_equal(audio[:heard], spoken[:heard]):
+            same_start = len(audio) >= heard and np.array_equal(audio[:heard], spoken[:heard])
+            if options == spoken_options and same_start and _is_quiet(audio[heard : len(audio) - _padding(audio)], spoken[:heard]):
                 self.reused += 1
                 logger.debug(f"Reusing the speculative transcription (done: {future.done()})")
                 return future.result()
@@ -165,6 +166,16 @@ class SpeculativeTranscriber:
     def close(self) -> None:
         """Stop the background thread (after the speculation in flight)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _is_quiet(audio: np.ndarray, speech: np.ndarray) -> bool:
+    """Whether no 20 ms stretch of ``audio`` is loud compared with ``speech`` (float samples)."""
+    frame = SAMPLE_RATE // 50
+    speech_frames = speech[: len(speech) // frame * frame].reshape(-1, frame)
+    peak = float(np.sqrt((speech_frames**2).mean(axis=1)).max()) if len(speech_frames) else 0.0
+    threshold = max(QUIET_FLOOR / 32768.0, QUIET_RATIO * peak)
+    frames = audio[: len(audio) // frame * frame].reshape(-1, frame)
+    return not len(frames) or float(np.sqrt((frames**2).mean(axis=1)).max()) < threshold
 
 
 def _padding(audio: np.ndarray) -> int:

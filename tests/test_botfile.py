@@ -446,12 +446,6 @@ pipeline:
     assert "918273645" not in str(error)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: _ErrorTranslator.message quotes the whole input of a type error "
-    "('got {...}') when the key path itself is not secret-named, so an interpolated api_key "
-    "leaks when `pipeline` is written as a mapping instead of a list",
-)
 def test_secret_not_echoed_when_pipeline_is_a_mapping(tmp_path):
     path = write(
         tmp_path,

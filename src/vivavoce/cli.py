@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from loguru import logger
+from rich.markup import escape
 
 from vivavoce.realtime_env import apply_realtime_env
 
@@ -102,13 +103,16 @@ def run(
             print_error(str(e))
             raise typer.Exit(EXIT_USER_ERROR) from None
         _load_models(bot)
-        console.print(f"[dim]cold start {time.perf_counter() - process_started:.1f}s; playing {input} ({audio.duration_secs:.1f}s)")
+        console.print(
+            f"[dim]cold start {time.perf_counter() - process_started:.1f}s; "
+            f"playing {escape(str(input))} ({audio.duration_secs:.1f}s)"
+        )
         result = asyncio.run(run_on_recording(bot, audio))
         result.write(output, report)
         print_turns(result.turns)
         for path in (output, report):
             if path:
-                console.print(f"wrote {path}")
+                console.print(f"wrote {escape(str(path))}")
     except (ModelNotFoundError, MissingDependencyError) as e:
         print_error(str(e))
         raise typer.Exit(EXIT_MISSING) from None
@@ -126,7 +130,7 @@ def check(bot_files: Annotated[list[Path], typer.Argument(help="Bot files to val
             print_problems(f"✗ {path}", e.problems)
             continue
         kinds = " → ".join(s.config.kind for s in bot.stages)
-        console.print(f"[green]✓[/] {path}: {bot.name} ({bot.spec.transport.kind}: {kinds})")
+        console.print(f"[green]✓[/] {escape(f'{path}: {bot.name} ({bot.spec.transport.kind}: {kinds})')}")
     if failed:
         raise typer.Exit(1)
 
@@ -147,7 +151,7 @@ def sample(
         print_error(str(e))
         raise typer.Exit(EXIT_MISSING) from None
     write_wav(output, audio.pcm, audio.sample_rate)
-    console.print(f"wrote {output} ({audio.duration_secs:.1f}s of {audio.sample_rate} Hz speech)")
+    console.print(f"wrote {escape(str(output))} ({audio.duration_secs:.1f}s of {audio.sample_rate} Hz speech)")
 
 
 @app.command("list")

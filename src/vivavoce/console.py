@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -66,43 +67,47 @@ def _fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def turns_table(turns: list[Turn]) -> Table:
-    """The transcript with voice-to-voice latency and its stages, one row per turn."""
-    table = Table(title="Turns (ms)", show_lines=False, header_style="bold")
-    table.add_column("#", justify="right")
-    table.add_column("at (s)", justify="right")
-    table.add_column("user said")
-    table.add_column("bot said")
+def transcript_lines(turns: list[Turn]) -> list[str]:
+    """The conversation as timed lines (rich markup), one per user and bot utterance."""
+    lines = []
+    for turn in turns:
+        at = "" if turn.user_started_s is None else f"{turn.user_started_s:6.1f}s"
+        lines.append(f"[dim]{at:>7}[/]  [cyan]you[/] {escape(turn.user_text.strip()) or '[dim](no words)'}")
+        if turn.bot_started_s is not None or turn.bot_text.strip():
+            bot_at = "" if turn.bot_started_s is None else f"{turn.bot_started_s:6.1f}s"
+            cut = " [yellow](interrupted)" if turn.interrupted else ""
+            lines.append(f"[dim]{bot_at:>7}[/]  [magenta]bot[/] {escape(turn.bot_text.strip()) or '[dim](silent)'}{cut}")
+    return lines
+
+
+def latency_table(turns: list[Turn]) -> Table:
+    """Voice-to-voice latency of each turn and the stages it adds up from, with the p50 row."""
+    table = Table(title="Latency per turn (ms)", header_style="bold", title_justify="left")
+    table.add_column("turn", justify="right")
     table.add_column("voice→voice", justify="right", style="bold")
     for stage in STAGES:
         table.add_column(STAGE_TITLES[stage], justify="right")
-    table.add_column("barge-in")
     for number, turn in enumerate(turns, start=1):
         stages = turn.stages_ms()
-        table.add_row(
-            str(number),
-            "-" if turn.user_started_s is None else f"{turn.user_started_s:.1f}",
-            turn.user_text.strip() or "[dim](no words)",
-            turn.bot_text.strip() or "[dim](silent)",
-            _fmt_ms(turn.voice_to_voice_ms),
-            *(_fmt_ms(stages[s]) for s in STAGES),
-            "[yellow]interrupted" if turn.interrupted else "",
-        )
+        table.add_row(str(number), _fmt_ms(turn.voice_to_voice_ms), *(_fmt_ms(stages[s]) for s in STAGES))
     summary = summarize(turns)
-    p50 = summary["voice_to_voice_ms"]
-    if p50:
+    if summary["voice_to_voice_ms"]:
         stage_p50 = [summary["stages_ms"][s]["p50"] if summary["stages_ms"][s] else None for s in STAGES]
         table.add_section()
-        table.add_row("", "", "[bold]p50", "", _fmt_ms(p50["p50"]), *(_fmt_ms(v) for v in stage_p50), "")
+        table.add_row("p50", _fmt_ms(summary["voice_to_voice_ms"]["p50"]), *(_fmt_ms(v) for v in stage_p50))
+    table.caption = "vad: silence the VAD waits for · stt: transcript · turn: end-of-turn decision · llm: first token · tts: first audio · out: leaves the transport"
     return table
 
 
 def print_turns(turns: list[Turn]) -> None:
-    """Print the turns table, or say that nobody spoke."""
+    """Print the transcript and the latency table, or say that nobody spoke."""
     if not turns:
         console.print("[yellow]No speech detected: 0 turns.")
         return
-    console.print(turns_table(turns))
+    console.print("[bold]Transcript")
+    for line in transcript_lines(turns):
+        console.print(line, soft_wrap=True)
+    console.print(latency_table(turns))
 
 
 def print_error(message: str) -> None:
@@ -112,6 +117,6 @@ def print_error(message: str) -> None:
 
 def print_problems(header: str, problems: list[Any]) -> None:
     """Print a list of problems under a red header."""
-    console.print(f"[bold red]{header}")
+    console.print(f"[bold red]{escape(header)}")
     for problem in problems:
         console.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)

@@ -73,10 +73,13 @@ class Turn:
 
     def stages_ms(self) -> dict[str, float | None]:
         """Voice-to-voice split into consecutive stages (they add up to it)."""
+        # A streaming STT can finish before the VAD stops: the stt stage is then 0 and the turn
+        # decision starts at the VAD stop.
+        transcribed = None if self.transcribed_s is None else max(self.transcribed_s, self.vad_stopped_s or 0.0)
         return {
             "vad_stop": _ms(self.user_stopped_s, self.vad_stopped_s),
-            "stt": _ms(self.vad_stopped_s, self.transcribed_s),
-            "turn_decision": _ms(self.transcribed_s, self.turn_ended_s),
+            "stt": _ms(self.vad_stopped_s, transcribed),
+            "turn_decision": _ms(transcribed, self.turn_ended_s),
             "llm_first_token": _ms(self.turn_ended_s, self.first_token_s),
             "tts_first_audio": _ms(self.first_token_s, self.first_audio_s),
             "transport": _ms(self.first_audio_s, self.bot_started_s),

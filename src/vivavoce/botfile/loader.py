@@ -157,7 +157,9 @@ class _ErrorTranslator:
 
     def message(self, error: dict[str, Any], path: KeyPath) -> str:
         kind, given = error["type"], error.get("input")
-        quoted = "" if any(_SECRET_NAME.search(str(p)) for p in path) else f" (got {given!r})"
+        # Echo scalars only: a mapping or list may hold secrets (interpolated api keys) further down.
+        secret = any(_SECRET_NAME.search(str(p)) for p in path) or isinstance(given, (dict, list))
+        quoted = "" if secret else f" (got {given!r})"
         if kind == "extra_forbidden":
             model = _model_at(self.model, path[:-1], self.document.data, self.registry)
             allowed = ", ".join(model.model_fields) if model else "see `vivavoce schema`"
@@ -194,7 +196,13 @@ class _ErrorTranslator:
 def _secret_problems(model: BaseModel, data: Any, path: KeyPath, interpolated: set[KeyPath]) -> list:
     """Secrets must come from ``${ENV}``: a literal value in the file is an error."""
     problems = []
-    for name, info in type(model).model_fields.items():
+    if isinstance(model, CustomProcessorConfig):  # free-form settings: judge secrets by their key names
+        raw_settings = data.get("settings") if isinstance(data, dict) else None
+        for key in model.settings:
+            child = (*path, "settings", key)
+            if _SECRET_NAME.search(key) and isinstance(raw_settings, dict) and child not in interpolated:
+                problems.append((child, f"secrets are never written in a bot file: use ${{ENV_VAR}} for '{key}'"))
+    for name in type(model).model_fields:
         value = getattr(model, name)
         child = (*path, name)
         raw = data.get(name) if isinstance(data, dict) else None
@@ -262,6 +270,7 @@ def load_bot(
     """Load and validate a bot file.
 
     Raises :class:`BotFileError` listing every problem, each with file, line, key path and what is allowed.
+    Checks that need a well-formed file (inline secrets, pipeline order) run once the schema is satisfied.
     """
     file = Path(path)
     registry = registry or default_registry

@@ -1,0 +1,166 @@
+"""The embedded services through pipecat's own test harness, on the real bundled models."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from pipecat.frames.frames import (
+    InterruptionFrame,
+    LLMContextFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+)
+from pipecat.pipeline.worker import PipelineParams
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.tests.utils import SleepFrame, run_test
+
+from vivavoce.packaged_models import speech_sample
+from vivavoce.processors.first_phrase import FirstPhraseTextAggregator
+from vivavoce.processors.piper import SharedPiperTTSService, load_voice
+from vivavoce.processors.smollm import PromptCache, SmolLMLLMService, _window_start, load_packaged
+from vivavoce.processors.whisper import SpeculativeTranscriber, load_whisper
+from vivavoce.samples import find_phrases
+from vivavoce.transports.file import read_wav
+
+SYSTEM = "You are a friendly voice assistant. Answer in one or two short sentences."
+
+
+async def _aggregate(aggregator, text: str) -> list[str]:
+    out = []
+    for token in text.split(" "):
+        async for piece in aggregator.aggregate(token + " "):
+            out.append(piece.text)
+    rest = await aggregator.flush()
+    return out + ([rest.text] if rest else [])
+
+
+async def test_first_phrase_goes_to_tts_before_the_sentence_ends():
+    aggregator = FirstPhraseTextAggregator(max_words=3, aggregation_type="sentence")
+    assert await _aggregate(aggregator, "I think you should never give up. Trying again is how you learn.") == [
+        "I think you",
+        "should never give up.",
+        "Trying again is how you learn.",
+    ]
+    # Every reply starts with an opening phrase again; a clause break after two words releases it early,
+    # a single word before a comma does not.
+    assert await _aggregate(aggregator, "Sure thing, my friend. Bye.") == ["Sure thing,", "my friend.", "Bye."]
+    assert (await _aggregate(aggregator, "Well, that is fine. Next."))[0] == "Well, that is"
+
+
+def test_history_window_moves_in_steps_so_the_prompt_prefix_stays_cached():
+    starts = [_window_start(count, 8) for count in range(1, 18)]
+    assert starts[:8] == [0] * 8
+    assert all(count - start <= 8 for count, start in zip(range(1, 18), starts))
+    assert len(set(starts)) < len(starts) / 2  # moves rarely
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    return load_packaged("bfloat16", threads=1)
+
+
+def test_prompt_cache_gives_the_same_answer_as_no_cache(smollm):
+    import torch
+
+    tokenizer, model = smollm.tokenizer, smollm.model
+    first = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hello there."}]
+    cache = PromptCache()
+    cache.prefill(smollm, first[:1])
+    ids = tokenizer.apply_chat_template(first, add_generation_prompt=True, return_dict=True)["input_ids"]
+    kv = cache.prepare(model, ids)
+    assert kv.get_seq_length() > 10  # the system prompt was reused
+    with torch.inference_mode():
+        cached = model.generate(torch.tensor([ids]), past_key_values=kv, max_new_tokens=8, do_sample=False)
+        plain = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
+    assert torch.equal(cached, plain)
+
+
+async def test_smollm_streams_a_reply(smollm):
+    llm = SmolLMLLMService(lm=smollm, settings=SmolLMLLMService.Settings(system_instruction=SYSTEM))
+    context = LLMContext(messages=[{"role": "user", "content": "What is the capital of France?"}])
+    down, _ = await run_test(llm, frames_to_send=[LLMContextFrame(context)])
+    kinds = [type(f) for f in down]
+    assert kinds.index(LLMFullResponseStartFrame) < kinds.index(LLMTextFrame) < kinds.index(LLMFullResponseEndFrame)
+    text = "".join(f.text for f in down if isinstance(f, LLMTextFrame))
+    assert len(text.split()) >= 3
+    assert "*" not in text
+
+
+async def test_smollm_stops_generating_on_interruption(smollm):
+    llm = SmolLMLLMService(
+        lm=smollm,
+        settings=SmolLMLLMService.Settings(system_instruction=SYSTEM, max_tokens=200, max_sentences=20),
+    )
+    context = LLMContext(messages=[{"role": "user", "content": "Tell me a very long story about a dragon."}])
+    down, _ = await run_test(
+        llm, frames_to_send=[LLMContextFrame(context), SleepFrame(0.4), InterruptionFrame(), SleepFrame(0.5)]
+    )
+    interrupted = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
+    assert not any(isinstance(f, LLMTextFrame) for f in down[interrupted + 1 :])
+    tokens = sum(isinstance(f, LLMTextFrame) for f in down)
+    assert 0 < tokens < 100  # stopped long before max_tokens
+    await asyncio.sleep(0)
+    assert llm._generation is not None
+    llm._generation.join(timeout=2)
+    assert not llm._generation.is_alive()
+
+
+async def test_piper_speaks_the_first_phrase_first():
+    tts = SharedPiperTTSService(voice=load_voice("en_US-joe-medium"), voice_name="en_US-joe-medium")
+    down, _ = await run_test(
+        tts,
+        frames_to_send=[TTSSpeakFrame("I really think that trying again is how we learn."), SleepFrame(1.0)],
+        pipeline_params=PipelineParams(audio_out_sample_rate=16000),
+    )
+    kinds = [type(f) for f in down]
+    assert TTSStartedFrame in kinds and TTSStoppedFrame in kinds
+    audio = [f for f in down if isinstance(f, TTSAudioRawFrame)]
+    assert audio and all(f.sample_rate == 16000 for f in audio)
+    seconds = sum(len(f.audio) for f in audio) / 2 / 16000
+    assert 1.5 < seconds < 6
+    spoken = [f.text for f in down if isinstance(f, TTSTextFrame)]
+    assert " ".join(spoken).split()[:3] == ["I", "really", "think"]
+
+
+@pytest.fixture(scope="module")
+def phrases():
+    recording = read_wav(speech_sample())
+    pcm = recording.pcm.astype(np.float32) / 32768.0
+    return [pcm[p.start : p.end] for p in find_phrases(recording.pcm)]
+
+
+def test_short_window_transcribes_like_the_standard_window(phrases):
+    model = load_whisper("tiny.en", "cpu", "int8")
+    short, standard = SpeculativeTranscriber(model), SpeculativeTranscriber(model, window_secs=30)
+    pad = np.zeros(8000, np.float32)
+    for phrase in phrases:
+        audio = np.concatenate([phrase, pad])
+        fast = short.transcribe(audio, language="en")[0][0].text.strip().lower()
+        slow = "".join(s.text for s in standard.transcribe(audio, language="en")[0]).strip().lower()
+        assert fast.strip(".,!?") == slow.strip(".,!?"), (fast, slow)
+    short.close()
+    standard.close()
+
+
+def test_speculation_is_reused_only_if_nothing_was_said_after_it(phrases):
+    transcriber = SpeculativeTranscriber(load_whisper("tiny.en", "cpu", "int8"))
+    pad = np.zeros(8000, np.float32)
+    first, second = phrases[0], phrases[1]
+    # The user paused, then the VAD confirmed the end: more quiet audio, the same speech.
+    transcriber.speculate(np.concatenate([first, pad]), language="en")
+    quiet = np.full(3200, 1e-4, np.float32)
+    text = transcriber.transcribe(np.concatenate([first, quiet, pad]), language="en")[0][0].text
+    assert transcriber.reused == 1 and "tried" in text.lower()
+    # The user went on talking: the speculation is not used.
+    transcriber.speculate(np.concatenate([first, pad]), language="en")
+    text = transcriber.transcribe(np.concatenate([first, second, pad]), language="en")[0][0].text
+    assert transcriber.reused == 1 and "failed" in text.lower()
+    transcriber.close()
