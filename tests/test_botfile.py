@@ -84,7 +84,8 @@ def test_minimal_file_loads(tmp_path):
 
 
 def _dummy_environ(text: str) -> dict[str, str]:
-    return {name: "dummy" for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text)}
+    """Values for the variables a file requires (those without a ${NAME:-default})."""
+    return {name: "dummy" for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "bots").glob("*.yaml")), ids=lambda p: p.name)

@@ -185,6 +185,7 @@ class FileTransport(BaseTransport):
         self._output = np.zeros(0, dtype=np.int16)
         self._input: FileInputTransport | None = None
         self._output_transport: FileOutputTransport | None = None
+        self.input_consumed = asyncio.Event()
         self._register_event_handler("on_input_finished")
 
     @property
@@ -252,4 +253,5 @@ class FileTransport(BaseTransport):
 
     async def input_finished(self) -> None:
         """Called by the input side when the recording has been fed entirely."""
+        self.input_consumed.set()
         await self._call_event_handler("on_input_finished")

@@ -107,7 +107,11 @@ def run(
             f"[dim]cold start {time.perf_counter() - process_started:.1f}s; "
             f"playing {escape(str(input))} ({audio.duration_secs:.1f}s)"
         )
-        result = asyncio.run(run_on_recording(bot, audio))
+        try:
+            result = asyncio.run(run_on_recording(bot, audio))
+        except KeyboardInterrupt:
+            print_error("interrupted")
+            raise typer.Exit(130) from None
         result.write(output, report)
         print_turns(result.turns)
         for path in (output, report):

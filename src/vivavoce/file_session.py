@@ -77,9 +77,9 @@ async def run_on_recording(
     )
     recorder.roles = conversation.processor_roles()
     worker = conversation.worker
-    ending: list[asyncio.Task] = []
 
     async def end_when_settled() -> None:
+        await transport.input_consumed.wait()
         finished_at = transport.timeline_now()
         while True:
             await asyncio.sleep(0.1)
@@ -91,19 +91,16 @@ async def run_on_recording(
                 break
         await worker.queue_frame(EndFrame())
 
-    @transport.event_handler("on_input_finished")
-    async def _on_input_finished(_transport: FileTransport) -> None:
-        ending.append(asyncio.create_task(end_when_settled()))
-
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(worker)
     loop = asyncio.get_running_loop()
     started = loop.time()
+    # Independent of the pipeline's event handlers, so the run always ends, even if one of them fails.
+    ending = asyncio.create_task(end_when_settled())
     try:
         await runner.run()
     finally:
-        for task in ending:
-            task.cancel()
+        ending.cancel()
     return FileRunResult(
         bot=bot,
         audio=audio,
