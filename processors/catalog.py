@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from vivavoce.registry import ProcessorConfig, ProcessorKind
 
@@ -88,6 +88,21 @@ class PiperConfig(ProcessorConfig):
     )
 
 
+class PlaybackConfig(ProcessorConfig):
+    """Answers every user turn with one recorded reply (IVR prompts, transport load tests)."""
+
+    kind: Literal["playback"]
+    text: str | None = Field(None, min_length=1, description="Reply synthesised once with Piper.")
+    audio: str | None = Field(None, description="Or: a WAV file to play.")
+    voice: str = Field("en_US-joe-medium", description="Piper voice for `text`.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PlaybackConfig:
+        if (self.text is None) == (self.audio is None):
+            raise ValueError("give exactly one of 'text' or 'audio'")
+        return self
+
+
 BUILTIN_KINDS = [
     ProcessorKind(
         name="whisper",
@@ -122,6 +137,15 @@ BUILTIN_KINDS = [
         factory="vivavoce.processors.openai_compatible:create",
         summary="OpenAI-compatible LLM server: vLLM, Ollama, llama.cpp (base_url)",
         install="vivavoce[openai]",
+    ),
+    ProcessorKind(
+        name="playback",
+        role="s2s",
+        config=PlaybackConfig,
+        factory="vivavoce.processors.playback:create",
+        preload="vivavoce.processors.playback:preload",
+        summary="Answers each user turn with one recorded reply (IVR prompts, load tests)",
+        install="vivavoce[embedded]",
     ),
     ProcessorKind(
         name="piper",

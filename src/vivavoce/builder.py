@@ -55,8 +55,11 @@ class Conversation:
         return {self.processors[s.index].name: s.role for s in self.bot.stages}
 
 
-def turn_strategies(turn_taking: TurnTakingConfig) -> UserTurnStrategies:
-    """pipecat user-turn strategies for the bot file's turn-taking section."""
+def turn_strategies(turn_taking: TurnTakingConfig, *, has_stt: bool = True) -> UserTurnStrategies:
+    """pipecat user-turn strategies for the bot file's turn-taking section.
+
+    Without an STT in the pipeline no transcript will come, so the end of a turn must not wait for one.
+    """
     interruptions = turn_taking.interruptions
     if not interruptions.enabled:
         start = [
@@ -69,9 +72,9 @@ def turn_strategies(turn_taking: TurnTakingConfig) -> UserTurnStrategies:
         start = [VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()]
     end = turn_taking.end_of_turn
     if end.model == "smart_turn_v3":
-        stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=LocalSmartTurnAnalyzerV3())]
+        stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=LocalSmartTurnAnalyzerV3(), wait_for_transcript=has_stt)]
     else:
-        stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=end.silence_secs)]
+        stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=end.silence_secs, wait_for_transcript=has_stt)]
     return UserTurnStrategies(start=start, stop=stop)
 
 
@@ -103,11 +106,14 @@ def build_conversation(
     observers: Sequence[BaseObserver] = (),
     enable_rtvi: bool = False,
     idle_timeout_secs: float | None = 300,
+    after_input: Sequence[FrameProcessor] = (),
+    before_output: Sequence[FrameProcessor] = (),
 ) -> Conversation:
     """Build one conversation of ``bot`` over ``transport``.
 
-    Order: ``transport.input()``, stages before the LLM, user aggregator, LLM, stages after it,
-    ``transport.output()``, assistant aggregator (which then records what was actually spoken).
+    Order: ``transport.input()``, ``after_input`` (transport extras, e.g. DTMF), stages before the LLM,
+    user aggregator, LLM, stages after it, ``before_output``, ``transport.output()``, assistant
+    aggregator (which then records what was actually spoken).
     """
     build_context = BuildContext(bot=bot)
     processors = {stage.index: _create(stage, build_context) for stage in bot.stages}
@@ -127,15 +133,15 @@ def build_conversation(
                     min_volume=vad.min_volume,
                 ),
             ),
-            user_turn_strategies=turn_strategies(bot.spec.turn_taking),
+            user_turn_strategies=turn_strategies(bot.spec.turn_taking, has_stt=bot.stage("stt") is not None),
         ),
     )
-    steps: list[FrameProcessor] = [transport.input()]
+    steps: list[FrameProcessor] = [transport.input(), *after_input]
     for stage in bot.stages:
         if stage.index == brain.index:
             steps.append(aggregators.user())
         steps.append(processors[stage.index])
-    steps += [transport.output(), aggregators.assistant()]
+    steps += [*before_output, transport.output(), aggregators.assistant()]
     pipeline = Pipeline(steps)
 
     worker = PipelineWorker(

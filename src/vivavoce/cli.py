@@ -17,9 +17,9 @@ from rich.markup import escape
 from vivavoce.realtime_env import apply_realtime_env
 
 
-def _configure_logging(verbose: bool) -> None:
+def _configure_logging(verbose: bool, default: str = "WARNING") -> None:
     logger.remove()
-    logger.add(sys.stderr, level="DEBUG" if verbose else os.environ.get("VIVAVOCE_LOG_LEVEL", "WARNING"))
+    logger.add(sys.stderr, level="DEBUG" if verbose else os.environ.get("VIVAVOCE_LOG_LEVEL", default))
 
 
 # Before pipecat is first imported (below), so its INFO banner does not greet every command;
@@ -120,6 +120,70 @@ def run(
     except (ModelNotFoundError, MissingDependencyError) as e:
         print_error(str(e))
         raise typer.Exit(EXIT_MISSING) from None
+
+
+@app.command()
+def serve(
+    bot_file: Annotated[Path, typer.Argument(help="The bot file (YAML) to serve.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    public_url: Annotated[
+        str | None,
+        typer.Option(help="Public base URL Twilio reaches (tunnel/load balancer); or VIVAVOCE_PUBLIC_URL."),
+    ] = None,
+    insecure_skip_signature: Annotated[
+        bool, typer.Option("--insecure-skip-signature", help="Accept unsigned webhooks. Local development only.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show pipecat's debug log.")] = False,
+) -> None:
+    """Serve a bot over its transport (twilio: webhook + Media Streams)."""
+    import uvicorn
+
+    from vivavoce.server import create_app
+
+    _configure_logging(verbose, default="INFO")
+    bot = _load(bot_file)
+    try:
+        app = create_app(bot, public_url=public_url, skip_signature=insecure_skip_signature)
+        _load_models(bot, done=f"is listening on http://{host}:{port}")
+    except ValueError as e:
+        print_error(str(e))
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except (ModelNotFoundError, MissingDependencyError) as e:
+        print_error(str(e))
+        raise typer.Exit(EXIT_MISSING) from None
+    uvicorn.run(app, host=host, port=port, log_level="warning", ws_max_size=256 * 1024)
+
+
+@app.command()
+def call(
+    bot_file: Annotated[Path, typer.Argument(help="The bot file (transport: twilio) whose server takes the call.")],
+    to: Annotated[str, typer.Option("--to", help="Number to call, E.164 (+15551234567).")],
+    from_number: Annotated[str | None, typer.Option("--from", help="Caller ID (default: transport.from_number).")] = None,
+    public_url: Annotated[str | None, typer.Option(help="Public base URL of the running `vivavoce serve`.")] = None,
+) -> None:
+    """Place an outbound call: Twilio dials --to and fetches TwiML from the server's /twilio/voice."""
+    from vivavoce.botfile.schema import TwilioTransportConfig
+    from vivavoce.server import PUBLIC_URL_ENV
+
+    bot = _load(bot_file)
+    transport = bot.spec.transport
+    if not isinstance(transport, TwilioTransportConfig):
+        print_error(f"{bot_file}: transport is '{transport.kind}', not twilio")
+        raise typer.Exit(EXIT_USER_ERROR)
+    url = public_url or os.environ.get(PUBLIC_URL_ENV) or transport.public_url
+    caller = from_number or transport.from_number
+    missing = [name for name, value in (("--public-url", url), ("--from", caller), ("transport.account_sid", transport.account_sid), ("transport.auth_token", transport.auth_token)) if not value]
+    if missing:
+        print_error(f"cannot place the call: missing {', '.join(missing)}")
+        raise typer.Exit(EXIT_USER_ERROR)
+    from twilio.rest import Client
+
+    client = Client(transport.account_sid, transport.auth_token.get_secret_value())
+    if transport.api_base_url:
+        client.api.base_url = transport.api_base_url.rstrip("/")
+    placed = client.calls.create(to=to, from_=caller, url=f"{url.rstrip('/')}/twilio/voice", method="POST")
+    console.print(f"calling {escape(to)}: {placed.sid}")
 
 
 @app.command()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, create_model
 
 from vivavoce.registry import CustomProcessorConfig, ProcessorRegistry
 
@@ -72,8 +72,33 @@ class FileTransportConfig(StrictModel):
     kind: Literal["file"]
 
 
+class TwilioTransportConfig(StrictModel):
+    """Phone calls through Twilio Media Streams (`vivavoce serve`): 8 kHz mu-law, webhook + WebSocket."""
+
+    kind: Literal["twilio"]
+    account_sid: str | None = Field(
+        None, pattern=r"^AC[0-9a-fA-F]{32}$", description="Write ${TWILIO_ACCOUNT_SID}; needed to hang up, transfer and call."
+    )
+    auth_token: SecretStr | None = Field(
+        None, description="Write ${TWILIO_AUTH_TOKEN}: validates webhook signatures and signs REST calls."
+    )
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/]+",
+        description="Where Twilio reaches this server (tunnel or load balancer); --public-url overrides it.",
+    )
+    from_number: str | None = Field(None, pattern=r"^\+[1-9]\d{6,14}$", description="Caller ID for `vivavoce call`.")
+    transfer_to: str | None = Field(
+        None, pattern=r"^\+[1-9]\d{6,14}$", description="E.164 number the transfer_call tool dials."
+    )
+    api_base_url: str | None = Field(
+        None, pattern=r"^https?://", description="Twilio REST API base URL (default https://api.twilio.com)."
+    )
+    stream_token_ttl_secs: int = Field(60, ge=5, le=3600, description="How long a call's stream token is valid.")
+
+
 TransportConfig = Annotated[
-    Union[LocalTransportConfig, FileTransportConfig],
+    Union[LocalTransportConfig, FileTransportConfig, TwilioTransportConfig],
     Field(discriminator="kind", description="How audio reaches the bot when served."),
 ]
 

@@ -1,0 +1,217 @@
+"""Phone-path load and barge-in: many simulated Twilio calls against `vivavoce serve`. Prints JSON.
+
+    .venv/bin/python bench/twilio_load.py [--calls 10,20,30,40,50,60] [--bargein-runs 20]
+
+The server runs in its own process (`vivavoce serve bots/twilio_load.yaml`: Silero VAD, a silence
+end-of-turn, and a pre-synthesised reply). Each simulated caller (Twilio's documented Media Streams
+messages, 160-byte mu-law frames every 20 ms) says a phrase of real speech and listens to the reply,
+twice. Per level of concurrency: p99 gap between outbound media frames within a reply (a reply ends at
+its `mark`), frames dropped against the reply's length, and server memory per call. Then barge-in:
+the caller talks over the reply; caller speech onset -> `clear` received.
+
+Both sides share this machine's cores: the figures are a lower bound for the server alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from vivavoce.samples import conversation
+from vivavoce.testing.media_streams import FRAME_SECS, MediaStreamsCaller, call_sid
+
+REPO = Path(__file__).resolve().parents[1]
+BOT = REPO / "bots" / "twilio_load.yaml"
+VAD_START_SECS = 0.2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def phrase_8k() -> tuple[np.ndarray, float]:
+    """"Ever tried." from the bundled real-speech recording at 8 kHz, and when its speech begins (s)."""
+    audio = conversation(gap_secs=0.0)
+    pcm = audio.pcm[int(0.4 * audio.sample_rate) : int(1.6 * audio.sample_rate)]
+    pcm = pcm[::2].copy()  # 16 kHz -> 8 kHz (beckett.wav holds little above 4 kHz)
+    frames = pcm[: len(pcm) // 160 * 160].reshape(-1, 160).astype(np.float64)
+    loud = np.sqrt((frames**2).mean(axis=1)) > 500
+    return pcm, float(np.argmax(loud)) * FRAME_SECS
+
+
+async def token_for(base: str, sid: str) -> str:
+    async with httpx.AsyncClient() as client:
+        twiml = (await client.post(f"{base}/twilio/voice", data={"CallSid": sid, "From": "+15550001111"})).text
+    return re.search(r'name="token" value="([^"]+)"', twiml).group(1)
+
+
+async def one_call(base: str, ws: str, phrase: np.ndarray, rounds: int, reply_frames: int) -> dict:
+    sid = call_sid()
+    caller = MediaStreamsCaller(ws, token=await token_for(base, sid), call=sid)
+    gaps, dropped, counts = [], 0, []
+    async with caller:
+        for _ in range(rounds):
+            await caller.silence(0.3)
+            await caller.speak(phrase)
+            spoke_at = time.monotonic()
+            await caller.silence(0.2)
+            # Keep the line open (silence) until this reply's mark comes back, like a phone.
+            deadline = spoke_at + 15
+            marks_before = sum(1 for _, m in caller.events if m.get("event") == "mark")
+            while time.monotonic() < deadline:
+                await caller.silence(0.1)
+                if sum(1 for _, m in caller.events if m.get("event") == "mark") > marks_before:
+                    break
+            marks = [t for t, m in caller.events if m.get("event") == "mark"]
+            if len(marks) <= marks_before:
+                continue  # no reply within the deadline: counted as missing
+            mark_at = marks[-1]
+            frames = [t for t, _ in caller.received.frames if spoke_at <= t <= mark_at]
+            if frames:
+                counts.append(len(frames))
+                gaps += [(b - a) * 1000 for a, b in zip(frames, frames[1:])]
+                dropped += max(0, reply_frames - len(frames))
+    return {"gaps": gaps, "dropped": dropped, "replies": len(counts), "frames": counts}
+
+
+async def bargein_run(base: str, ws: str, phrase: np.ndarray, speech_offset: float) -> float | None:
+    sid = call_sid()
+    caller = MediaStreamsCaller(ws, token=await token_for(base, sid), call=sid)
+    async with caller:
+        await caller.silence(0.3)
+        await caller.speak(phrase)
+        spoke_at = time.monotonic()
+        while not any(t > spoke_at for t, _ in caller.received.frames):
+            await caller.silence(0.02)
+            if time.monotonic() - spoke_at > 10:
+                return None
+        await caller.silence(0.4)  # the reply is playing
+        onset = await caller.speak(phrase) + speech_offset
+        await caller.silence(0.5)
+        cleared = caller.first_event("clear", after=onset)
+    return None if cleared is None else (cleared - onset) * 1000
+
+
+def start_server(port: int) -> subprocess.Popen:
+    env = {**os.environ, "VIVAVOCE_PUBLIC_URL": f"https://127.0.0.1:{port}", "VIVAVOCE_LOG_LEVEL": "ERROR"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vivavoce.cli", "serve", str(BOT), "--port", str(port), "--insecure-skip-signature"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError("the server did not start")
+
+
+def p(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+async def main_async(levels: list[int], rounds: int, bargein_runs: int) -> dict:
+    port = free_port()
+    server = start_server(port)
+    base, ws = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/twilio/ws"
+    phrase, speech_offset = phrase_8k()
+    try:
+        # The reply's length in 20 ms frames, from one call.
+        probe = await one_call(base, ws, phrase, 1, 0)
+        if not probe["frames"]:
+            raise RuntimeError("the bot did not answer the probe call")
+        reply_frames = probe["frames"][0]
+        results, idle_rss = [], rss_mb(server.pid)
+        for calls in levels:
+            peak = [idle_rss]
+
+            async def sample_memory() -> None:
+                while True:
+                    peak[0] = max(peak[0], rss_mb(server.pid))
+                    await asyncio.sleep(0.25)
+
+            sampler = asyncio.create_task(sample_memory())
+            started = time.monotonic()
+            outcomes = await asyncio.gather(*(one_call(base, ws, phrase, rounds, reply_frames) for _ in range(calls)))
+            sampler.cancel()
+            gaps = [g for o in outcomes for g in o["gaps"]]
+            result = {
+                "calls": calls,
+                "replies": sum(o["replies"] for o in outcomes),
+                "replies_expected": calls * rounds,
+                "gap_p50_ms": p(gaps, 50),
+                "gap_p99_ms": p(gaps, 99),
+                "gap_max_ms": round(max(gaps), 1) if gaps else None,
+                "dropped_frames": sum(o["dropped"] for o in outcomes),
+                "memory_per_call_mb": round((peak[0] - idle_rss) / calls, 1),
+                "wall_s": round(time.monotonic() - started, 1),
+            }
+            result["ok"] = bool(
+                result["gap_p99_ms"] is not None
+                and result["gap_p99_ms"] <= 40
+                and result["dropped_frames"] == 0
+                and result["replies"] == result["replies_expected"]
+            )
+            results.append(result)
+            print(json.dumps(result), file=sys.stderr)
+        bargein = [ms for ms in await asyncio.gather(*(bargein_run(base, ws, phrase, speech_offset) for _ in range(bargein_runs))) if ms is not None]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    passing = [r["calls"] for r in results if r["ok"]]
+    return {
+        "benchmark": "twilio_load",
+        "bot": str(BOT.relative_to(REPO)),
+        "machine": {"cpus": os.cpu_count()},
+        "reply_frames": reply_frames,
+        "levels": results,
+        "max_calls_within_targets": max(passing) if passing else 0,
+        "targets": {"gap_p99_ms": 40, "dropped_frames": 0, "calls": 50, "bargein_p95_ms": VAD_START_SECS * 1000 + 60},
+        "bargein_clear_ms": {
+            "runs": len(bargein),
+            "p50": p(bargein, 50),
+            "p95": p(bargein, 95),
+            "max": round(max(bargein), 1) if bargein else None,
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", default="10,20,30,40,50,60", help="concurrency levels, comma-separated")
+    parser.add_argument("--rounds", type=int, default=2, help="phrases each caller says")
+    parser.add_argument("--bargein-runs", type=int, default=20)
+    args = parser.parse_args()
+    levels = [int(x) for x in args.calls.split(",")]
+    print(json.dumps(asyncio.run(main_async(levels, args.rounds, args.bargein_runs)), indent=2))
+
+
+if __name__ == "__main__":
+    main()

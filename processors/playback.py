@@ -1,0 +1,87 @@
+"""Answer every user turn with one recorded reply: IVR-style prompts, and load tests of a transport.
+
+The reply is synthesised once per process with Piper (``text``) or read from a WAV (``audio``), and
+resampled once to the pipeline's output rate. It is pushed as TTS audio, so the output transport marks
+the bot as speaking and drops the rest of it when the user barges in.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+from pipecat.audio.utils import create_file_resampler
+from pipecat.frames.frames import (
+    Frame,
+    StartFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from vivavoce.model_store import models
+
+CHUNK_SECS = 0.02
+
+
+def recorded_reply(text: str | None, audio: str | None, voice: str) -> tuple[bytes, int]:
+    """The reply as 16-bit mono PCM and its rate, made once per process."""
+    if audio:
+        from vivavoce.transports.file import read_wav
+
+        recording = read_wav(audio)
+        return recording.pcm.tobytes(), recording.sample_rate
+
+    def synthesise() -> tuple[bytes, int]:
+        from vivavoce.processors.piper import load_voice
+
+        piper = load_voice(voice)
+        pcm = b"".join(chunk.audio_int16_bytes for chunk in piper.synthesize(text or ""))
+        return pcm, piper.config.sample_rate
+
+    return models.get(("playback", text, voice), synthesise, label="recorded reply")
+
+
+class PlaybackReplyProcessor(FrameProcessor):
+    """Plays the same reply each time the user's turn ends."""
+
+    def __init__(self, *, pcm: bytes, sample_rate: int, **kwargs: Any):
+        """Reply with ``pcm`` (16-bit mono at ``sample_rate``)."""
+        super().__init__(**kwargs)
+        self._source = (pcm, sample_rate)
+        self._reply = pcm
+        self._rate = sample_rate
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Forward everything; after each user turn, push the reply."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            pcm, rate = self._source
+            self._rate = frame.audio_out_sample_rate
+            self._reply = await create_file_resampler().resample(pcm, rate, self._rate) if rate != self._rate else pcm
+        await self.push_frame(frame, direction)
+        if isinstance(frame, UserStoppedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
+            await self._play()
+
+    async def _play(self) -> None:
+        context_id = str(uuid.uuid4())
+        await self.push_frame(TTSStartedFrame(context_id=context_id))
+        step = int(self._rate * CHUNK_SECS) * 2
+        for start in range(0, len(self._reply), step):
+            chunk = self._reply[start : start + step]
+            await self.push_frame(TTSAudioRawFrame(chunk, self._rate, 1, context_id=context_id))
+        await self.push_frame(TTSStoppedFrame(context_id=context_id))
+
+
+def create(config: Any, context: Any) -> PlaybackReplyProcessor:
+    """Factory for the ``playback`` kind."""
+    pcm, rate = recorded_reply(config.text, config.audio, config.voice)
+    return PlaybackReplyProcessor(pcm=pcm, sample_rate=rate)
+
+
+def preload(config: Any) -> None:
+    """Make the reply before the first session."""
+    recorded_reply(config.text, config.audio, config.voice)

@@ -1,0 +1,45 @@
+"""Short-lived per-call tokens: the webhook hands one to Twilio, the media stream must bring it back.
+
+A token is ``<expiry>.<HMAC-SHA256(secret, "<call_sid>.<expiry>")>``: it binds the stream to the call
+the signed webhook started, and stops working after ``ttl_secs``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+
+
+class InvalidCallToken(ValueError):
+    """The stream's token is missing, malformed, for another call, or expired; says which."""
+
+
+class CallTokens:
+    """Issues and verifies stream tokens with one secret (random per process unless given)."""
+
+    def __init__(self, secret: bytes | None = None, ttl_secs: float = 60.0):
+        """Tokens signed with ``secret`` and valid for ``ttl_secs``."""
+        self._secret = secret or secrets.token_bytes(32)
+        self._ttl = ttl_secs
+
+    def _sign(self, call_sid: str, expiry: int) -> str:
+        return hmac.new(self._secret, f"{call_sid}.{expiry}".encode(), hashlib.sha256).hexdigest()
+
+    def issue(self, call_sid: str, *, now: float | None = None) -> str:
+        """A token for ``call_sid``."""
+        expiry = int((time.time() if now is None else now) + self._ttl)
+        return f"{expiry}.{self._sign(call_sid, expiry)}"
+
+    def verify(self, call_sid: str, token: str | None, *, now: float | None = None) -> None:
+        """Raise :class:`InvalidCallToken` unless ``token`` was issued for ``call_sid`` and is still valid."""
+        if not token:
+            raise InvalidCallToken("missing stream token")
+        expiry_text, _, signature = token.partition(".")
+        if not expiry_text.isdigit() or len(signature) != 64:
+            raise InvalidCallToken("malformed stream token")
+        if not hmac.compare_digest(signature, self._sign(call_sid, int(expiry_text))):
+            raise InvalidCallToken("stream token does not match this call")
+        if int(expiry_text) < (time.time() if now is None else now):
+            raise InvalidCallToken("stream token expired")

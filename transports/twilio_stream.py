@@ -1,0 +1,142 @@
+"""Twilio Media Streams on top of pipecat's ``TwilioFrameSerializer``: hardened input, and playout marks.
+
+pipecat's serializer turns media into audio frames, DTMF into ``InputDTMFFrame``, and sends ``clear`` on
+``InterruptionFrame``. One caller's malformed message must never end the call (an exception in
+``deserialize`` stops pipecat's receive loop), so every message is checked here first. Twilio's ``mark``
+messages, which pipecat does not use, tell when the caller has actually heard the bot's audio.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections import Counter
+from typing import Any
+
+from loguru import logger
+from pipecat.audio.utils import create_stream_resampler
+from pipecat.frames.frames import (
+    Frame,
+    InputTransportMessageFrame,
+    OutputTransportMessageFrame,
+    TTSStoppedFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.serializers.twilio import TwilioFrameSerializer
+
+MAX_MESSAGE_BYTES = 64 * 1024
+"""Largest message accepted (a 20 ms media message is ~250 bytes; one second is ~11 KB)."""
+MAX_MEDIA_PAYLOAD_BYTES = 8000
+"""Largest decoded media payload accepted: one second of 8 kHz mu-law."""
+KNOWN_EVENTS = {"connected", "start", "media", "dtmf", "mark", "stop"}
+
+
+class TwilioStreamSerializer(TwilioFrameSerializer):
+    """pipecat's Twilio serializer, validating every message and reporting ``mark`` echoes.
+
+    Rejected messages are logged (once per kind, then counted in ``rejected``) and dropped: the call
+    goes on. A ``mark`` echo becomes an ``InputTransportMessageFrame`` with ``{"mark": name, "at": t}``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        """See :class:`TwilioFrameSerializer`."""
+        super().__init__(*args, **kwargs)
+        # soxr's default (VHQ) stream resampler releases 8 kHz input in bursts, which holds caller audio
+        # back from the VAD (measured ~60 ms later barge-in); QQ emits steadily, and a phone line has
+        # nothing above 4 kHz for the better filter to keep.
+        self._input_resampler = create_stream_resampler(
+            quality="QQ", clear_after_secs=self._params.resampler_clear_after_secs
+        )
+        self.rejected: Counter[str] = Counter()
+        self.stopped = False
+
+    def _reject(self, reason: str, data: str | bytes) -> None:
+        self.rejected[reason] += 1
+        if self.rejected[reason] == 1:
+            logger.warning(f"Twilio stream {self._stream_sid}: dropped a message ({reason}): {str(data)[:120]!r}")
+
+    async def deserialize(self, data: str | bytes) -> Frame | None:
+        """Check the message, then let pipecat convert it."""
+        if len(data) > MAX_MESSAGE_BYTES:
+            self._reject("oversized message", data[:120])
+            return None
+        try:
+            message = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self._reject("invalid JSON", data)
+            return None
+        if not isinstance(message, dict):
+            self._reject("not a JSON object", data)
+            return None
+        event = message.get("event")
+        if event not in KNOWN_EVENTS:
+            self._reject(f"unknown event {event!r}", data)
+            return None
+        if event == "media":
+            return await self._media(message, data)
+        if event == "dtmf":
+            digit = (message.get("dtmf") or {}).get("digit") if isinstance(message.get("dtmf"), dict) else None
+            if not isinstance(digit, str):
+                self._reject("dtmf without a digit", data)
+                return None
+            return await super().deserialize(data)
+        if event == "mark":
+            name = (message.get("mark") or {}).get("name") if isinstance(message.get("mark"), dict) else None
+            if not isinstance(name, str):
+                self._reject("mark without a name", data)
+                return None
+            return InputTransportMessageFrame(message={"mark": name, "at": time.monotonic()})
+        if event == "start":
+            self._reject("a second start on a started stream", data)
+            return None
+        if event == "stop":
+            self.stopped = True
+        return None
+
+    async def _media(self, message: dict, data: str | bytes) -> Frame | None:
+        media = message.get("media")
+        payload = media.get("payload") if isinstance(media, dict) else None
+        if not isinstance(payload, str) or not payload:
+            self._reject("media without a payload", data)
+            return None
+        try:
+            audio = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            self._reject("media payload is not base64", data)
+            return None
+        if len(audio) > MAX_MEDIA_PAYLOAD_BYTES:
+            self._reject("oversized media payload", data[:120])
+            return None
+        return await super().deserialize(data)
+
+
+class PlayoutMarks(FrameProcessor):
+    """Sends a Twilio ``mark`` after each bot utterance's audio; Twilio echoes it once the caller heard it.
+
+    Sits just before the output transport, so the mark leaves after the utterance's last audio frame.
+    ``heard`` maps each mark's name to when its echo came back (``time.monotonic()``).
+    """
+
+    def __init__(self, stream_sid: str, **kwargs: Any):
+        """Marks for the stream ``stream_sid``."""
+        super().__init__(**kwargs)
+        self._stream_sid = stream_sid
+        self._count = 0
+        self.sent: dict[str, float] = {}
+        self.heard: dict[str, float] = {}
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Forward everything; follow each TTSStoppedFrame with a mark; note mark echoes."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputTransportMessageFrame) and isinstance(frame.message, dict) and "mark" in frame.message:
+            self.heard[frame.message["mark"]] = frame.message.get("at", time.monotonic())
+        await self.push_frame(frame, direction)
+        if isinstance(frame, TTSStoppedFrame) and direction == FrameDirection.DOWNSTREAM:
+            self._count += 1
+            name = f"utterance-{self._count}"
+            self.sent[name] = time.monotonic()
+            mark = {"event": "mark", "streamSid": self._stream_sid, "mark": {"name": name}}
+            # Not urgent: it queues behind the utterance's audio in the output transport.
+            await self.push_frame(OutputTransportMessageFrame(message=mark))
