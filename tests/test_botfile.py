@@ -85,7 +85,8 @@ def test_minimal_file_loads(tmp_path):
 
 def _dummy_environ(text: str) -> dict[str, str]:
     """Values for the variables a file requires (those without a ${NAME:-default})."""
-    return {name: "dummy" for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)}
+    names = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)
+    return {name: "AC" + "0" * 32 if name.endswith("ACCOUNT_SID") else "dummy" for name in names}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "bots").glob("*.yaml")), ids=lambda p: p.name)
