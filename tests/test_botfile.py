@@ -921,3 +921,15 @@ def test_dotted_path_with_bad_role(tmp_path, custom_module):
     assert "pipeline[3].role" in message
     for role in ("stt", "llm", "tts", "s2s", "processor"):
         assert role in message
+
+
+def test_unquoted_phone_numbers_are_read_as_numbers(tmp_path):
+    """YAML reads +15550102030 as an integer; the bot file means the E.164 number."""
+    path = tmp_path / "phone.yaml"
+    path.write_text(
+        "name: phone\ntransport:\n  kind: twilio\n  transfer_to: +15550102030\n  from_number: '+15557654321'\n"
+        "pipeline:\n  - kind: whisper\n  - kind: smollm\n  - kind: piper\n"
+    )
+    bot = load_bot(path, environ={})
+    assert bot.spec.transport.transfer_to == "+15550102030"
+    assert bot.spec.transport.from_number == "+15557654321"

@@ -32,12 +32,14 @@ class CallTokens:
         expiry = int((time.time() if now is None else now) + self._ttl)
         return f"{expiry}.{self._sign(call_sid, expiry)}"
 
-    def verify(self, call_sid: str, token: str | None, *, now: float | None = None) -> None:
+    def verify(self, call_sid: str, token: object, *, now: float | None = None) -> None:
         """Raise :class:`InvalidCallToken` unless ``token`` was issued for ``call_sid`` and is still valid."""
         if not token:
             raise InvalidCallToken("missing stream token")
+        if not isinstance(token, str):
+            raise InvalidCallToken("malformed stream token")
         expiry_text, _, signature = token.partition(".")
-        if not expiry_text.isdigit() or len(signature) != 64:
+        if not (expiry_text.isascii() and expiry_text.isdigit()) or len(signature) != 64:
             raise InvalidCallToken("malformed stream token")
         if not hmac.compare_digest(signature, self._sign(call_sid, int(expiry_text))):
             raise InvalidCallToken("stream token does not match this call")

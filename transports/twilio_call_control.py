@@ -12,7 +12,7 @@ from typing import Any
 from loguru import logger
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-from pipecat.frames.frames import EndWorkerFrame
+from pipecat.frames.frames import EndWorkerFrame, FunctionCallResultProperties
 from pipecat.services.llm_service import FunctionCallParams, LLMService
 from twilio.twiml.voice_response import VoiceResponse
 
@@ -94,7 +94,8 @@ class TwilioCallControl:
         conversation.context.set_tools(ToolsSchema(standard_tools=tools))
 
     async def _on_end_call(self, params: FunctionCallParams) -> None:
-        await params.result_callback({"status": "hanging up"})
+        # No reply after the tool: the call ends now, not after one more spoken sentence.
+        await params.result_callback({"status": "hanging up"}, properties=FunctionCallResultProperties(run_llm=False))
         # Ending the pipeline makes pipecat's serializer complete the call through the REST API.
         await params.llm.push_frame(EndWorkerFrame(reason="the assistant ended the call"))
 

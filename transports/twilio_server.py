@@ -10,7 +10,6 @@ Each call is its own pipeline: nothing one caller sends reaches another call.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +29,7 @@ from vivavoce.botfile.schema import TwilioTransportConfig
 from vivavoce.builder import build_conversation
 from vivavoce.transports.call_tokens import CallTokens, InvalidCallToken
 from vivavoce.transports.twilio_call_control import TwilioCallControl
-from vivavoce.transports.twilio_stream import MAX_MESSAGE_BYTES, PlayoutMarks, TwilioStreamSerializer
+from vivavoce.transports.twilio_stream import MAX_MESSAGE_BYTES, PlayoutMarks, TwilioStreamSerializer, parse_message
 
 TWILIO_SAMPLE_RATE = 8000
 HANDSHAKE_TIMEOUT_SECS = 10.0
@@ -154,17 +153,27 @@ class TwilioCalls:
         except _Rejected as e:
             await _close(websocket, str(e))
             return
+        except Exception as e:  # anything else a caller can send before start: refuse, never crash
+            logger.warning(f"Twilio stream refused: malformed handshake ({e.__class__.__name__}: {e})")
+            await _close(websocket, "malformed handshake")
+            return
+        if start["call_sid"] in self.calls:
+            logger.warning(f"Twilio stream for {start['call_sid']} refused: the call already has a live stream")
+            await _close(websocket, "the call already has a live stream")
+            return
         await self._run_call(websocket, start)
 
     async def _read_start(self, websocket: WebSocket) -> dict[str, Any]:
         """Read up to the ``start`` message; validate it and the call's token."""
         for _ in range(MAX_MESSAGES_BEFORE_START):
-            raw = await websocket.receive_text()
+            received = await websocket.receive()
+            if received.get("type") == "websocket.disconnect":
+                raise WebSocketDisconnect(received.get("code", 1000))
+            raw = received.get("text") or received.get("bytes") or ""
             if len(raw) > MAX_MESSAGE_BYTES:
                 raise _Rejected("oversized message before start")
-            try:
-                message = json.loads(raw)
-            except json.JSONDecodeError:
+            message = parse_message(raw)
+            if message is None:
                 logger.warning(f"Twilio stream: invalid JSON before start: {raw[:80]!r}")
                 continue
             event = message.get("event") if isinstance(message, dict) else None
@@ -243,7 +252,8 @@ class TwilioCalls:
         except Exception as e:  # one call's failure ends that call only
             logger.exception(f"Call {call_sid} failed: {e}")
         finally:
-            self.calls.pop(call_sid, None)
+            if self.calls.get(call_sid) is record:
+                del self.calls[call_sid]
             if sum(serializer.rejected.values()):
                 logger.info(f"Call {call_sid}: dropped messages {dict(serializer.rejected)}")
             logger.info(f"Call {call_sid} ended")

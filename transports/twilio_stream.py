@@ -33,6 +33,14 @@ MAX_MEDIA_PAYLOAD_BYTES = 8000
 KNOWN_EVENTS = {"connected", "start", "media", "dtmf", "mark", "stop"}
 
 
+def parse_message(data: str | bytes) -> Any | None:
+    """A message's JSON, or None if it is not JSON (including JSON nested too deep to parse)."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+
+
 class TwilioStreamSerializer(TwilioFrameSerializer):
     """pipecat's Twilio serializer, validating every message and reporting ``mark`` echoes.
 
@@ -62,16 +70,15 @@ class TwilioStreamSerializer(TwilioFrameSerializer):
         if len(data) > MAX_MESSAGE_BYTES:
             self._reject("oversized message", data[:120])
             return None
-        try:
-            message = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        message = parse_message(data)
+        if message is None:
             self._reject("invalid JSON", data)
             return None
         if not isinstance(message, dict):
             self._reject("not a JSON object", data)
             return None
         event = message.get("event")
-        if event not in KNOWN_EVENTS:
+        if not isinstance(event, str) or event not in KNOWN_EVENTS:
             self._reject(f"unknown event {event!r}", data)
             return None
         if event == "media":

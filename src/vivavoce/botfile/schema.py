@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, create_model
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, create_model, field_validator
 
 from vivavoce.registry import CustomProcessorConfig, ProcessorRegistry
 
@@ -95,6 +95,12 @@ class TwilioTransportConfig(StrictModel):
         None, pattern=r"^https?://", description="Twilio REST API base URL (default https://api.twilio.com)."
     )
     stream_token_ttl_secs: int = Field(60, ge=5, le=3600, description="How long a call's stream token is valid.")
+
+    @field_validator("from_number", "transfer_to", mode="before")
+    @classmethod
+    def _unquoted_number(cls, value: object) -> object:
+        # YAML reads an unquoted +15550102030 as the integer 15550102030.
+        return f"+{value}" if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 TransportConfig = Annotated[
