@@ -69,6 +69,7 @@ class MediaStreamsCaller:
         self.close_code: int | None = None
         self.close_reason: str = ""
         self._playout: deque[tuple[str, Any]] = deque()  # ("audio", bytes) | ("mark", name)
+        self._queued = asyncio.Event()
         self._sequence = 0
         self._media_clock = 0.0
         self._socket: Any = None
@@ -148,6 +149,7 @@ class MediaStreamsCaller:
                     payload = base64.b64decode(message["media"]["payload"])
                     self.received.frames.append((now, payload))
                     self._playout.append(("audio", payload))
+                    self._queued.set()
                     continue
                 self.events.append((now, message))
                 if event == "clear":
@@ -157,6 +159,7 @@ class MediaStreamsCaller:
                     self._playout.extend(marks)
                 elif event == "mark":
                     self._playout.append(("mark", message["mark"]["name"]))
+                    self._queued.set()
         except websockets.ConnectionClosed as closed:
             self.close_code, self.close_reason = closed.code, closed.reason or ""
         finally:
@@ -167,7 +170,8 @@ class MediaStreamsCaller:
         """Play the bot's audio in real time; echo marks when the audio before them has played."""
         while True:
             if not self._playout:
-                await asyncio.sleep(0.005)
+                self._queued.clear()
+                await self._queued.wait()
                 continue
             kind, item = self._playout.popleft()
             if kind == "mark":
