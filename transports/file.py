@@ -20,14 +20,18 @@ from pipecat.audio.utils import create_file_resampler
 from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
+    Frame,
     InputAudioRawFrame,
+    InterruptionFrame,
     OutputAudioRawFrame,
     StartFrame,
 )
-from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
+
+from vivavoce.frames import BotOutputPauseFrame
 
 CHUNK_SECS = 0.02
 
@@ -138,21 +142,42 @@ class FileInputTransport(BaseInputTransport):
 
 
 class FileOutputTransport(BaseOutputTransport):
-    """Plays the bot's audio into a buffer aligned with the input's timeline."""
+    """Plays the bot's audio into a buffer aligned with the input's timeline; can pause and resume."""
 
     def __init__(self, transport: FileTransport, params: TransportParams, **kwargs):
         """Create the output side of ``transport``."""
         super().__init__(params, **kwargs)
         self._transport = transport
         self._next_play = 0.0
+        self._playing = asyncio.Event()
+        self._playing.set()
+        self._drop_held = False
 
     async def start(self, frame: StartFrame) -> None:
         """Mark the output ready."""
         await super().start(frame)
         await self.set_transport_ready(frame)
 
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Pause/resume on ``BotOutputPauseFrame``; an interruption drops the frame held by a pause."""
+        if isinstance(frame, BotOutputPauseFrame):
+            if frame.paused:
+                self._playing.clear()
+            else:
+                self._playing.set()
+            return
+        if isinstance(frame, InterruptionFrame) and not self._playing.is_set():
+            self._drop_held = True
+            self._playing.set()
+        await super().process_frame(frame, direction)
+
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         """Place the frame where it starts playing, then wait until it does (a one-frame device buffer)."""
+        if not self._playing.is_set():
+            await self._playing.wait()
+            if self._drop_held:
+                self._drop_held = False
+                return False
         now = time.monotonic()
         starts = max(now, self._next_play)
         self._transport.place_output(frame.audio, frame.sample_rate, starts)
@@ -178,6 +203,7 @@ class FileTransport(BaseTransport):
             audio_in_sample_rate=pipeline_sample_rate,
             audio_out_enabled=True,
             audio_out_sample_rate=audio.sample_rate,
+            audio_out_10ms_chunks=2,  # 20 ms frames: a pause or an interruption takes effect within 20 ms
         )
         self.pipeline_pcm = np.zeros(0, dtype=np.int16)
         self._origin_monotonic: float | None = None
@@ -225,6 +251,30 @@ class FileTransport(BaseTransport):
         if self._origin_clock_ns is None:
             return 0.0
         return (clock_ns - self._origin_clock_ns) / 1e9
+
+    def speech_onset(self, fired_s: float, start_secs: float, *, quiet_secs: float = 0.15) -> float:
+        """When the speech the VAD fired on at ``fired_s`` began, from the input itself.
+
+        Walks back from the VAD's decision over 10 ms frames until ``quiet_secs`` of quiet; falls back to
+        ``fired_s - start_secs`` where the input has no such run (after its end, or mixed with silence).
+        """
+        pcm, rate = self.pipeline_pcm, self._params.audio_in_sample_rate or 16000
+        step = rate // 100
+        end = min(len(pcm), int(fired_s * rate)) // step * step
+        if end <= 0:
+            return max(0.0, fired_s - start_secs)
+        frames = pcm[:end].reshape(-1, step).astype(np.float64)
+        rms = np.sqrt((frames**2).mean(axis=1))
+        loud = rms > max(100.0, 0.1 * float(rms[-int(0.5 * 100) :].max(initial=0.0)))
+        quiet_run, onset = 0, None
+        for index in range(len(loud) - 1, -1, -1):
+            if loud[index]:
+                onset, quiet_run = index, 0
+            else:
+                quiet_run += 1
+                if onset is not None and quiet_run * 0.01 >= quiet_secs:
+                    break
+        return onset * 0.01 if onset is not None else max(0.0, fired_s - start_secs)
 
     def timeline_now(self) -> float:
         """The current instant on the input's timeline."""

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
 from loguru import logger
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
-from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
 from pipecat.workers.runner import WorkerRunner
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
@@ -28,6 +28,7 @@ from vivavoce.botfile import Bot
 from vivavoce.botfile.schema import TwilioTransportConfig
 from vivavoce.builder import build_conversation
 from vivavoce.transports.call_tokens import CallTokens, InvalidCallToken
+from vivavoce.transports.pausable_websocket import PausableFastAPIWebsocketTransport
 from vivavoce.transports.twilio_call_control import TwilioCallControl
 from vivavoce.transports.twilio_stream import MAX_MESSAGE_BYTES, PlayoutMarks, TwilioStreamSerializer, parse_message
 
@@ -210,7 +211,7 @@ class TwilioCalls:
             base_url=settings.api_base_url,
             params=TwilioStreamSerializer.InputParams(auto_hang_up=can_hang_up),
         )
-        transport = FastAPIWebsocketTransport(
+        transport = PausableFastAPIWebsocketTransport(
             websocket,
             FastAPIWebsocketParams(
                 audio_in_enabled=True,

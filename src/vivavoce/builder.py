@@ -33,6 +33,7 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from vivavoce.botfile import Bot, Stage
 from vivavoce.botfile.schema import TurnTakingConfig
 from vivavoce.build_context import BuildContext
+from vivavoce.processors.barge_in import BargeInController
 
 PIPELINE_SAMPLE_RATE = 16000
 """Every input is resampled once, at the transport, to this rate for VAD, Smart Turn and STT."""
@@ -49,6 +50,7 @@ class Conversation:
     user_aggregator: LLMUserAggregator
     assistant_aggregator: LLMAssistantAggregator
     processors: dict[int, FrameProcessor]
+    barge_in: BargeInController | None = None
 
     def processor_roles(self) -> dict[str, str]:
         """Processor name -> role (stt, llm, tts...), to attribute pipecat's metrics."""
@@ -61,7 +63,8 @@ def turn_strategies(turn_taking: TurnTakingConfig, *, has_stt: bool = True) -> U
     Without an STT in the pipeline no transcript will come, so the end of a turn must not wait for one.
     """
     interruptions = turn_taking.interruptions
-    if not interruptions.enabled:
+    if not interruptions.enabled or interruptions.mode == "pause_resume":
+        # pause_resume: the BargeInController decides interruptions, not the turn start.
         start = [
             VADUserTurnStartStrategy(enable_interruptions=False),
             TranscriptionUserTurnStartStrategy(enable_interruptions=False),
@@ -136,10 +139,19 @@ def build_conversation(
             user_turn_strategies=turn_strategies(bot.spec.turn_taking, has_stt=bot.stage("stt") is not None),
         ),
     )
+    interruptions = bot.spec.turn_taking.interruptions
+    barge_in = None
+    if interruptions.enabled and interruptions.mode == "pause_resume":
+        barge_in = BargeInController(
+            min_speech_secs=interruptions.min_speech_secs,
+            resume_within_secs=interruptions.resume_within_secs,
+            vad_stop_secs=vad.stop_secs,
+            has_stt=bot.stage("stt") is not None,
+        )
     steps: list[FrameProcessor] = [transport.input(), *after_input]
     for stage in bot.stages:
         if stage.index == brain.index:
-            steps.append(aggregators.user())
+            steps += [barge_in, aggregators.user()] if barge_in else [aggregators.user()]
         steps.append(processors[stage.index])
     steps += [*before_output, transport.output(), aggregators.assistant()]
     pipeline = Pipeline(steps)
@@ -171,4 +183,5 @@ def build_conversation(
         user_aggregator=aggregators.user(),
         assistant_aggregator=aggregators.assistant(),
         processors=processors,
+        barge_in=barge_in,
     )

@@ -67,7 +67,7 @@ async def run_on_recording(
 ) -> FileRunResult:
     """Play ``audio`` to ``bot`` in real time; end once it is consumed and the bot has finished."""
     transport = FileTransport(audio)
-    recorder = TurnRecorder(timeline=transport.timeline_secs)
+    recorder = TurnRecorder(timeline=transport.timeline_secs, speech_onset=transport.speech_onset)
     conversation = build_conversation(
         bot,
         transport,

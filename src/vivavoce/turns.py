@@ -32,7 +32,10 @@ from pipecat.frames.frames import (
 )
 from pipecat.metrics.metrics import TTFBMetricsData
 from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_output import BaseOutputTransport
+
+from vivavoce.frames import BotOutputPauseFrame
 
 STAGES = ("vad_stop", "stt", "turn_decision", "llm_first_token", "tts_first_audio", "transport")
 """Consecutive parts of voice-to-voice; they add up to it.
@@ -47,6 +50,25 @@ def _ms(start: float | None, end: float | None) -> float | None:
 
 
 @dataclass
+class BargeIn:
+    """The user talking over the bot's answer, timed on the transport timeline (seconds)."""
+
+    vad_fired_s: float
+    onset_s: float
+    tts_last_s: float | None = None
+    audio_end_s: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        """detect: speech onset -> VAD fires; pipeline_stop: VAD fires -> the TTS stops producing;
+        audible_stop: VAD fires -> the last bot audio has left the transport."""
+        return {
+            "detect": _ms(self.onset_s, self.vad_fired_s),
+            "pipeline_stop": max(0.0, _ms(self.vad_fired_s, self.tts_last_s) or 0.0),
+            "audible_stop": max(0.0, _ms(self.vad_fired_s, self.audio_end_s) or 0.0),
+        }
+
+
+@dataclass
 class Turn:
     """One user utterance and the bot's answer; times in seconds on the transport timeline."""
 
@@ -57,6 +79,7 @@ class Turn:
     bot_started_s: float | None = None
     bot_stopped_s: float | None = None
     interrupted: bool = False
+    barge_in: BargeIn | None = None
     ttfb_ms: dict[str, float] = field(default_factory=dict)
     # Moments the stages are measured between (not reported themselves).
     vad_stopped_s: float | None = None
@@ -87,7 +110,9 @@ class Turn:
 
     def to_dict(self) -> dict[str, Any]:
         """The report's JSON form of this turn."""
-        rounded = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        rounded = {
+            k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items() if k != "barge_in"
+        }
         return {
             "user_text": self.user_text.strip(),
             "bot_text": self.bot_text.strip(),
@@ -97,6 +122,7 @@ class Turn:
             "bot_stopped_s": rounded["bot_stopped_s"],
             "voice_to_voice_ms": self.voice_to_voice_ms,
             "interrupted": self.interrupted,
+            "barge_in_ms": self.barge_in.to_dict() if self.barge_in else None,
             "ttfb_ms": {role: self.ttfb_ms.get(role, 0.0) for role in ("stt", "llm", "tts")},
             "end_of_turn_ms": _ms(self.user_stopped_s, self.turn_ended_s),
             "stages_ms": self.stages_ms(),
@@ -110,10 +136,26 @@ class TurnRecorder(BaseObserver):
     ``roles`` maps processor names to ``stt``/``llm``/``tts`` for the TTFB metrics.
     """
 
-    def __init__(self, timeline: Callable[[int], float], roles: dict[str, str] | None = None, **kwargs: Any):
-        """Create a recorder; ``roles`` can also be set later, once the processors exist."""
+    def __init__(
+        self,
+        timeline: Callable[[int], float],
+        roles: dict[str, str] | None = None,
+        *,
+        speech_onset: Callable[[float, float], float] | None = None,
+        **kwargs: Any,
+    ):
+        """Create a recorder; ``roles`` can also be set later, once the processors exist.
+
+        ``speech_onset(vad_fired_s, start_secs)`` finds when the speech the VAD fired on began (the
+        file transport knows, from its input); by default it is ``vad_fired_s - start_secs``.
+        """
         super().__init__(**kwargs)
         self._timeline = timeline
+        self._speech_onset = speech_onset or (lambda fired, start_secs: fired - start_secs)
+        self._vad_fired: tuple[float, float] | None = None  # (time, start_secs) of the last VAD start
+        self._barge: BargeIn | None = None  # being measured
+        self._barge_turn: Turn | None = None
+        self._barge_interrupted = False
         self.roles: dict[str, str] = roles or {}
         self.turns: list[Turn] = []
         self._current: Turn | None = None
@@ -149,6 +191,7 @@ class TurnRecorder(BaseObserver):
 
     def _vad_started(self, data: FramePushed, at: float) -> None:
         self._vad_speaking = True
+        self._vad_fired = (at, data.frame.start_secs)
         self._activity(at)
         if self._current is None or not self._current.user_turn_open:
             self._current = Turn(user_started_s=max(0.0, at - data.frame.start_secs))
@@ -196,6 +239,9 @@ class TurnRecorder(BaseObserver):
     def _tts_started(self, data: FramePushed, at: float) -> None:
         self._tts_open = True
         self._activity(at)
+        if self._barge_interrupted:  # a new answer: the interrupted one has stopped for good
+            self._barge = self._barge_turn = None
+            self._barge_interrupted = False
 
     def _tts_stopped(self, data: FramePushed, at: float) -> None:
         self._tts_open = False
@@ -203,8 +249,16 @@ class TurnRecorder(BaseObserver):
 
     def _tts_audio(self, data: FramePushed, at: float) -> None:
         self._activity(at)
+        if self._barge is not None and isinstance(data.source, TTSService):
+            self._barge.tts_last_s = at
         if self._responding is not None and self._responding.first_audio_s is None:
             self._responding.first_audio_s = at
+
+    def _tts_audio_or_output(self, data: FramePushed, at: float) -> None:
+        if isinstance(data.source, BaseOutputTransport):
+            self._output_audio(data, at)
+        else:
+            self._tts_audio(data, at)
 
     def _spoken_text(self, data: FramePushed, at: float) -> None:
         # Text the output transport let through was actually spoken (interrupted text never gets there).
@@ -225,8 +279,31 @@ class TurnRecorder(BaseObserver):
 
     def _interruption(self, data: FramePushed, at: float) -> None:
         # Every user turn broadcasts one; it cuts the bot off only if an answer was under way.
-        if self._responding is not None and (self._bot_speaking or self._llm_open or self._tts_open):
-            self._responding.interrupted = True
+        answer = self._responding
+        if answer is not None and (self._bot_speaking or self._llm_open or self._tts_open or self._barge):
+            answer.interrupted = True
+            self._start_barge(answer)
+            self._barge_interrupted = True
+            answer.barge_in = self._barge
+
+    def _pause(self, data: FramePushed, at: float) -> None:
+        if data.frame.paused and self._responding is not None and self._bot_speaking:
+            self._start_barge(self._responding)
+        elif not data.frame.paused and not self._barge_interrupted:
+            self._barge = self._barge_turn = None  # resumed: it was a backchannel or noise
+
+    def _start_barge(self, answer: Turn) -> None:
+        if self._barge is not None or self._vad_fired is None:
+            return
+        fired, start_secs = self._vad_fired
+        self._barge = BargeIn(vad_fired_s=fired, onset_s=self._speech_onset(fired, start_secs))
+        self._barge_turn = answer
+
+    def _output_audio(self, data: FramePushed, at: float) -> None:
+        # Output transports push each audio frame on once it has been written (played).
+        frame = data.frame
+        if self._barge is not None and isinstance(data.source, BaseOutputTransport) and frame.sample_rate:
+            self._barge.audio_end_s = at + len(frame.audio) / 2 / frame.sample_rate
 
     def _metrics(self, data: FramePushed, at: float) -> None:
         target = self._responding or self._current
@@ -248,11 +325,12 @@ class TurnRecorder(BaseObserver):
         LLMTextFrame: _llm_text,
         TTSStartedFrame: _tts_started,
         TTSStoppedFrame: _tts_stopped,
-        TTSAudioRawFrame: _tts_audio,
+        TTSAudioRawFrame: _tts_audio_or_output,
         TTSTextFrame: _spoken_text,
         BotStartedSpeakingFrame: _bot_started,
         BotStoppedSpeakingFrame: _bot_stopped,
         InterruptionFrame: _interruption,
+        BotOutputPauseFrame: _pause,
         MetricsFrame: _metrics,
     }
 

@@ -45,8 +45,25 @@ class InterruptionConfig(StrictModel):
     """Barge-in: what happens when the user talks over the bot."""
 
     enabled: bool = Field(True, description="Whether user speech interrupts the bot.")
+    mode: Literal["pause_resume", "immediate"] = Field(
+        "pause_resume",
+        description="pause_resume: the bot pauses at once when the user speaks and resumes if it was a "
+        "backchannel ('mm-hm', 'yeah') or noise; immediate: any speech stops the bot (pipecat's default).",
+    )
+    min_speech_secs: float = Field(
+        0.6,
+        ge=0,
+        le=5,
+        description="pause_resume: speech lasting this long after the VAD fires is an interruption.",
+    )
+    resume_within_secs: float = Field(
+        1.2, gt=0, le=10, description="pause_resume: undecided this long after pausing means interrupted."
+    )
     min_words: int = Field(
-        0, ge=0, le=20, description="Words the user must say before the bot is interrupted (0: on speech)."
+        0,
+        ge=0,
+        le=20,
+        description="immediate: words the user must say before the bot is interrupted (0: on speech).",
     )
 
 

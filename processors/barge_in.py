@@ -1,0 +1,174 @@
+"""Barge-in that tells an interruption from a backchannel: pause at once, then resume or stop.
+
+pipecat interrupts the bot the moment the VAD hears the user. That stops the bot for every "mm-hm".
+In ``pause_resume`` mode this processor (just before the user aggregator) instead pauses the bot's audio
+at the output transport as soon as the VAD fires, so the caller hears it stop just as fast, and then:
+
+- the user keeps talking for ``min_speech_secs`` after the VAD fired: a real interruption;
+- the speech was shorter: a backchannel ("mm-hm", "yeah", "okay") or noise, and the bot resumes where it
+  paused, unless its transcript asks the bot to stop ("stop", "wait", "no"...). What was said stays
+  out of the LLM context (a ``UserBackchannelFrame``). Short sounds are where a small STT is least
+  reliable (tiny.en hears "mm-hm" as "and the nature"), so length decides, and words only veto;
+- nothing decided ``resume_within_secs`` after the pause: a real interruption.
+
+A real interruption is pipecat's: an ``InterruptionFrame`` both ways, which drops the paused audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from loguru import logger
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Frame,
+    InterruptionFrame,
+    TranscriptionFrame,
+    UserBackchannelFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+from vivavoce.frames import BotOutputPauseFrame
+
+BACKCHANNELS = (
+    "mm-hm", "mm hm", "mhm", "mm", "hmm", "hm", "uh-huh", "uh huh", "yeah", "yes", "yep", "yup",
+    "okay", "ok", "right", "sure", "i see", "got it", "alright", "all right", "ah", "oh", "uh", "um",
+    "cool", "nice", "wow", "really", "true", "exactly", "indeed", "go on",
+)  # fmt: skip
+
+
+STOP_WORDS = (
+    "stop", "wait", "hold on", "hang on", "no", "excuse me", "sorry", "hey", "pause", "quiet", "enough",
+    "shut up", "what", "actually", "but",
+)  # fmt: skip
+
+
+def _mentions(text: str, phrases: tuple[str, ...]) -> bool:
+    joined = " ".join(re.sub(r"[^\w\s'-]", " ", text.lower()).split())
+    return any(re.search(rf"(?<![\w-]){re.escape(p)}(?![\w-])", joined) for p in phrases)
+
+
+def is_backchannel(text: str, backchannels: tuple[str, ...] = BACKCHANNELS) -> bool:  # noqa: D417
+    """Whether ``text`` is only acknowledgements ("yeah, okay." counts; "yeah but wait" does not)."""
+    words = re.sub(r"[^\w\s'-]", " ", text.lower()).split()
+    if not words:
+        return True
+    joined = " ".join(words)
+    for phrase in sorted(backchannels, key=len, reverse=True):
+        joined = re.sub(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", " ", joined)
+    return not joined.split()
+
+
+class BargeInController(FrameProcessor):
+    """Pause-then-resume barge-in (see the module docstring). Place it just before the user aggregator.
+
+    Event handlers: ``on_bot_paused(processor)``, ``on_bot_resumed(processor, reason)`` and
+    ``on_bot_interrupted(processor, reason)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        min_speech_secs: float = 0.6,
+        resume_within_secs: float = 1.2,
+        stop_words: tuple[str, ...] = STOP_WORDS,
+        vad_stop_secs: float = 0.2,
+        has_stt: bool = True,
+        **kwargs: Any,
+    ):
+        """Decide barge-ins by speech length and by the transcript (``has_stt``) or by length alone.
+
+        ``vad_stop_secs``: the VAD reports the end of speech this late, so speech is long enough only if
+        the VAD still hears it ``min_speech_secs + vad_stop_secs`` after it fired.
+        """
+        super().__init__(**kwargs)
+        self._vad_stop_secs = vad_stop_secs
+        self._min_speech_secs = min_speech_secs
+        self._resume_within_secs = resume_within_secs
+        self._stop_words = stop_words
+        self._has_stt = has_stt
+        self._bot_speaking = False
+        self._user_speaking = False
+        self._paused = False
+        self._deadline: asyncio.Task | None = None
+        self._register_event_handler("on_bot_paused")
+        self._register_event_handler("on_bot_resumed")
+        self._register_event_handler("on_bot_interrupted")
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Watch the VAD, the bot and the transcripts; forward everything but backchannel transcripts."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking = True
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
+        elif isinstance(frame, InterruptionFrame):
+            self._end_pause()
+        elif isinstance(frame, VADUserStartedSpeakingFrame) and not self._user_speaking:
+            self._user_speaking = True
+            await self.push_frame(frame, direction)
+            await self._on_speech_started()
+            return
+        elif isinstance(frame, VADUserStoppedSpeakingFrame) and self._user_speaking:
+            self._user_speaking = False
+            await self.push_frame(frame, direction)
+            if self._paused and not self._has_stt:
+                await self._resume("short speech")  # no transcript will come: length alone decides
+            return
+        elif isinstance(frame, TranscriptionFrame) and self._paused:
+            text = frame.text.strip()
+            if _mentions(text, self._stop_words):
+                await self._interrupt(f"words {text!r}")
+            else:
+                await self._resume(f"backchannel {text!r}")
+                await self.push_frame(UserBackchannelFrame(frame.text, frame.user_id, frame.timestamp), direction)
+                return
+        elif isinstance(frame, TranscriptionFrame) and self._bot_speaking and is_backchannel(frame.text):
+            # A backchannel heard while the bot speaks (e.g. in a gap between its sentences).
+            await self.push_frame(UserBackchannelFrame(frame.text, frame.user_id, frame.timestamp), direction)
+            return
+        await self.push_frame(frame, direction)
+
+    async def _on_speech_started(self) -> None:
+        if not self._bot_speaking:
+            # Nothing is playing: stop whatever the bot is preparing, as pipecat does on every turn.
+            await self.broadcast_interruption()
+            return
+        if self._paused:
+            return
+        self._paused = True
+        await self.push_frame(BotOutputPauseFrame(paused=True))
+        await self._call_event_handler("on_bot_paused")
+        self._deadline = self.create_task(self._decide_by_time(), name="barge-in-deadline")
+
+    async def _decide_by_time(self) -> None:
+        await asyncio.sleep(self._min_speech_secs + self._vad_stop_secs)
+        if self._paused and self._user_speaking:
+            await self._interrupt(f"speech longer than {self._min_speech_secs}s")
+            return
+        await asyncio.sleep(max(0.0, self._resume_within_secs - self._min_speech_secs - self._vad_stop_secs))
+        if self._paused:
+            await self._interrupt("undecided within the resume window")
+
+    async def _resume(self, reason: str) -> None:
+        self._end_pause()
+        await self.push_frame(BotOutputPauseFrame(paused=False))
+        logger.debug(f"{self}: bot resumed ({reason})")
+        await self._call_event_handler("on_bot_resumed", reason)
+
+    async def _interrupt(self, reason: str) -> None:
+        self._end_pause()
+        logger.debug(f"{self}: barge-in ({reason})")
+        await self._call_event_handler("on_bot_interrupted", reason)
+        await self.broadcast_interruption()
+
+    def _end_pause(self) -> None:
+        self._paused = False
+        if self._deadline is not None and self._deadline is not asyncio.current_task():
+            self._deadline.cancel()
+        self._deadline = None

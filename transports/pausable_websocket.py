@@ -1,0 +1,62 @@
+"""pipecat's FastAPI WebSocket transport, with an output that can pause and resume (pause-then-resume barge-in).
+
+pipecat's websocket output already paces audio in real time, so the far end (Twilio) buffers little.
+A pause stops sending at once and clears what the far end has buffered (its serializer turns the
+``InterruptionFrame`` into Twilio's ``clear``); the queued audio waits here and plays on resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pipecat.frames.frames import Frame, InterruptionFrame, OutputAudioRawFrame
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.transports.websocket.fastapi import FastAPIWebsocketOutputTransport, FastAPIWebsocketTransport
+
+from vivavoce.frames import BotOutputPauseFrame
+
+
+class PausableWebsocketOutputTransport(FastAPIWebsocketOutputTransport):
+    """The websocket output, honouring ``BotOutputPauseFrame``."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        """See :class:`FastAPIWebsocketOutputTransport`."""
+        super().__init__(*args, **kwargs)
+        self._playing = asyncio.Event()
+        self._playing.set()
+        self._drop_held = False
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Pause/resume on ``BotOutputPauseFrame``; an interruption drops the frame held by a pause."""
+        if isinstance(frame, BotOutputPauseFrame):
+            if frame.paused and self._playing.is_set():
+                self._playing.clear()
+                # What the far end already holds must stop too; the serializer sends a 'clear'.
+                await self._write_frame(InterruptionFrame())
+            elif not frame.paused:
+                self._playing.set()
+            return
+        if isinstance(frame, InterruptionFrame) and not self._playing.is_set():
+            self._drop_held = True
+            self._playing.set()
+        await super().process_frame(frame, direction)
+
+    async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
+        """Hold the frame while paused; drop it if the pause ended in an interruption."""
+        if not self._playing.is_set():
+            await self._playing.wait()
+            if self._drop_held:
+                self._drop_held = False
+                return False
+            self._next_send_time = 0  # restart the pacing clock after the pause
+        return await super().write_audio_frame(frame)
+
+
+class PausableFastAPIWebsocketTransport(FastAPIWebsocketTransport):
+    """pipecat's ``FastAPIWebsocketTransport`` whose output can pause (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        """See :class:`FastAPIWebsocketTransport`."""
+        super().__init__(*args, **kwargs)
+        self._output = PausableWebsocketOutputTransport(self, self._client, self._params, name=self._output_name)
