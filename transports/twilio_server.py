@@ -30,6 +30,7 @@ from vivavoce.builder import build_conversation
 from vivavoce.transports.call_tokens import CallTokens, InvalidCallToken
 from vivavoce.transports.pausable_websocket import PausableFastAPIWebsocketTransport
 from vivavoce.transports.twilio_call_control import TwilioCallControl
+from vivavoce.turns import Turn, TurnRecorder
 from vivavoce.transports.twilio_stream import MAX_MESSAGE_BYTES, PlayoutMarks, TwilioStreamSerializer, parse_message
 
 TWILIO_SAMPLE_RATE = 8000
@@ -98,9 +99,12 @@ class TwilioCalls:
         settings: TwilioServerSettings,
         *,
         observers: Callable[[CallRecord], list[BaseObserver]] | None = None,
+        on_turn: Callable[[Turn], None] | None = None,
     ):
-        """Serve ``bot``; ``observers`` (optional) gives each call's pipeline its observers."""
+        """Serve ``bot``; ``observers`` gives each call's pipeline more observers; ``on_turn`` gets every
+        completed turn of every call (metrics)."""
         self.bot = bot
+        self._on_turn = on_turn
         self.settings = settings
         self.tokens = CallTokens(
             secret=settings.auth_token.encode() if settings.auth_token else None, ttl_secs=settings.token_ttl_secs
@@ -223,14 +227,16 @@ class TwilioCalls:
         )
         marks = PlayoutMarks(stream_sid)
         record = CallRecord(call_sid=call_sid, stream_sid=stream_sid, serializer=serializer, marks=marks)
+        recorder = TurnRecorder(timeline=lambda clock_ns: clock_ns / 1e9, on_turn=self._on_turn)
         conversation = build_conversation(
             self.bot,
             transport,
             audio_out_sample_rate=TWILIO_SAMPLE_RATE,
-            observers=self._observers(record) if self._observers else (),
+            observers=[recorder, *(self._observers(record) if self._observers else ())],
             after_input=[DTMFAggregator()],
             before_output=[marks],
         )
+        recorder.roles = conversation.processor_roles()
         if can_hang_up:
             TwilioCallControl(
                 account_sid=settings.account_sid or "",
@@ -253,6 +259,7 @@ class TwilioCalls:
         except Exception as e:  # one call's failure ends that call only
             logger.exception(f"Call {call_sid} failed: {e}")
         finally:
+            recorder.finish()
             if self.calls.get(call_sid) is record:
                 del self.calls[call_sid]
             if sum(serializer.rejected.values()):

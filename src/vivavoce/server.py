@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import time
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 
 from vivavoce.botfile import Bot
 from vivavoce.botfile.schema import TwilioTransportConfig
+from vivavoce.metrics import ServeMetrics
 
 PUBLIC_URL_ENV = "VIVAVOCE_PUBLIC_URL"
 
@@ -23,20 +24,34 @@ def create_app(bot: Bot, *, public_url: str | None = None, skip_signature: bool 
     transport = bot.spec.transport
     public_url = public_url or os.environ.get(PUBLIC_URL_ENV)
 
+    sessions: dict = {}
+    metrics = ServeMetrics(active_sessions=lambda: len(sessions))
     if isinstance(transport, TwilioTransportConfig):
         from vivavoce.transports.twilio_server import TwilioCalls, TwilioServerSettings
 
         calls = TwilioCalls(
-            bot, TwilioServerSettings.from_bot(transport, public_url=public_url, skip_signature=skip_signature)
+            bot,
+            TwilioServerSettings.from_bot(transport, public_url=public_url, skip_signature=skip_signature),
+            on_turn=metrics.observe_turn,
         )
+        sessions = calls.calls
         app.include_router(calls.router())
         app.state.calls = calls
-        active = lambda: len(calls.calls)  # noqa: E731
     else:
         raise ValueError(f"transport '{transport.kind}' is not served over HTTP: use `vivavoce run`")
+    app.state.metrics = metrics
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.get("/health")
     async def health() -> dict:
-        return {"bot": bot.name, "transport": transport.kind, "active_sessions": active(), "uptime_s": round(time.time() - started)}
+        return {
+            "bot": bot.name,
+            "transport": transport.kind,
+            "active_sessions": len(sessions),
+            "uptime_s": round(time.time() - started),
+        }
 
     return app

@@ -142,16 +142,21 @@ class TurnRecorder(BaseObserver):
         roles: dict[str, str] | None = None,
         *,
         speech_onset: Callable[[float, float], float] | None = None,
+        on_turn: Callable[[Turn], None] | None = None,
         **kwargs: Any,
     ):
         """Create a recorder; ``roles`` can also be set later, once the processors exist.
 
         ``speech_onset(vad_fired_s, start_secs)`` finds when the speech the VAD fired on began (the
         file transport knows, from its input); by default it is ``vad_fired_s - start_secs``.
+        ``on_turn(turn)`` is called once per turn with words or an answer, when the next turn begins
+        or at :meth:`finish`.
         """
         super().__init__(**kwargs)
         self._timeline = timeline
         self._speech_onset = speech_onset or (lambda fired, start_secs: fired - start_secs)
+        self._on_turn = on_turn
+        self._reported = 0
         self._vad_fired: tuple[float, float] | None = None  # (time, start_secs) of the last VAD start
         self._barge: BargeIn | None = None  # being measured
         self._barge_turn: Turn | None = None
@@ -194,6 +199,8 @@ class TurnRecorder(BaseObserver):
         self._vad_fired = (at, data.frame.start_secs)
         self._activity(at)
         if self._current is None or not self._current.user_turn_open:
+            # The previous turn's answer may still be interrupted by this speech: report it later.
+            self._report_finished(keep_last=1)
             self._current = Turn(user_started_s=max(0.0, at - data.frame.start_secs))
             self.turns.append(self._current)
 
@@ -333,6 +340,20 @@ class TurnRecorder(BaseObserver):
         BotOutputPauseFrame: _pause,
         MetricsFrame: _metrics,
     }
+
+    def _report_finished(self, keep_last: int) -> None:
+        """Hand finished turns to ``on_turn``: all but the last ``keep_last`` turns so far."""
+        if self._on_turn is None:
+            return
+        done = self.turns[self._reported : len(self.turns) - keep_last]
+        self._reported += len(done)
+        for turn in done:
+            if turn.user_text.strip() or turn.bot_started_s is not None:
+                self._on_turn(turn)
+
+    def finish(self) -> None:
+        """The session is over: report the turns not reported yet."""
+        self._report_finished(keep_last=0)
 
     def completed_turns(self) -> list[Turn]:
         """Turns in which the user said something (a VAD blip with no words is not a turn)."""

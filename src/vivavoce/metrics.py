@@ -1,0 +1,60 @@
+"""Prometheus metrics of a serving process (`GET /metrics`): latency, barge-in, sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+
+from vivavoce.turns import Turn
+
+LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
+STOP_BUCKETS = (0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
+
+
+class ServeMetrics:
+    """The histograms one server exports; turns are observed as they complete."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, active_sessions: Callable[[], int]):
+        """``active_sessions`` is read at each scrape."""
+        self.registry = CollectorRegistry()
+        self.voice_to_voice = Histogram(
+            "vivavoce_voice_to_voice_seconds",
+            "User stops speaking -> first bot audio leaves the transport.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ttfb = Histogram(
+            "vivavoce_ttfb_seconds", "Time to first byte per service.", ["service"], buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.barge_in = Histogram(
+            "vivavoce_barge_in_seconds",
+            "Barge-in: detect (speech onset -> VAD), pipeline_stop (VAD -> TTS stops), "
+            "audible_stop (VAD -> last bot audio leaves the transport).",
+            ["stage"],
+            buckets=STOP_BUCKETS,
+            registry=self.registry,
+        )
+        self.turns = Gauge("vivavoce_turns", "Turns observed.", registry=self.registry)
+        Gauge("vivavoce_active_sessions", "Sessions (calls) running now.", registry=self.registry).set_function(
+            lambda: float(active_sessions())
+        )
+
+    def observe_turn(self, turn: Turn) -> None:
+        """Record a completed turn."""
+        self.turns.inc()
+        if turn.voice_to_voice_ms is not None:
+            self.voice_to_voice.observe(turn.voice_to_voice_ms / 1000)
+        for service, ms in turn.ttfb_ms.items():
+            self.ttfb.labels(service=service).observe(ms / 1000)
+        if turn.barge_in is not None:
+            for stage, ms in turn.barge_in.to_dict().items():
+                if ms is not None:
+                    self.barge_in.labels(stage=stage).observe(ms / 1000)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
