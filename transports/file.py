@@ -22,7 +22,6 @@ from pipecat.frames.frames import (
     EndFrame,
     Frame,
     InputAudioRawFrame,
-    InterruptionFrame,
     OutputAudioRawFrame,
     StartFrame,
 )
@@ -31,7 +30,7 @@ from pipecat.transports.base_input import BaseInputTransport
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 
-from vivavoce.frames import BotOutputPauseFrame
+from vivavoce.transports.output_pause import OutputPause
 
 CHUNK_SECS = 0.02
 
@@ -149,9 +148,7 @@ class FileOutputTransport(BaseOutputTransport):
         super().__init__(params, **kwargs)
         self._transport = transport
         self._next_play = 0.0
-        self._playing = asyncio.Event()
-        self._playing.set()
-        self._drop_held = False
+        self._pause = OutputPause()
 
     async def start(self, frame: StartFrame) -> None:
         """Mark the output ready."""
@@ -160,24 +157,13 @@ class FileOutputTransport(BaseOutputTransport):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Pause/resume on ``BotOutputPauseFrame``; an interruption drops the frame held by a pause."""
-        if isinstance(frame, BotOutputPauseFrame):
-            if frame.paused:
-                self._playing.clear()
-            else:
-                self._playing.set()
-            return
-        if isinstance(frame, InterruptionFrame) and not self._playing.is_set():
-            self._drop_held = True
-            self._playing.set()
-        await super().process_frame(frame, direction)
+        if not self._pause.on_frame(frame):
+            await super().process_frame(frame, direction)
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         """Place the frame where it starts playing, then wait until it does (a one-frame device buffer)."""
-        if not self._playing.is_set():
-            await self._playing.wait()
-            if self._drop_held:
-                self._drop_held = False
-                return False
+        if not await self._pause.may_play():
+            return False
         now = time.monotonic()
         starts = max(now, self._next_play)
         self._transport.place_output(frame.audio, frame.sample_rate, starts)

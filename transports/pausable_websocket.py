@@ -7,14 +7,13 @@ A pause stops sending at once and clears what the far end has buffered (its seri
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from pipecat.frames.frames import Frame, InterruptionFrame, OutputAudioRawFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketOutputTransport, FastAPIWebsocketTransport
 
-from vivavoce.frames import BotOutputPauseFrame
+from vivavoce.transports.output_pause import OutputPause
 
 
 class PausableWebsocketOutputTransport(FastAPIWebsocketOutputTransport):
@@ -23,31 +22,21 @@ class PausableWebsocketOutputTransport(FastAPIWebsocketOutputTransport):
     def __init__(self, *args: Any, **kwargs: Any):
         """See :class:`FastAPIWebsocketOutputTransport`."""
         super().__init__(*args, **kwargs)
-        self._playing = asyncio.Event()
-        self._playing.set()
-        self._drop_held = False
+        self._pause = OutputPause()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Pause/resume on ``BotOutputPauseFrame``; an interruption drops the frame held by a pause."""
-        if isinstance(frame, BotOutputPauseFrame):
-            if frame.paused and self._playing.is_set():
-                self._playing.clear()
-                # What the far end already holds must stop too; the serializer sends a 'clear'.
-                await self._write_frame(InterruptionFrame())
-            elif not frame.paused:
-                self._playing.set()
-            return
-        if isinstance(frame, InterruptionFrame) and not self._playing.is_set():
-            self._drop_held = True
-            self._playing.set()
-        await super().process_frame(frame, direction)
+        was_paused = self._pause.paused
+        if not self._pause.on_frame(frame):
+            await super().process_frame(frame, direction)
+        elif self._pause.paused and not was_paused:
+            # What the far end already holds must stop too: the serializer sends Twilio's 'clear'.
+            await self._write_frame(InterruptionFrame())
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         """Hold the frame while paused; drop it if the pause ended in an interruption."""
-        if not self._playing.is_set():
-            await self._playing.wait()
-            if self._drop_held:
-                self._drop_held = False
+        if self._pause.paused:
+            if not await self._pause.may_play():
                 return False
             self._next_send_time = 0  # restart the pacing clock after the pause
         return await super().write_audio_frame(frame)
