@@ -807,9 +807,13 @@ async def test_a_phone_call_with_the_embedded_bot(embedded_models, phrases, tmp_
             _, asked = await line.say(phrases[1])  # "Ever failed."
             await wait_until(lambda: line.media_after(asked), 30, "the second answer")
             onset, _ = await line.say(phrases[2])  # "No matter."
+            # pause_resume (the default): the bot pauses at once (Twilio gets 'clear'), then "No matter"
+            # (a stop word) makes it an interruption.
             cleared = await wait_until(lambda: caller.first_event("clear", after=onset), 10, "a clear after the barge-in")
-            interruptions = [t for t, _ in log.of(InterruptionFrame) if onset <= t <= cleared]
-            assert any(_speaking_at(log, t) for t in interruptions), "the bot was interrupted while speaking"
+            assert _speaking_at(log, cleared), "the bot was speaking when the caller talked over it"
+            await wait_until(
+                lambda: [t for t, _ in log.of(InterruptionFrame) if t >= onset], 10, "the interruption"
+            )
 
             # Keypresses become a user turn.
             for digit in "12#":
@@ -824,7 +828,7 @@ async def test_a_phone_call_with_the_embedded_bot(embedded_models, phrases, tmp_
     # Marks: one after each utterance, each echoed by the caller after the audio before it played.
     sent_marks = [m["mark"]["name"] for _, m in caller.events if m.get("event") == "mark"]
     assert sent_marks[:2] == ["utterance-1", "utterance-2"]
-    assert set(sent_marks) == set(record.marks.sent)
+    assert set(sent_marks) <= set(record.marks.sent)  # a mark queued behind interrupted audio is dropped with it
     assert set(record.marks.heard) <= set(record.marks.sent)
     assert {"utterance-1", "utterance-2"} <= set(record.marks.heard)
     assert all(record.marks.heard[name] >= record.marks.sent[name] for name in record.marks.heard)
