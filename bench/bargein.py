@@ -1,23 +1,27 @@
 """Barge-in on the embedded local bot: real interruptions and backchannels over its answers. Prints JSON.
 
-    .venv/bin/python bench/bargein.py [--cycles 12] [--bot bots/local.yaml] [--modes pause_resume,immediate]
+    .venv/bin/python bench/bargein.py [--cycles 12] [--modes pause_resume,immediate] [--per-event]
 
-One long recording per interruption mode, played to the bot through the file transport in real time.
-It opens with "Ever tried." (beckett.wav, real human speech), then repeats a two-part cycle, each part
-timed from when the bot is expected to start answering the user's previous utterance (it starts about
-0.8 s after the user stops):
+One long recording per interruption mode (bots/local.yaml, turn_taking.interruptions.mode set in a
+copy), played to the bot through the file transport in real time. It opens with "Ever tried."
+(beckett.wav, real human speech), then repeats a two-part cycle, each part timed from when the bot is
+expected to start answering the user's previous utterance (about 0.8 s after the user stops):
 
-- A: a real interruption 1.0-2.5 s into the answer: three beckett phrases ("No matter. Try again.
-  Fail again.", six words) with the pauses the speaker left between them;
-- C: a Piper-synthesised backchannel ("mm-hm", "yeah", "I see"...) 1.0 s into the answer, then a real
-  interruption 3.0 s into it (after the bot has resumed).
+- A: a real interruption 1.0-2.5 s into the answer;
+- C: a Piper-synthesised backchannel 1.0 s into the answer ("mm-hm", "yeah", "I see"... twelve
+  distinct, said a little slowly), then a real interruption 3.0 s into it (after the bot resumed).
 
-Every interruption is the next utterance the bot answers, so the cycle goes on. Whether the bot was
-speaking when an event began is read from the report (the answer's bot_started_s/bot_stopped_s); events
-that fell outside the bot's speech are counted as invalid, not as failures. Per event, from the turn
-records: did the answer stop (interrupted, with the barge-in fired by this event), and detect /
-pipeline_stop / audible_stop. audible_stop is cross-checked on the output WAV (aligned with the input):
-end of the last loud 20 ms frame of bot audio before a 0.3 s silence, minus the VAD fire time.
+An interruption is three beckett phrases (six words, e.g. "No matter. Try again. Fail again."),
+alternately ``fluent`` (run together: one stretch of speech) and ``paused`` (with ~0.6 s between the
+sentences, as the speaker said them). Each interruption is the next utterance the bot answers, so the
+chain goes on. Whether the bot was speaking when an event began is read from the report (the answer's
+bot_started_s/bot_stopped_s): events outside the bot's speech, or whose answer ended on its own before the
+VAD could fire, are invalid, not failures. Per event: did the answer stop (interrupted by a barge-in whose
+VAD fired during this event), detect / pipeline_stop / audible_stop from the report, audible stop
+cross-checked on the output WAV (aligned with the input: end of the bot's last loud 20 ms frame before
+0.3 s of quiet, minus the VAD fire time), bot audio while the user was still talking, and the pauses the
+barge-in controller asked for (BotOutputPauseFrame). A backchannel is a false interruption if it stopped
+the answer; it resumed if the same answer played on after it.
 """
 
 from __future__ import annotations
@@ -59,8 +63,10 @@ FRAME_SECS = 0.02
 LOUD_RMS = 150.0  # bot speech is ~1000-4000 RMS; its output track is exact zeros between replies
 ANSWER_LATENCY_SECS = 0.8  # user stops -> bot starts, about (bench/local_latency.py: p50 ~0.72 s)
 A_OFFSETS = (1.0, 1.75, 2.5, 1.25, 2.0, 1.5, 2.25)  # interruption, seconds into the answer
-C_BACKCHANNEL_AT = 1.0
-C_INTERRUPT_AT = 3.0
+C_BACKCHANNEL_AT = 1.0  # backchannel, seconds into the answer
+C_INTERRUPT_AT = 3.0  # then the interruption
+BACKCHANNEL_LENGTH_SCALE = 1.3  # a little drawn out, as acknowledgements are said: "mm-hm" 0.8 s, "yeah" 0.35 s
+DETECT_SECS = 0.45  # speech onset -> VAD fires is ~0.3-0.4 s: an answer ending sooner could not be stopped
 BACKCHANNELS = (
     "Mm-hm.", "Yeah.", "Okay.", "Uh-huh.", "Right.", "I see.", "Sure.", "Got it.", "Mhm.", "Yes.", "Oh.",
     "Alright.",
@@ -111,12 +117,15 @@ def group_audio(phrases: list[np.ndarray], indices: tuple[int, ...], style: str)
 
 def synthesise(texts: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Backchannel clips in Piper's voice, at 16 kHz, trimmed to 50 ms around the speech."""
+    from piper import SynthesisConfig
+
     from vivavoce.processors.piper import load_voice
 
     voice = load_voice("en_US-joe-medium")
+    slower = SynthesisConfig(length_scale=BACKCHANNEL_LENGTH_SCALE)
     clips = {}
     for text in texts:
-        pcm = np.frombuffer(b"".join(c.audio_int16_bytes for c in voice.synthesize(text)), np.int16)
+        pcm = np.frombuffer(b"".join(c.audio_int16_bytes for c in voice.synthesize(text, syn_config=slower)), np.int16)
         pcm = soxr.resample(pcm, voice.config.sample_rate, RATE).astype(np.int16)
         start, end = voiced_span(pcm)
         clips[text] = pcm[max(0, int((start - 0.05) * RATE)) : int((end + 0.05) * RATE)]
@@ -160,7 +169,7 @@ def script(cycles: int, phrases: list[np.ndarray], clips: dict[str, np.ndarray])
                 silence(answer_at + C_BACKCHANNEL_AT - now - voiced_span(clips[clip_text])[0])
                 say("backchannel", "clip", clip_text, clips[clip_text], C_BACKCHANNEL_AT)
                 offset = C_INTERRUPT_AT
-            style = STYLES[(2 * cycle + (part == "C") + cycle) % 2]  # both styles in both parts
+            style = STYLES[(cycle + (part == "C")) % 2]  # alternating, so both parts get both styles
             pcm = group_audio(phrases, group, style)
             silence(answer_at + offset - now - voiced_span(pcm)[0])
             say("interruption", style, text, pcm, offset)
@@ -255,6 +264,11 @@ def analyse(turns: list[Turn], output: np.ndarray, pauses: list[tuple[float, boo
         if turn is None:
             rows.append(row)
             continue
+        if not turn.interrupted and turn.bot_stopped_s is not None and turn.bot_stopped_s < event.onset_s + DETECT_SECS:
+            row["valid"] = False  # the answer ended on its own before the VAD could fire
+            row["answer_ended_s"] = round(turn.bot_stopped_s, 2)
+            rows.append(row)
+            continue
         row["into_answer_s"] = round(event.onset_s - turn.bot_started_s, 2)
         during = [paused for at, paused in pauses if event.onset_s <= at <= event.end_s + 0.5]
         row["pauses"], row["resumes"] = during.count(True), during.count(False)
@@ -263,6 +277,9 @@ def analyse(turns: list[Turn], output: np.ndarray, pauses: list[tuple[float, boo
         row["stopped"] = bool(
             turn.interrupted and barge is not None and event.onset_s <= barge.vad_fired_s <= event.end_s + 0.5
         )
+        if not row["stopped"]:
+            row["answer_interrupted"] = turn.interrupted
+            row["barge_fired_s"] = None if barge is None else round(barge.vad_fired_s, 2)
         if row["stopped"]:
             row["barge_in_ms"] = barge.to_dict()
             stop = wav_audible_stop(loud, barge.vad_fired_s)
@@ -292,17 +309,20 @@ def spread(values: list[float]) -> dict:
 def interruption_summary(rows: list[dict]) -> dict:
     valid = [r for r in rows if r["valid"]]
     stopped = [r for r in valid if r["stopped"]]
+    into = [r["into_answer_s"] for r in valid]
+    wav = [r["wav_audible_stop_ms"] for r in stopped if r["wav_audible_stop_ms"] is not None]
     return {
         "runs": len(rows),
         "valid": len(valid),
         "stopped": len(stopped),
         "stopped_share": round(len(stopped) / len(valid), 3) if valid else None,
-        "into_answer_s": {"min": min((r["into_answer_s"] for r in valid), default=None), "max": max((r["into_answer_s"] for r in valid), default=None)},
+        "into_answer_s": {"min": min(into, default=None), "max": max(into, default=None)},
         "barge_in_ms": {
-            key: {"p50": pct([r["barge_in_ms"][key] for r in stopped], 50), "p95": pct([r["barge_in_ms"][key] for r in stopped], 95)}
+            key: {"p50": pct(ms, 50), "p95": pct(ms, 95)}
             for key in ("detect", "pipeline_stop", "audible_stop")
+            for ms in [[r["barge_in_ms"][key] for r in stopped]]
         },
-        "wav_audible_stop_ms": spread([r["wav_audible_stop_ms"] for r in stopped if r["wav_audible_stop_ms"] is not None]),
+        "wav_audible_stop_ms": spread(wav),
         "stopped_after_onset_s": spread([r["fired_after_onset_s"] for r in stopped]),
         "resumed_over_user": sum(r["resumes"] > 0 for r in valid),
         "bot_audio_during_user_ms": spread([r["bot_audio_during_user_ms"] for r in valid]),
@@ -327,14 +347,27 @@ def summarise(rows: list[dict]) -> dict:
             "runs": len(backchannels),
             "valid": len(valid_bc),
             "distinct_clips": len({r["text"] for r in backchannels}),
-            "paused": sum(r["pauses"] > 0 for r in valid_bc),
+            "vad_fired": sum(r["pauses"] > 0 or r["stopped"] for r in valid_bc),
             "false_interruptions": len(false_stops),
             "false_interruption_rate": round(len(false_stops) / len(valid_bc), 3) if valid_bc else None,
             "resumed": sum(bool(r["resumed"]) for r in valid_bc),
             "gap_in_answer_ms": spread([r["gap_in_answer_ms"] for r in valid_bc if r["resumed"]]),
             "false_interruptions_on": [r["text"] for r in false_stops],
-            "not_paused_on": [r["text"] for r in valid_bc if not r["pauses"]],
+            "vad_missed": [r["text"] for r in valid_bc if not (r["pauses"] or r["stopped"])],
         },
+    }
+
+
+def meets_targets(summary: dict) -> dict[str, bool | None]:
+    share = summary["interruptions"]["stopped_share"]
+    audible = summary["interruptions"]["barge_in_ms"]["audible_stop"]["p95"]
+    false_rate = summary["backchannels"]["false_interruption_rate"]
+    return {
+        "interruptions_stopped_share": None if share is None else share >= TARGETS["interruptions_stopped_share"],
+        "audible_stop_p95_ms": None if audible is None else audible <= TARGETS["audible_stop_p95_ms"],
+        "backchannel_false_interruption_rate": None
+        if false_rate is None
+        else false_rate <= TARGETS["backchannel_false_interruption_rate"],
     }
 
 
@@ -362,7 +395,7 @@ async def bench(bot_path: Path, modes: list[str], cycles: int, per_event: bool) 
     audio = InputAudio(Path("bargein-bench.wav"), pcm, RATE, 1)
     out: dict = {
         "recording_s": round(audio.duration_secs, 1),
-        "events": {"interruptions": sum(e.kind == "interruption" for e in events), "backchannels": sum(e.kind == "backchannel" for e in events)},
+        "events": {kind + "s": sum(e.kind == kind for e in events) for kind in ("interruption", "backchannel")},
     }
     with tempfile.TemporaryDirectory() as tmp:
         for mode in modes:
@@ -396,6 +429,7 @@ def main() -> None:
     }
     result.update(asyncio.run(bench(args.bot, args.modes.split(","), args.cycles, args.per_event)))
     result["targets"] = TARGETS
+    result["meets_targets"] = {mode: meets_targets(result[mode]) for mode in args.modes.split(",")}
     result["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=2))
 

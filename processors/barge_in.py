@@ -6,10 +6,13 @@ at the output transport as soon as the VAD fires, so the caller hears it stop ju
 
 - the user keeps talking for ``min_speech_secs`` after the VAD fired: a real interruption;
 - the speech was shorter: a backchannel ("mm-hm", "yeah", "okay") or noise, and the bot resumes where it
-  paused, unless its transcript asks the bot to stop ("stop", "wait", "no"...). What was said stays
-  out of the LLM context (a ``UserBackchannelFrame``). Short sounds are where a small STT is least
-  reliable (tiny.en hears "mm-hm" as "and the nature"), so length decides, and words only veto;
-- nothing decided ``resume_within_secs`` after the pause: a real interruption.
+  paused, unless its transcript asks the bot to stop ("stop", "wait", "no"...) or has two words that
+  are neither acknowledgements nor fillers ("try again"). What was said stays out of the LLM context
+  (a ``UserBackchannelFrame``). Short sounds are where a small STT is least reliable (tiny.en hears
+  "mm-hm" as "and the MHM"), so fillers and hums do not count;
+- the user speaks again within ``resume_within_secs`` of a resume: they are talking, not acknowledging;
+- still undecided ``resume_within_secs`` after the pause: an interruption if the user is still speaking,
+  otherwise noise (no words came), and the bot resumes.
 
 A real interruption is pipecat's: an ``InterruptionFrame`` both ways, which drops the paused audio.
 """
@@ -36,7 +39,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from vivavoce.frames import BotOutputPauseFrame
 
 BACKCHANNELS = (
-    "mm-hm", "mm hm", "mhm", "mm", "hmm", "hm", "uh-huh", "uh huh", "yeah", "yes", "yep", "yup",
+    "mm-hm", "mm-hmm", "mm hm", "mhm", "mm", "hmm", "hm", "uh-huh", "uh huh", "yeah", "yes", "yep", "yup",
     "okay", "ok", "right", "sure", "i see", "got it", "alright", "all right", "ah", "oh", "uh", "um",
     "cool", "nice", "wow", "really", "true", "exactly", "indeed", "go on",
 )  # fmt: skip
@@ -46,6 +49,19 @@ STOP_WORDS = (
     "stop", "wait", "hold on", "hang on", "no", "excuse me", "sorry", "hey", "pause", "quiet", "enough",
     "shut up", "what", "actually", "but",
 )  # fmt: skip
+
+
+FILLERS = ("and", "the", "a", "an", "so", "well", "uh", "um", "er", "eh", "like", "i", "it")
+
+
+def content_words(text: str) -> list[str]:
+    """Words that carry meaning: not fillers, not acknowledgements."""
+    remaining = re.sub(r"[^\w\s'-]", " ", text.lower())
+    for phrase in sorted(BACKCHANNELS, key=len, reverse=True):
+        remaining = re.sub(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", " ", remaining)
+    # Hums as a small STT spells them: "mm", "mmm", "hmm", "mm-hmm", "mma", "uhh", "ahh".
+    hum = re.compile(r"(?:[mh]+-?)+a?|u+h+|a+h+")
+    return [w for w in remaining.split() if w not in FILLERS and not hum.fullmatch(w)]
 
 
 def _mentions(text: str, phrases: tuple[str, ...]) -> bool:
@@ -95,6 +111,7 @@ class BargeInController(FrameProcessor):
         self._bot_speaking = False
         self._user_speaking = False
         self._paused = False
+        self._resumed_at: float | None = None
         self._deadline: asyncio.Task | None = None
         self._register_event_handler("on_bot_paused")
         self._register_event_handler("on_bot_resumed")
@@ -122,7 +139,7 @@ class BargeInController(FrameProcessor):
             return
         elif isinstance(frame, TranscriptionFrame) and self._paused:
             text = frame.text.strip()
-            if _mentions(text, self._stop_words):
+            if _mentions(text, self._stop_words) or len(content_words(text)) >= 2:
                 await self._interrupt(f"words {text!r}")
             else:
                 await self._resume(f"backchannel {text!r}")
@@ -141,6 +158,10 @@ class BargeInController(FrameProcessor):
             return
         if self._paused:
             return
+        loop = asyncio.get_running_loop()
+        if self._resumed_at is not None and loop.time() - self._resumed_at < self._resume_within_secs:
+            await self._interrupt("speaking again right after a backchannel")
+            return
         self._paused = True
         await self.push_frame(BotOutputPauseFrame(paused=True))
         await self._call_event_handler("on_bot_paused")
@@ -152,17 +173,21 @@ class BargeInController(FrameProcessor):
             await self._interrupt(f"speech longer than {self._min_speech_secs}s")
             return
         await asyncio.sleep(max(0.0, self._resume_within_secs - self._min_speech_secs - self._vad_stop_secs))
-        if self._paused:
-            await self._interrupt("undecided within the resume window")
+        if self._paused and self._user_speaking:
+            await self._interrupt("still speaking at the end of the resume window")
+        elif self._paused:
+            await self._resume("short speech the STT found no words in")
 
     async def _resume(self, reason: str) -> None:
         self._end_pause()
+        self._resumed_at = asyncio.get_running_loop().time()
         await self.push_frame(BotOutputPauseFrame(paused=False))
         logger.debug(f"{self}: bot resumed ({reason})")
         await self._call_event_handler("on_bot_resumed", reason)
 
     async def _interrupt(self, reason: str) -> None:
         self._end_pause()
+        self._resumed_at = None
         logger.debug(f"{self}: barge-in ({reason})")
         await self._call_event_handler("on_bot_interrupted", reason)
         await self.broadcast_interruption()

@@ -1,0 +1,390 @@
+"""Barge-in: the backchannel test, the BargeInController's decisions, and the local bot on real speech.
+
+Unit tests drive the controller with the frames it sees in a pipeline (the bot's speaking state comes
+upstream from the output transport; VAD and transcripts come downstream). End-to-end tests play beckett.wav
+(real human speech) and Piper backchannels to bots/local.yaml through the file transport, in real time,
+and read the bot's audio off the output track (aligned with the input).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from bargein_support import (
+    Script,
+    backchannel,
+    bot_variant,
+    joined,
+    loud_frames,
+    loud_secs,
+    phrases,
+    run_with_pauses,
+)
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    EndFrame,
+    Frame,
+    InterruptionFrame,
+    StartFrame,
+    TranscriptionFrame,
+    UserBackchannelFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.tests.utils import SleepFrame
+from pipecat.workers.runner import WorkerRunner
+
+from vivavoce.botfile import load_bot
+from vivavoce.builder import load_models
+from vivavoce.frames import BotOutputPauseFrame
+from vivavoce.processors.barge_in import BargeInController, is_backchannel
+
+REPO = Path(__file__).resolve().parents[1]
+UP = FrameDirection.UPSTREAM
+DOWN = FrameDirection.DOWNSTREAM
+
+
+# --- is_backchannel --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Mm-hm.", "mhm", "Yeah.", "Yeah, okay.", "Uh-huh!", "uh huh", "I see.", "Got it.", "Right, right.",
+     "All right", "Oh, really?", "Sure", "", "  ...  "],
+)  # fmt: skip
+def test_acknowledgements_are_backchannels(text):
+    assert is_backchannel(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Yeah but wait", "Try again.", "Okay so what about tomorrow?", "No matter.", "Stop.", "nothing",
+     "I see a problem", "okay-ish", "yeahs"],
+)  # fmt: skip
+def test_anything_more_is_not_a_backchannel(text):
+    assert not is_backchannel(text)
+
+
+# --- BargeInController -----------------------------------------------------------------------------
+
+
+class Capture(FrameProcessor):
+    """Records (seconds since the run began, frame) for frames passing in one direction."""
+
+    def __init__(self, direction: FrameDirection, started: list[float]):
+        super().__init__(enable_direct_mode=True)
+        self.direction = direction
+        self.started = started
+        self.frames: list[tuple[float, Frame]] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if direction == self.direction and not isinstance(frame, (StartFrame, EndFrame)):
+            self.frames.append((time.monotonic() - self.started[0], frame))
+        await self.push_frame(frame, direction)
+
+
+class Driven:
+    """What the controller let through or produced: downstream, upstream, and its events."""
+
+    def __init__(self, down, up, events):
+        self.down: list[tuple[float, Frame]] = down
+        self.up: list[tuple[float, Frame]] = up
+        self.events: list[tuple[str, str | None]] = events
+
+    def down_of(self, *types: type) -> list[Frame]:
+        return [f for _, f in self.down if isinstance(f, types)]
+
+    def at(self, frame: Frame) -> float:
+        return next(t for t, f in self.down if f is frame)
+
+
+async def drive(controller: BargeInController, steps: list) -> Driven:
+    """Run ``controller`` between two captures; each step is a frame (downstream), ``(UP, frame)``
+    (upstream, entering after the controller, as from the output transport) or a ``SleepFrame``."""
+    started = [time.monotonic()]
+    source, sink = Capture(UP, started), Capture(DOWN, started)
+    worker = PipelineWorker(Pipeline([source, controller, sink]), cancel_on_idle_timeout=False)
+    events: list[tuple[str, str | None]] = []
+    for name in ("on_bot_paused", "on_bot_resumed", "on_bot_interrupted"):
+
+        async def handler(_processor, reason=None, _name=name):
+            events.append((_name, reason))
+
+        controller.add_event_handler(name, handler)
+    ready = asyncio.Event()
+
+    @worker.event_handler("on_pipeline_started")
+    async def _started(_worker, _frame):
+        ready.set()
+
+    async def feed() -> None:
+        await asyncio.wait_for(ready.wait(), timeout=2.0)
+        started[0] = time.monotonic()
+        for step in steps:
+            if isinstance(step, SleepFrame):
+                await asyncio.sleep(step.sleep)
+            elif isinstance(step, tuple):
+                await worker.queue_frame(step[1], step[0])
+            else:
+                await worker.queue_frame(step, DOWN)
+            await asyncio.sleep(0.01)  # keep the order between directions
+        await worker.queue_frame(EndFrame())
+
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    await asyncio.wait_for(asyncio.gather(runner.run(), feed()), timeout=10)
+    return Driven(sink.frames, source.frames, events)
+
+
+def transcript(text: str) -> TranscriptionFrame:
+    return TranscriptionFrame(text=text, user_id="user", timestamp="now")
+
+
+def bot_speaks() -> tuple[FrameDirection, Frame]:
+    return (UP, BotStartedSpeakingFrame())
+
+
+def controller(**kwargs) -> BargeInController:
+    settings = {"min_speech_secs": 0.3, "resume_within_secs": 0.8, "vad_stop_secs": 0.1} | kwargs
+    return BargeInController(**settings)
+
+
+async def test_a_backchannel_pauses_the_bot_then_resumes_it_and_stays_out_of_the_context():
+    run = await drive(
+        controller(),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.15),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.05), transcript("Mm-hm."), SleepFrame(0.1)],
+    )  # fmt: skip
+
+    decisions = run.down_of(BotOutputPauseFrame, UserBackchannelFrame, InterruptionFrame, TranscriptionFrame)
+    assert [type(f) for f in decisions] == [BotOutputPauseFrame, BotOutputPauseFrame, UserBackchannelFrame]
+    assert [decisions[0].paused, decisions[1].paused] == [True, False]
+    assert decisions[2].text == "Mm-hm."
+    assert not [f for _, f in run.up if isinstance(f, InterruptionFrame)]
+    assert [name for name, _ in run.events] == ["on_bot_paused", "on_bot_resumed"]
+    # The VAD frames still reach the user aggregator (it needs them for its own turn tracking).
+    assert len(run.down_of(VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame)) == 2
+
+
+async def test_speech_that_goes_on_interrupts_while_the_user_is_still_talking():
+    control = controller(min_speech_secs=0.3, vad_stop_secs=0.1)
+    run = await drive(
+        control,
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.6),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), transcript("Try again, fail again, fail better.")],
+    )  # fmt: skip
+
+    pauses = run.down_of(BotOutputPauseFrame)
+    assert [p.paused for p in pauses] == [True]  # never resumed
+    interruption = run.down_of(InterruptionFrame)
+    assert len(interruption) == 1
+    assert len([f for _, f in run.up if isinstance(f, InterruptionFrame)]) == 1  # both ways
+    # Decided by length: min_speech_secs + vad_stop_secs after the pause, before the VAD stopped.
+    waited = run.at(interruption[0]) - run.at(pauses[0])
+    assert 0.38 <= waited < 0.75, waited
+    vad_stop = run.down_of(VADUserStoppedSpeakingFrame)[0]
+    assert run.at(interruption[0]) < run.at(vad_stop)
+    # What was said goes to the LLM as a normal transcript.
+    assert [f.text for f in run.down_of(TranscriptionFrame)] == ["Try again, fail again, fail better."]
+    assert not run.down_of(UserBackchannelFrame)
+    assert run.events[-1][0] == "on_bot_interrupted" and "longer" in run.events[-1][1]
+
+
+@pytest.mark.parametrize("said", ["Stop.", "Wait, wait.", "No.", "Hold on", "Mm-hm, but", "Sorry?"])
+async def test_a_stop_word_in_a_short_utterance_vetoes_the_resume(said):
+    run = await drive(
+        controller(),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), transcript(said), SleepFrame(0.1)],
+    )  # fmt: skip
+
+    assert [p.paused for p in run.down_of(BotOutputPauseFrame)] == [True]
+    assert len(run.down_of(InterruptionFrame)) == 1
+    assert [f.text for f in run.down_of(TranscriptionFrame)] == [said]  # the LLM hears it
+    assert not run.down_of(UserBackchannelFrame)
+    assert run.events[-1][0] == "on_bot_interrupted" and "words" in run.events[-1][1]
+
+
+@pytest.mark.parametrize("said", ["Stopwatch.", "I know.", "nothing", "Hey-ho"])
+async def test_stop_words_match_whole_words_only(said):
+    run = await drive(
+        controller(),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), transcript(said), SleepFrame(0.1)],
+    )  # fmt: skip
+
+    assert [p.paused for p in run.down_of(BotOutputPauseFrame)] == [True, False]
+    assert not run.down_of(InterruptionFrame)
+
+
+async def test_a_short_sound_with_no_transcript_resumes_at_the_end_of_the_resume_window():
+    """Noise: the STT found no words in it, so the bot resumes (it is not cut off and left silent)."""
+    run = await drive(
+        controller(resume_within_secs=0.5),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.7)],
+    )  # fmt: skip
+
+    pause = run.down_of(BotOutputPauseFrame)
+    assert [p.paused for p in pause] == [True, False]
+    assert not run.down_of(InterruptionFrame)
+    assert 0.45 <= run.at(pause[1]) - run.at(pause[0]) < 0.85
+    assert "no words" in run.events[-1][1]
+
+
+async def test_without_an_stt_a_short_sound_resumes_when_the_vad_stops():
+    run = await drive(
+        controller(has_stt=False),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.9)],
+    )  # fmt: skip
+
+    assert [p.paused for p in run.down_of(BotOutputPauseFrame)] == [True, False]
+    assert not run.down_of(InterruptionFrame)
+
+
+async def test_speech_while_the_bot_is_silent_interrupts_at_once_without_pausing():
+    run = await drive(
+        controller(),
+        [bot_speaks(), (UP, BotStoppedSpeakingFrame()), VADUserStartedSpeakingFrame(start_secs=0.2),
+         SleepFrame(0.1), VADUserStoppedSpeakingFrame(stop_secs=0.1), transcript("Mm-hm."), SleepFrame(0.1)],
+    )  # fmt: skip
+
+    assert not run.down_of(BotOutputPauseFrame)
+    assert len(run.down_of(InterruptionFrame)) == 1
+    assert [f.text for f in run.down_of(TranscriptionFrame)] == ["Mm-hm."]  # a normal turn
+
+
+async def test_a_backchannel_transcript_without_a_vad_pause_still_stays_out_of_the_context():
+    # e.g. said in a gap between the bot's sentences, too short for the VAD to fire while it spoke
+    run = await drive(
+        controller(), [bot_speaks(), transcript("Yeah."), transcript("What time is it?"), SleepFrame(0.05)]
+    )
+
+    assert [f.text for f in run.down_of(UserBackchannelFrame)] == ["Yeah."]
+    assert [f.text for f in run.down_of(TranscriptionFrame)] == ["What time is it?"]
+    assert not run.down_of(BotOutputPauseFrame, InterruptionFrame)
+
+
+# --- end to end: bots/local.yaml on real speech ----------------------------------------------------
+
+FIRST_ANSWER_SECS = 0.8  # "Ever tried." ends -> the bot starts answering, about (bench/local_latency.py)
+INTO_ANSWER_SECS = 1.2  # where the user talks over the answer
+
+
+@pytest.fixture(scope="module")
+def local_bot():
+    bot = load_bot(REPO / "bots" / "local.yaml")
+    load_models(bot)
+    return bot
+
+
+def over_the_answer(speech) -> tuple[Script, tuple[float, float], tuple[float, float]]:
+    """Beckett's "Ever tried.", then ``speech`` INTO_ANSWER_SECS into the bot's answer, then quiet."""
+    script = Script()
+    script.silence(0.5)
+    first = script.say(phrases()[0])
+    script.silence(first[1] + FIRST_ANSWER_SECS + INTO_ANSWER_SECS - script.secs - 0.05)
+    over = script.say(speech)
+    script.silence(1.5)
+    return script, first, over
+
+
+def answer_playing_at(turns, at: float):
+    playing = [t for t in turns if t.bot_started_s is not None and t.bot_started_s <= at]
+    assert playing, f"the bot had not started answering by {at:.2f}s: {[t.to_dict() for t in turns]}"
+    answer = playing[-1]
+    assert answer.bot_stopped_s is None or answer.bot_stopped_s > at, "the answer ended before the test spoke"
+    return answer
+
+
+@pytest.mark.e2e
+async def test_real_speech_over_the_answer_stops_the_bot_within_its_pause(local_bot, monkeypatch):
+    # "Try again. Fail again. Fail better." said without pausing: no stop word, so length decides.
+    script, _, (onset, end) = over_the_answer(joined((3, 4, 5)))
+    result, pauses = await run_with_pauses(local_bot, script.audio(), monkeypatch)
+
+    answer = answer_playing_at(result.turns, onset)
+    assert answer.interrupted
+    barge = answer.barge_in
+    assert onset < barge.vad_fired_s < onset + 0.6
+    ms = barge.to_dict()
+    assert ms["audible_stop"] <= 100, ms
+    # Paused once, at the VAD, and never resumed over the user.
+    assert [p for at, p in pauses if onset <= at <= end + 0.3] == [True]
+    # The output track: the bot went quiet right after the VAD fired, and stayed quiet while the user spoke.
+    loud = loud_frames(result.output_pcm)
+    assert loud_secs(loud, barge.vad_fired_s + 0.1, end) == 0.0
+    assert loud_secs(loud, onset - 0.5, onset) > 0.1  # it was audible just before
+    # The interruption is the user's next turn: heard, and answered.
+    later = [t for t in result.turns if t.user_started_s is not None and t.user_started_s >= onset - 0.1]
+    assert later and "again" in " ".join(t.user_text.lower() for t in later)
+    assert any(t.bot_started_s is not None and t.bot_started_s > end for t in later)
+
+
+@pytest.mark.e2e
+async def test_a_backchannel_over_the_answer_pauses_it_and_the_answer_goes_on(local_bot, monkeypatch):
+    script, _, (onset, end) = over_the_answer(backchannel("Mm-hm."))
+    script.silence(4.0)
+    result, pauses = await run_with_pauses(local_bot, script.audio(), monkeypatch)
+
+    answer = answer_playing_at(result.turns, onset)
+    assert not answer.interrupted
+    assert [p for at, p in pauses if onset <= at <= end + 1.5] == [True, False]  # paused, then resumed
+    loud = loud_frames(result.output_pcm)
+    assert answer.bot_stopped_s is not None and answer.bot_stopped_s > end + 0.5
+    assert loud_secs(loud, end, answer.bot_stopped_s) > 0.5  # the rest of the answer played
+    # The "mm-hm" did not become a turn of the conversation: the bot answered once.
+    assert sum(t.bot_started_s is not None for t in result.turns) == 1
+
+
+@pytest.mark.e2e
+async def test_with_interruptions_disabled_the_bot_talks_over_the_user(local_bot, tmp_path, monkeypatch):
+    bot = bot_variant(REPO / "bots" / "local.yaml", tmp_path, enabled=False)
+    script, _, (onset, end) = over_the_answer(joined((3, 4, 5)))
+    result, pauses = await run_with_pauses(bot, script.audio(), monkeypatch)
+
+    answer = answer_playing_at(result.turns, onset)
+    assert not answer.interrupted and answer.barge_in is None
+    assert not pauses
+    loud = loud_frames(result.output_pcm)
+    until = min(end, answer.bot_stopped_s or end)
+    assert until > onset + 1.0, "the answer was too short to test"
+    assert loud_secs(loud, onset + 0.5, until) >= 0.5 * (until - onset - 0.5)  # it kept talking
+
+
+@pytest.mark.e2e
+async def test_an_interruption_in_short_sentences_with_pauses_stops_the_bot(local_bot, monkeypatch):
+    # "Try again. Fail again. Fail better." with ~0.6 s between the sentences, as the speaker said them.
+    script, _, (onset, end) = over_the_answer(joined((3, 4, 5), gap_secs=0.45))
+    script.silence(3.0)
+    result, _ = await run_with_pauses(local_bot, script.audio(), monkeypatch)
+
+    answer = answer_playing_at(result.turns, onset)
+    later = [t for t in result.turns if t.user_started_s is not None and t.user_started_s >= onset - 0.1]
+    assert answer.interrupted or any(t.bot_started_s is not None for t in later), "neither stopped nor answered"
+
+
+@pytest.mark.e2e
+async def test_a_backchannel_the_stt_cannot_transcribe_does_not_silence_the_bot(local_bot, monkeypatch):
+    # tiny.en returns nothing for this "I see." (Piper, a little slow) at this spot: no transcript arrives.
+    script = Script()
+    script.silence(0.5)
+    script.say(phrases()[0])
+    script.silence(2.0)
+    onset, end = script.say(backchannel("I see.", length_scale=1.3))
+    script.silence(4.0)
+    result, _ = await run_with_pauses(local_bot, script.audio(), monkeypatch)
+
+    answer = answer_playing_at(result.turns, onset)
+    loud = loud_frames(result.output_pcm)
+    assert not answer.interrupted or any(t.bot_started_s and t.bot_started_s > end for t in result.turns)
+    assert loud_secs(loud, end, len(result.output_pcm) / 16000) > 0.3  # the bot is heard again
