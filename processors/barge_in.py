@@ -90,7 +90,7 @@ class BargeInController(FrameProcessor):
     def __init__(
         self,
         *,
-        min_speech_secs: float = 0.6,
+        min_speech_secs: float = 0.8,
         resume_within_secs: float = 1.2,
         stop_words: tuple[str, ...] = STOP_WORDS,
         vad_stop_secs: float = 0.2,

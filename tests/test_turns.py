@@ -36,11 +36,31 @@ POST_LLM_STAGES = ("llm_first_token", "tts_first_audio", "transport")
 PRE_LLM_STAGES = tuple(s for s in STAGES if s not in POST_LLM_STAGES)
 
 
+class FakeAssistantAggregator:
+    """Stands in for pipecat's assistant aggregator: reports what the bot actually said."""
+
+    def __init__(self):
+        self.handlers = {}
+
+    def event_handler(self, name):
+        def register(handler):
+            self.handlers[name] = handler
+            return handler
+
+        return register
+
+    async def spoke(self, text: str, interrupted: bool = False) -> None:
+        message = type("Message", (), {"content": text, "interrupted": interrupted})()
+        await self.handlers["on_assistant_turn_stopped"](self, message)
+
+
 class Conversation:
     """Feeds synthetic FramePushed events to a recorder; times are seconds on the timeline."""
 
     def __init__(self, roles: dict[str, str] | None = None):
         self.recorder = TurnRecorder(timeline=lambda ns: ns / 1e9, roles=roles)
+        self.assistant = FakeAssistantAggregator()
+        self.recorder.follow(self.assistant)
         self.vad = FrameProcessor(name="vad")
         self.stt = FrameProcessor(name="stt")
         self.llm = FrameProcessor(name="llm")
@@ -82,13 +102,10 @@ class Conversation:
         await self.push(first_audio, TTSAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1), self.tts)
         await self.push(first_audio + 0.02, TTSAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1), self.tts)
         await self.push(speaks[0], BotStartedSpeakingFrame(), self.output)
-        for word in words:
-            # The TTS pushes each spoken word; the output transport passes it on once it is played.
-            frame = TTSTextFrame(text=word, text_type="word")
-            await self.push(speaks[0], frame, self.tts)
-            await self.push(speaks[0] + 0.01, frame, self.output, first_push=False)
         await self.push(first_audio + 0.1, TTSStoppedFrame(), self.tts)
         await self.push(speaks[1], BotStoppedSpeakingFrame(), self.output)
+        # The assistant aggregator reports what was spoken when the bot's turn ends.
+        await self.assistant.spoke(" ".join(words))
 
 
 async def test_one_turn():
@@ -176,7 +193,7 @@ async def test_text_not_played_by_the_output_is_not_bot_text():
     conversation = Conversation()
     await conversation.user_says("hi", speech=(1.0, 1.5), turn_ends=2.0)
     await conversation.push(2.5, TTSTextFrame(text="unspoken", text_type="word"), conversation.tts)
-    await conversation.push(2.6, TTSTextFrame(text="spoken", text_type="word"), conversation.output)
+    await conversation.assistant.spoke("spoken", interrupted=True)
     (turn,) = conversation.recorder.turns
     assert turn.bot_text.strip() == "spoken"
 

@@ -237,6 +237,7 @@ class TwilioCalls:
             before_output=[marks],
         )
         recorder.roles = conversation.processor_roles()
+        recorder.follow(conversation.assistant_aggregator)
         if can_hang_up:
             TwilioCallControl(
                 account_sid=settings.account_sid or "",

@@ -76,6 +76,7 @@ async def run_on_recording(
         idle_timeout_secs=None,
     )
     recorder.roles = conversation.processor_roles()
+    recorder.follow(conversation.assistant_aggregator)
     worker = conversation.worker
 
     async def end_when_settled() -> None:

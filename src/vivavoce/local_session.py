@@ -22,6 +22,7 @@ async def run_with_microphone(bot: Bot) -> list[Turn]:
         bot, transport, audio_out_sample_rate=SPEAKER_SAMPLE_RATE, observers=[recorder], idle_timeout_secs=None
     )
     recorder.roles = conversation.processor_roles()
+    recorder.follow(conversation.assistant_aggregator)
     runner = WorkerRunner(handle_sigint=True)
     await runner.add_workers(conversation.worker)
     await runner.run()

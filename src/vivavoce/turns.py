@@ -24,7 +24,6 @@ from pipecat.frames.frames import (
     TTSAudioRawFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
-    TTSTextFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
     VADUserStartedSpeakingFrame,
@@ -152,7 +151,9 @@ class TurnRecorder(BaseObserver):
         ``on_turn(turn)`` is called once per turn with words or an answer, when the next turn begins
         or at :meth:`finish`.
         """
-        super().__init__(**kwargs)
+        # Only first pushes: re-pushes of every frame by every processor would cost each call's pipeline
+        # a queue hop per frame per processor.
+        super().__init__(observe_every_push=False, **kwargs)
         self._timeline = timeline
         self._speech_onset = speech_onset or (lambda fired, start_secs: fired - start_secs)
         self._on_turn = on_turn
@@ -179,7 +180,7 @@ class TurnRecorder(BaseObserver):
 
     async def on_push_frame(self, data: FramePushed) -> None:
         """Record what each frame says about the current turn."""
-        if not data.first_push and not isinstance(data.frame, TTSTextFrame):
+        if not data.first_push:
             return
         frame, at = data.frame, self._timeline(data.timestamp)
         handler = self._HANDLERS.get(type(frame))
@@ -267,10 +268,14 @@ class TurnRecorder(BaseObserver):
         else:
             self._tts_audio(data, at)
 
-    def _spoken_text(self, data: FramePushed, at: float) -> None:
-        # Text the output transport let through was actually spoken (interrupted text never gets there).
-        if isinstance(data.source, BaseOutputTransport) and self._responding is not None:
-            self._responding.bot_text += " " + data.frame.text.strip()
+    def follow(self, assistant: Any) -> None:
+        """Take what the bot actually said from the assistant aggregator (it drops what an
+        interruption cut off)."""
+
+        @assistant.event_handler("on_assistant_turn_stopped")
+        async def _spoken(_aggregator: Any, message: Any) -> None:
+            if self._responding is not None and message.content:
+                self._responding.bot_text = (self._responding.bot_text + " " + message.content).strip()
 
     def _bot_started(self, data: FramePushed, at: float) -> None:
         self._bot_speaking = True
@@ -333,7 +338,6 @@ class TurnRecorder(BaseObserver):
         TTSStartedFrame: _tts_started,
         TTSStoppedFrame: _tts_stopped,
         TTSAudioRawFrame: _tts_audio_or_output,
-        TTSTextFrame: _spoken_text,
         BotStartedSpeakingFrame: _bot_started,
         BotStoppedSpeakingFrame: _bot_stopped,
         InterruptionFrame: _interruption,

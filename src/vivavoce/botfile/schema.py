@@ -51,7 +51,7 @@ class InterruptionConfig(StrictModel):
         "backchannel ('mm-hm', 'yeah') or noise; immediate: any speech stops the bot (pipecat's default).",
     )
     min_speech_secs: float = Field(
-        0.6,
+        0.8,
         ge=0,
         le=5,
         description="pause_resume: speech lasting this long after the VAD fires is an interruption.",
