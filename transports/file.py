@@ -161,15 +161,26 @@ class FileOutputTransport(BaseOutputTransport):
             await super().process_frame(frame, direction)
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
-        """Place the frame where it starts playing, then wait until it does (a one-frame device buffer)."""
+        """Wait until the frame's turn to play, then place it on the timeline (a one-frame device buffer).
+
+        Placing it only when it starts playing lets a pause or an interruption that arrives meanwhile
+        keep it off the track: the audio stops within the frame already playing.
+        """
         if not await self._pause.may_play():
             return False
+        interruptions = self._pause.interruptions
         now = time.monotonic()
         starts = max(now, self._next_play)
-        self._transport.place_output(frame.audio, frame.sample_rate, starts)
-        self._next_play = starts + len(frame.audio) / 2 / frame.sample_rate
         if starts > now:
             await asyncio.sleep(starts - now)
+        if self._pause.interruptions != interruptions:
+            return False  # interrupted while it waited for its turn
+        if self._pause.paused:
+            if not await self._pause.may_play():
+                return False
+            starts = max(time.monotonic(), self._next_play)  # resumed: play on from now
+        self._transport.place_output(frame.audio, frame.sample_rate, starts)
+        self._next_play = starts + len(frame.audio) / 2 / frame.sample_rate
         return True
 
 

@@ -22,6 +22,7 @@ class OutputPause:
         self._playing = asyncio.Event()
         self._playing.set()
         self._drop_held = False
+        self.interruptions = 0
 
     @property
     def paused(self) -> bool:
@@ -36,9 +37,11 @@ class OutputPause:
             else:
                 self._playing.set()
             return True
-        if isinstance(frame, InterruptionFrame) and self.paused:
-            self._drop_held = True
-            self._playing.set()
+        if isinstance(frame, InterruptionFrame):
+            self.interruptions += 1  # a frame waiting for its turn to play is dropped (see may_play users)
+            if self.paused:
+                self._drop_held = True
+                self._playing.set()
         return False
 
     async def may_play(self) -> bool:
