@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import numpy as np
 from pipecat.audio.utils import create_file_resampler
 from pipecat.frames.frames import (
     Frame,
