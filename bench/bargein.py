@@ -45,17 +45,14 @@ import numpy as np  # noqa: E402
 import soxr  # noqa: E402
 import yaml  # noqa: E402
 
-from pipecat.observers.base_observer import FramePushed  # noqa: E402
 
-from vivavoce import file_session  # noqa: E402
 from vivavoce.botfile import Bot, load_bot  # noqa: E402
 from vivavoce.builder import load_models  # noqa: E402
 from vivavoce.file_session import FileRunResult, run_on_recording  # noqa: E402
-from vivavoce.frames import BotOutputPauseFrame  # noqa: E402
 from vivavoce.packaged_models import speech_sample  # noqa: E402
 from vivavoce.samples import find_phrases  # noqa: E402
 from vivavoce.transports.file import InputAudio, read_wav  # noqa: E402
-from vivavoce.turns import Turn, TurnRecorder  # noqa: E402
+from vivavoce.turns import Turn  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 16000
@@ -224,32 +221,10 @@ def speaking_turn(turns: list[Turn], at: float) -> Turn | None:
     return None
 
 
-class PauseLog(TurnRecorder):
-    """The run's turn recorder, also noting each BotOutputPauseFrame (timeline seconds, paused)."""
-
-    latest: PauseLog | None = None
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.pauses: list[tuple[float, bool]] = []
-        PauseLog.latest = self
-
-    async def on_push_frame(self, data: FramePushed) -> None:
-        if isinstance(data.frame, BotOutputPauseFrame) and data.first_push:
-            self.pauses.append((self._timeline(data.timestamp), data.frame.paused))
-        await super().on_push_frame(data)
-
-
 async def run_recording(bot: Bot, audio: InputAudio) -> tuple[FileRunResult, list[tuple[float, bool]]]:
     """run_on_recording, with the pauses the barge-in controller asked for."""
-    original = file_session.TurnRecorder
-    file_session.TurnRecorder = PauseLog  # the session builds its recorder from this name
-    try:
-        result = await run_on_recording(bot, audio)
-    finally:
-        file_session.TurnRecorder = original
-    assert PauseLog.latest is not None
-    return result, PauseLog.latest.pauses
+    result = await run_on_recording(bot, audio)
+    return result, result.pauses
 
 
 def analyse(turns: list[Turn], output: np.ndarray, pauses: list[tuple[float, bool]], events: list[Event]) -> list[dict]:

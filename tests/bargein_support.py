@@ -8,14 +8,11 @@ import numpy as np
 import soxr
 import yaml
 
-from vivavoce import file_session
 from vivavoce.botfile import Bot, load_bot
 from vivavoce.file_session import FileRunResult, run_on_recording
-from vivavoce.frames import BotOutputPauseFrame
 from vivavoce.packaged_models import speech_sample
 from vivavoce.samples import find_phrases
 from vivavoce.transports.file import InputAudio, read_wav
-from vivavoce.turns import TurnRecorder
 
 RATE = 16000
 FRAME_SECS = 0.02
@@ -98,29 +95,10 @@ def loud_secs(loud: np.ndarray, start_s: float, end_s: float) -> float:
     return float(loud[max(0, int(start_s / FRAME_SECS)) : max(0, int(end_s / FRAME_SECS))].sum()) * FRAME_SECS
 
 
-class PauseRecorder(TurnRecorder):
-    """The session's turn recorder, also noting each BotOutputPauseFrame as (timeline seconds, paused)."""
-
-    latest: PauseRecorder | None = None
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.pauses: list[tuple[float, bool]] = []
-        PauseRecorder.latest = self
-
-    async def on_push_frame(self, data) -> None:
-        if isinstance(data.frame, BotOutputPauseFrame) and data.first_push:
-            self.pauses.append((self._timeline(data.timestamp), data.frame.paused))
-        await super().on_push_frame(data)
-
-
-async def run_with_pauses(bot: Bot, audio: InputAudio, monkeypatch) -> tuple[FileRunResult, list[tuple[float, bool]]]:
+async def run_with_pauses(bot: Bot, audio: InputAudio) -> tuple[FileRunResult, list[tuple[float, bool]]]:
     """run_on_recording, plus the pauses the barge-in controller asked for."""
-    monkeypatch.setattr(file_session, "TurnRecorder", PauseRecorder)
-    PauseRecorder.latest = None
     result = await run_on_recording(bot, audio)
-    assert PauseRecorder.latest is not None
-    return result, PauseRecorder.latest.pauses
+    return result, result.pauses
 
 
 def bot_variant(base: Path, directory: Path, **interruptions) -> Bot:

@@ -307,10 +307,10 @@ def answer_playing_at(turns, at: float):
 
 
 @pytest.mark.e2e
-async def test_real_speech_over_the_answer_stops_the_bot_within_its_pause(local_bot, monkeypatch):
+async def test_real_speech_over_the_answer_stops_the_bot_within_its_pause(local_bot):
     # "Try again. Fail again. Fail better." said without pausing: no stop word, so length decides.
     script, _, (onset, end) = over_the_answer(joined((3, 4, 5)))
-    result, pauses = await run_with_pauses(local_bot, script.audio(), monkeypatch)
+    result, pauses = await run_with_pauses(local_bot, script.audio())
 
     answer = answer_playing_at(result.turns, onset)
     assert answer.interrupted
@@ -331,10 +331,10 @@ async def test_real_speech_over_the_answer_stops_the_bot_within_its_pause(local_
 
 
 @pytest.mark.e2e
-async def test_a_backchannel_over_the_answer_pauses_it_and_the_answer_goes_on(local_bot, monkeypatch):
+async def test_a_backchannel_over_the_answer_pauses_it_and_the_answer_goes_on(local_bot):
     script, _, (onset, end) = over_the_answer(backchannel("Mm-hm."))
     script.silence(4.0)
-    result, pauses = await run_with_pauses(local_bot, script.audio(), monkeypatch)
+    result, pauses = await run_with_pauses(local_bot, script.audio())
 
     answer = answer_playing_at(result.turns, onset)
     assert not answer.interrupted
@@ -347,10 +347,10 @@ async def test_a_backchannel_over_the_answer_pauses_it_and_the_answer_goes_on(lo
 
 
 @pytest.mark.e2e
-async def test_with_interruptions_disabled_the_bot_talks_over_the_user(local_bot, tmp_path, monkeypatch):
+async def test_with_interruptions_disabled_the_bot_talks_over_the_user(local_bot, tmp_path):
     bot = bot_variant(REPO / "bots" / "local.yaml", tmp_path, enabled=False)
     script, _, (onset, end) = over_the_answer(joined((3, 4, 5)))
-    result, pauses = await run_with_pauses(bot, script.audio(), monkeypatch)
+    result, pauses = await run_with_pauses(bot, script.audio())
 
     answer = answer_playing_at(result.turns, onset)
     assert not answer.interrupted and answer.barge_in is None
@@ -362,11 +362,11 @@ async def test_with_interruptions_disabled_the_bot_talks_over_the_user(local_bot
 
 
 @pytest.mark.e2e
-async def test_an_interruption_in_short_sentences_with_pauses_stops_the_bot(local_bot, monkeypatch):
+async def test_an_interruption_in_short_sentences_with_pauses_stops_the_bot(local_bot):
     # "Try again. Fail again. Fail better." with ~0.6 s between the sentences, as the speaker said them.
     script, _, (onset, end) = over_the_answer(joined((3, 4, 5), gap_secs=0.45))
     script.silence(3.0)
-    result, _ = await run_with_pauses(local_bot, script.audio(), monkeypatch)
+    result, _ = await run_with_pauses(local_bot, script.audio())
 
     answer = answer_playing_at(result.turns, onset)
     later = [t for t in result.turns if t.user_started_s is not None and t.user_started_s >= onset - 0.1]
@@ -374,7 +374,7 @@ async def test_an_interruption_in_short_sentences_with_pauses_stops_the_bot(loca
 
 
 @pytest.mark.e2e
-async def test_a_backchannel_the_stt_cannot_transcribe_does_not_silence_the_bot(local_bot, monkeypatch):
+async def test_a_backchannel_the_stt_cannot_transcribe_does_not_silence_the_bot(local_bot):
     # tiny.en returns nothing for this "I see." (Piper, a little slow) at this spot: no transcript arrives.
     script = Script()
     script.silence(0.5)
@@ -382,7 +382,7 @@ async def test_a_backchannel_the_stt_cannot_transcribe_does_not_silence_the_bot(
     script.silence(2.0)
     onset, end = script.say(backchannel("I see.", length_scale=1.3))
     script.silence(4.0)
-    result, _ = await run_with_pauses(local_bot, script.audio(), monkeypatch)
+    result, _ = await run_with_pauses(local_bot, script.audio())
 
     answer = answer_playing_at(result.turns, onset)
     loud = loud_frames(result.output_pcm)

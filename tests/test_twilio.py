@@ -49,7 +49,6 @@ from twilio_support import (
     WEBHOOK_URL,
     FrameLog,
     Line,
-    PreStartCaller,
     TwilioApiStandIn,
     answer_call,
     embedded_bot_file,
@@ -530,10 +529,10 @@ async def test_playout_marks_follow_each_utterance_and_note_the_echoes():
     assert marks.heard == {"utterance-1": 123.0}
 
 
-async def _open_call(running, caller_class=MediaStreamsCaller, **kwargs):
+async def _open_call(running, **kwargs):
     sid = call_sid()
     token = await answer_call(running, sid)
-    return caller_class(running.ws, token=token, call=sid, **kwargs)
+    return MediaStreamsCaller(running.ws, token=token, call=sid, **kwargs)
 
 
 @pytest.mark.parametrize(("message", "reason"), [pytest.param(m, r, id=i) for i, m, r in MALFORMED])
@@ -595,7 +594,7 @@ async def test_messages_before_start_are_ignored_and_the_handshake_succeeds(ligh
     running = light_server
     async with await _open_call(running) as good, Line(good) as good_line:
         await hears_back(good_line, since=time.monotonic())
-        async with await _open_call(running, PreStartCaller, before_start=before_start) as early, Line(early) as line:
+        async with await _open_call(running, before_start=before_start) as early, Line(early) as line:
             await hears_back(line, since=time.monotonic())
             assert set(running.calls.calls) == {good.call_sid, early.call_sid}
             await hears_back(good_line, since=time.monotonic())

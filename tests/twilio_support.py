@@ -29,7 +29,7 @@ from pipecat.frames.frames import Frame, InputAudioRawFrame, LLMContextFrame, Ou
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from twilio.request_validator import RequestValidator
 
-from vivavoce.testing.media_streams import FRAME_BYTES, MediaStreamsCaller, pcm16_to_mulaw_frames
+from vivavoce.testing.media_streams import FRAME_BYTES, pcm16_to_mulaw_frames
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "test-auth-token-0123456789"
@@ -352,33 +352,6 @@ class Line:
     def media_after(self, t: float) -> int:
         """How many media messages the caller received after ``t``."""
         return sum(1 for at, _ in self.caller.received.frames if at > t)
-
-
-class PreStartCaller(MediaStreamsCaller):
-    """A caller that sends ``before_start`` (raw messages) between ``connected`` and ``start``."""
-
-    def __init__(self, *args: Any, before_start: list[str | bytes], **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.before_start = before_start
-
-    async def __aenter__(self) -> PreStartCaller:
-        # As MediaStreamsCaller.__aenter__, with the extra messages before `start`.
-        self._socket = await websockets.connect(self.ws_url, max_size=2**20)
-        await self._socket.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-        for message in self.before_start:
-            await self._socket.send(message)
-        start = {
-            "accountSid": self.account_sid,
-            "streamSid": self.stream_sid,
-            "callSid": self.call_sid,
-            "tracks": ["inbound"],
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            "customParameters": {"token": self.token} if self.token is not None else {},
-        }
-        await self._socket.send(self._message("start", start=start))
-        self._receiver = asyncio.create_task(self._receive())
-        self._player = asyncio.create_task(self._play())
-        return self
 
 
 async def hears_back(line: Line, since: float, timeout: float = 10.0, frames: int = 5) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ class FileRunResult:
     output_pcm: np.ndarray
     output_sample_rate: int
     duration_secs: float
+    pauses: list[tuple[float, bool]] = field(default_factory=list)
+    """When the bot's audio was paused (True) and resumed (False), in timeline seconds."""
 
     def report(self) -> dict[str, Any]:
         """The JSON report (``turns`` with per-turn timing, plus a summary)."""
@@ -109,4 +111,5 @@ async def run_on_recording(
         output_pcm=transport.output_pcm(),
         output_sample_rate=transport.output_sample_rate,
         duration_secs=loop.time() - started,
+        pauses=recorder.pauses,
     )

@@ -162,6 +162,7 @@ class TurnRecorder(BaseObserver):
         self._barge: BargeIn | None = None  # being measured
         self._barge_turn: Turn | None = None
         self._barge_interrupted = False
+        self.pauses: list[tuple[float, bool]] = []  # (timeline seconds, paused) of each BotOutputPauseFrame
         self.roles: dict[str, str] = roles or {}
         self.turns: list[Turn] = []
         self._current: Turn | None = None
@@ -299,6 +300,7 @@ class TurnRecorder(BaseObserver):
             answer.barge_in = self._barge
 
     def _pause(self, data: FramePushed, at: float) -> None:
+        self.pauses.append((at, data.frame.paused))
         if data.frame.paused and self._responding is not None and self._bot_speaking:
             self._start_barge(self._responding)
         elif not data.frame.paused and not self._barge_interrupted:

@@ -15,6 +15,7 @@ import json
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,13 +58,25 @@ class ReceivedAudio:
 class MediaStreamsCaller:
     """One simulated call against ``ws_url`` (e.g. ``ws://127.0.0.1:8765/twilio/ws``)."""
 
-    def __init__(self, ws_url: str, *, token: str | None, call: str | None = None, account_sid: str | None = None):
-        """Prepare a call; ``token`` is the stream parameter the webhook's TwiML carried."""
+    def __init__(
+        self,
+        ws_url: str,
+        *,
+        token: str | None,
+        call: str | None = None,
+        account_sid: str | None = None,
+        before_start: Sequence[str | bytes] = (),
+    ):
+        """Prepare a call; ``token`` is the stream parameter the webhook's TwiML carried.
+
+        ``before_start``: raw messages sent between ``connected`` and ``start`` (handshake tests).
+        """
         self.ws_url = ws_url
         self.call_sid = call or call_sid()
         self.stream_sid = "MZ" + uuid.uuid4().hex
         self.account_sid = account_sid or "AC" + "0" * 32
         self.token = token
+        self.before_start = list(before_start)
         self.received = ReceivedAudio()
         self.events: list[tuple[float, dict[str, Any]]] = []  # every non-media message from the bot
         self.close_code: int | None = None
@@ -82,6 +95,8 @@ class MediaStreamsCaller:
         """Connect and send ``connected`` and ``start``."""
         self._socket = await websockets.connect(self.ws_url, max_size=2**20)
         await self._socket.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+        for message in self.before_start:
+            await self._socket.send(message)
         start = {
             "accountSid": self.account_sid,
             "streamSid": self.stream_sid,
