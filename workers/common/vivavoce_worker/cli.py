@@ -1,0 +1,50 @@
+"""Command-line options every worker shares, and serving an app with them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vivavoce_worker.auth import DEFAULT_KEY_ENV, ApiKeyAuth, auth_from_env
+
+# uvicorn closes the socket (1009) above this; the protocol's own, smaller limit answers with an error
+# message instead and keeps the socket, so this only stops abuse.
+WS_TRANSPORT_MAX_BYTES = 64 * 1024 * 1024
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, default_port: int) -> argparse.ArgumentParser:
+    """Add ``--host --port --model --config --device --no-auth --api-key-env`` to ``parser``."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    parser.add_argument("--port", type=int, default=default_port, help="TCP port")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="local weights directory (default: the published weights)"
+    )
+    parser.add_argument("--config", type=Path, default=None, help="model config file, where the family needs one")
+    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (cuda when available)")
+    parser.add_argument("--no-auth", action="store_true", help="accept requests without an API key (local use)")
+    parser.add_argument(
+        "--api-key-env", default=DEFAULT_KEY_ENV, metavar="NAME", help="environment variable holding the API key"
+    )
+    return parser
+
+
+def auth_from_args(args: argparse.Namespace) -> ApiKeyAuth:
+    """The auth the common options ask for (exits with a message if the key is missing)."""
+    return auth_from_env(args.api_key_env, no_auth=args.no_auth)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def serve(app, args: argparse.Namespace) -> None:
+    """Run ``app`` with uvicorn on ``--host``/``--port``."""
+    import uvicorn
+
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws_max_size=WS_TRANSPORT_MAX_BYTES)
+
