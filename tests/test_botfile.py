@@ -86,7 +86,8 @@ def test_minimal_file_loads(tmp_path):
 def _dummy_environ(text: str) -> dict[str, str]:
     """Values for the variables a file requires (those without a ${NAME:-default})."""
     names = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)
-    return {name: "AC" + "0" * 32 if name.endswith("ACCOUNT_SID") else "dummy" for name in names}
+    wellformed = {"ACCOUNT_SID": "AC" + "0" * 32, "ROOM_URL": "https://example.daily.co/room"}
+    return {name: next((v for k, v in wellformed.items() if name.endswith(k)), "dummy") for name in names}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "bots").glob("*.yaml")), ids=lambda p: p.name)

@@ -72,7 +72,7 @@ def run(
     report: Annotated[Path | None, typer.Option("--report", "-r", help="Write the per-turn JSON report here.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show pipecat's debug log.")] = False,
 ) -> None:
-    """Run a bot: on a recording (--input) or through the microphone and speakers."""
+    """Run a bot: on a recording (--input), through the microphone and speakers, or in its Daily room."""
     _configure_logging(verbose)
     process_started = time.perf_counter()
     bot = _load(bot_file)
@@ -81,6 +81,14 @@ def run(
             if output or report:
                 print_error("--output and --report need --input (a recording to play to the bot).")
                 raise typer.Exit(EXIT_USER_ERROR)
+            from vivavoce.botfile.schema import DailyTransportConfig
+
+            if isinstance(bot.spec.transport, DailyTransportConfig):
+                from vivavoce.transports.daily import run_in_daily_room
+
+                _load_models(bot, done="is joining the Daily room")
+                print_turns(asyncio.run(run_in_daily_room(bot)))
+                return
             from vivavoce.local_session import run_with_microphone
             from vivavoce.transports.local import NoSoundDeviceError, check_sound_devices
 
@@ -136,7 +144,7 @@ def serve(
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show pipecat's debug log.")] = False,
 ) -> None:
-    """Serve a bot over its transport (twilio: webhook + Media Streams)."""
+    """Serve a bot over its transport (twilio: webhook + Media Streams; webrtc: signalling + playground at /)."""
     import uvicorn
 
     from vivavoce.server import create_app

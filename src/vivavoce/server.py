@@ -8,7 +8,7 @@ import time
 from fastapi import FastAPI, Response
 
 from vivavoce.botfile import Bot
-from vivavoce.botfile.schema import TwilioTransportConfig
+from vivavoce.botfile.schema import TwilioTransportConfig, WebRTCTransportConfig
 from vivavoce.metrics import ServeMetrics
 
 PUBLIC_URL_ENV = "VIVAVOCE_PUBLIC_URL"
@@ -37,6 +37,14 @@ def create_app(bot: Bot, *, public_url: str | None = None, skip_signature: bool 
         sessions = calls.calls
         app.include_router(calls.router())
         app.state.calls = calls
+    elif isinstance(transport, WebRTCTransportConfig):
+        from vivavoce.transports.webrtc_server import WebRTCSessions
+
+        webrtc = WebRTCSessions(bot, transport, on_turn=metrics.observe_turn)
+        sessions = webrtc.sessions
+        app.include_router(webrtc.router())
+        app.router.add_event_handler("shutdown", webrtc.close)
+        app.state.webrtc = webrtc
     else:
         raise ValueError(f"transport '{transport.kind}' is not served over HTTP: use `vivavoce run`")
     app.state.metrics = metrics

@@ -120,8 +120,58 @@ class TwilioTransportConfig(StrictModel):
         return f"+{value}" if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+class IceServerConfig(StrictModel):
+    """A STUN or TURN server for WebRTC (the browser and the server both use it)."""
+
+    urls: list[str] = Field(
+        min_length=1,
+        description="stun:HOST:PORT or turn:HOST:PORT?transport=udp|tcp (turns: for TLS); one server, several URLs.",
+    )
+    username: str | None = Field(None, description="TURN user name.")
+    credential: SecretStr | None = Field(None, description="TURN password: write ${TURN_CREDENTIAL}.")
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_url(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("urls")
+    @classmethod
+    def _ice_scheme(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+                raise ValueError(f"'{url}' is not an ICE server URL: it starts with stun:, stuns:, turn: or turns:")
+        return urls
+
+
+class WebRTCTransportConfig(StrictModel):
+    """A browser (or any WebRTC peer) through pipecat's SmallWebRTC (`vivavoce serve`): the playground at /."""
+
+    kind: Literal["webrtc"]
+    ice_servers: list[IceServerConfig] = Field(
+        default_factory=list,
+        description="STUN/TURN servers; none is needed on one machine or a LAN. TURN credentials reach the browser.",
+    )
+    playground: bool = Field(True, description="Serve the web playground at /.")
+    max_sessions: int = Field(8, ge=1, le=1000, description="Concurrent sessions; more offers get 503.")
+
+
+class DailyTransportConfig(StrictModel):
+    """A Daily room through pipecat's DailyTransport (`vivavoce run`; the `daily` extra): the bot joins the room."""
+
+    kind: Literal["daily"]
+    room_url: str = Field(
+        pattern=r"^https://[A-Za-z0-9.-]+/[A-Za-z0-9_-]+/?$",
+        description="The room, https://DOMAIN.daily.co/ROOM: write ${DAILY_ROOM_URL}.",
+    )
+    token: SecretStr | None = Field(None, description="A meeting token for private rooms: write ${DAILY_TOKEN}.")
+    bot_name: str = Field("vivavoce", min_length=1, description="The bot's name in the room.")
+
+
 TransportConfig = Annotated[
-    Union[LocalTransportConfig, FileTransportConfig, TwilioTransportConfig],
+    Union[
+        LocalTransportConfig, FileTransportConfig, TwilioTransportConfig, WebRTCTransportConfig, DailyTransportConfig
+    ],
     Field(discriminator="kind", description="How audio reaches the bot when served."),
 ]
 
