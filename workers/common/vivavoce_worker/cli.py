@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vivavoce_worker.auth import DEFAULT_KEY_ENV, ApiKeyAuth, auth_from_env
+
+if TYPE_CHECKING:
+    from vivavoce_worker.engine import Engine
 
 # uvicorn closes the socket (1009) above this; the protocol's own, smaller limit answers with an error
 # message instead and keeps the socket, so this only stops abuse.
@@ -48,3 +52,29 @@ def serve(app, args: argparse.Namespace) -> None:
 
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws_max_size=WS_TRANSPORT_MAX_BYTES)
 
+
+
+def run_worker(engine: Engine, args: argparse.Namespace, *, routers_for=None) -> None:
+    """Load and warm up ``engine`` once, then serve it (auth from the common options).
+
+    ``routers_for(queue, auth)``: family-specific routers (e.g. Chatterbox's voices), built after load.
+    """
+    import time
+
+    from loguru import logger
+
+    from vivavoce_worker.engine import GenerationQueue
+    from vivavoce_worker.server import create_app
+
+    auth = auth_from_args(args)  # before loading: a missing key fails fast
+    queue = GenerationQueue(engine)
+    started = time.perf_counter()
+    queue.run_sync(engine.load)
+    loaded = time.perf_counter()
+    queue.run_sync(engine.warmup)
+    logger.info(
+        "{} ready on {}: loaded in {:.1f} s, warmed up in {:.1f} s",
+        engine.name, engine.device, loaded - started, time.perf_counter() - loaded,
+    )
+    routers = routers_for(queue, auth) if routers_for else ()
+    serve(create_app(engine, auth, queue=queue, routers=routers), args)

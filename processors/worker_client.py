@@ -1,0 +1,224 @@
+"""pipecat TTS over a vivavoce model worker (``WS /v1/stream``, see workers/PROTOCOL.md).
+
+``WorkerTTSService`` is the shared client: it sends one ``synthesize`` per sentence (request id
+``<context id>/<n>``), plays the binary PCM16 frames that follow each ``start``, closes the audio
+context once the turn is flushed and its last ``done`` arrived, and sends ``cancel`` for every
+request of a context that an ``InterruptionFrame`` drops. Reconnects are pipecat's
+(``WebsocketService``). Subclasses add their family's fields (CSM: conversation context; Chatterbox:
+voice and expression settings).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+from loguru import logger
+from pipecat.audio.utils import create_stream_resampler
+from pipecat.frames.frames import ErrorFrame, Frame, StartFrame, TTSAudioRawFrame, TTSStoppedFrame
+from pipecat.services.settings import TTSSettings
+from pipecat.services.tts_service import WebsocketTTSService
+from websockets.protocol import State
+
+API_KEY_ENV = "VIVAVOCE_WORKER_API_KEY"
+
+
+def worker_api_key(explicit: str | None = None, env: str = API_KEY_ENV) -> str | None:
+    """The worker API key: ``explicit`` if given, else ``$VIVAVOCE_WORKER_API_KEY`` (None: no auth)."""
+    return explicit or os.environ.get(env) or None
+
+
+@dataclass
+class _ContextRequests:
+    """Requests of one pipecat audio context and whether its turn has been flushed."""
+
+    pending: set[str] = field(default_factory=set)
+    flushed: bool = False
+
+
+class WorkerTTSService(WebsocketTTSService):
+    """Streams speech from a vivavoce model worker into the pipeline's audio contexts."""
+
+    Settings = TTSSettings
+    _settings: Settings
+
+    def __init__(self, *, url: str, api_key: str | None = None, max_audio_ms: int | None = None, **kwargs: Any):
+        """``url``: the worker's ``ws://host:port/v1/stream``; ``api_key``: None reads the env var."""
+        super().__init__(push_text_frames=False, push_start_frame=True, pause_frame_processing=False, **kwargs)
+        self._url = url
+        self._api_key = worker_api_key(api_key)
+        self._max_audio_ms = max_audio_ms
+        self._receive_task = None
+        self._seq = itertools.count(1)
+        self._request_context: dict[str, str] = {}
+        self._texts: dict[str, str] = {}
+        self._contexts: dict[str, _ContextRequests] = {}
+        self._playing: str | None = None  # the request whose `start` came last: binary frames are its
+        self._resampler = create_stream_resampler(quality="HQ")  # VHQ holds back ~60 ms per burst
+        self._worker_rate = 24000
+
+    def can_generate_metrics(self) -> bool:
+        """TTFB and usage metrics are reported."""
+        return True
+
+    # --- subclass hooks -----------------------------------------------------------------------
+
+    def request_fields(self, text: str, request_id: str) -> dict[str, Any]:
+        """Family-specific fields of a ``synthesize`` message (voice, context...)."""
+        return {}
+
+    async def on_request_done(self, request_id: str, text: str, message: dict[str, Any]) -> None:
+        """A request finished (``done`` without ``cancelled``)."""
+
+    # --- connection ---------------------------------------------------------------------------
+
+    async def start(self, frame: StartFrame):
+        """Connect when the pipeline starts."""
+        await super().start(frame)
+        await self._connect()
+
+    async def _connect(self):
+        await super()._connect()
+        await self._connect_websocket()
+        if self._websocket and not self._receive_task:
+            self._receive_task = self.create_task(self._receive_task_handler(self._report_error))
+
+    async def _disconnect(self):
+        await super()._disconnect()
+        if self._receive_task:
+            await self.cancel_task(self._receive_task)
+            self._receive_task = None
+        await self._disconnect_websocket()
+
+    async def _connect_websocket(self):
+        try:
+            if self._websocket and self._websocket.state is State.OPEN:
+                return
+            headers = {"X-API-Key": self._api_key} if self._api_key else {}
+            self._websocket = await self._websocket_connect(self._url, additional_headers=headers)
+            await self._call_event_handler("on_connected")
+        except Exception as e:
+            self._websocket = None
+            await self.push_error(error_msg=f"cannot reach the worker at {self._url}: {e}", exception=e)
+            await self._call_event_handler("on_connection_error", f"{e}")
+
+    async def _disconnect_websocket(self):
+        try:
+            await self.stop_all_metrics()
+            if self._websocket:
+                await self._websocket.close()
+        except Exception as e:
+            logger.debug(f"{self}: closing the worker socket: {e}")
+        finally:
+            self._websocket = None
+            self._request_context.clear()
+            self._contexts.clear()
+            self._playing = None
+            await self._call_event_handler("on_disconnected")
+
+    # --- requests -----------------------------------------------------------------------------
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
+        """Send one sentence; its audio arrives on the receive task."""
+        if not self._websocket or self._websocket.state is not State.OPEN:
+            await self._connect()
+        request_id = f"{context_id}/{next(self._seq)}"
+        message = {"type": "synthesize", "id": request_id, "text": text, **self.request_fields(text, request_id)}
+        if self._max_audio_ms:
+            message["max_audio_ms"] = self._max_audio_ms
+        try:
+            await self._websocket.send(json.dumps(message))
+        except Exception as e:
+            yield ErrorFrame(error=f"worker send failed: {e}")
+            yield TTSStoppedFrame(context_id=context_id)
+            return
+        self._request_context[request_id] = context_id
+        self._texts[request_id] = text
+        self._contexts.setdefault(context_id, _ContextRequests()).pending.add(request_id)
+        await self.start_tts_usage_metrics(text)
+        await self.start_ttfb_metrics()
+        yield None
+
+    async def flush_audio(self, context_id: str | None = None):
+        """The turn has no more text: close its context once its requests are done."""
+        context_id = context_id or self.get_active_audio_context_id()
+        requests = self._contexts.get(context_id) if context_id else None
+        if requests is None:
+            return
+        requests.flushed = True
+        await self._maybe_close(context_id)
+
+    async def on_audio_context_interrupted(self, context_id: str):
+        """Barge-in: cancel the context's queued and running requests on the worker."""
+        await self.stop_all_metrics()
+        requests = self._contexts.pop(context_id, None)
+        if requests and self._websocket and self._websocket.state is State.OPEN:
+            for request_id in sorted(requests.pending):
+                await self._websocket.send(json.dumps({"type": "cancel", "id": request_id}))
+        await super().on_audio_context_interrupted(context_id)
+
+    async def _maybe_close(self, context_id: str) -> None:
+        requests = self._contexts.get(context_id)
+        if requests is None or requests.pending or not requests.flushed:
+            return
+        del self._contexts[context_id]
+        await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
+        await self.remove_audio_context(context_id)
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    async def _receive_messages(self):
+        async for message in self._websocket:
+            if isinstance(message, bytes):
+                await self._on_audio(message)
+            else:
+                await self._on_message(json.loads(message))
+
+    async def _on_audio(self, pcm: bytes) -> None:
+        if self._playing is None:
+            return
+        await self.stop_ttfb_metrics()
+        if self._worker_rate != self.sample_rate:
+            # The one resample between the worker's rate and the pipeline's output rate.
+            pcm = await self._resampler.resample(pcm, self._worker_rate, self.sample_rate)
+        await self._append_audio(self._playing, pcm)
+
+    async def _append_audio(self, request_id: str, pcm: bytes) -> None:
+        context_id = self._request_context.get(request_id)
+        if not pcm or context_id is None or not self.audio_context_available(context_id):
+            return  # audio of a cancelled request still in flight
+        frame = TTSAudioRawFrame(audio=pcm, sample_rate=self.sample_rate, num_channels=1, context_id=context_id)
+        await self.append_to_audio_context(context_id, frame)
+
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        kind, request_id = message.get("type"), message.get("id")
+        if kind == "start":
+            self._playing = request_id
+            self._worker_rate = int(message.get("sample_rate", self._worker_rate))
+            return
+        if kind == "error" and message.get("code") == "unknown_id":
+            return  # a cancel that crossed the request's `done`
+        if kind == "error":
+            await self.push_error(error_msg=f"worker error {message.get('code')}: {message.get('message')}")
+        elif kind != "done":
+            logger.warning(f"{self}: unexpected worker message {message}")
+            return
+        if request_id == self._playing:
+            if kind == "done" and not message.get("cancelled") and self._worker_rate != self.sample_rate:
+                await self._append_audio(request_id, await self._resampler.flush())
+            await self._resampler.reset()
+            self._playing = None
+        context_id = self._request_context.pop(request_id, None)
+        text = self._texts.pop(request_id, "")
+        if context_id is None:
+            return
+        if kind == "done" and not message.get("cancelled"):
+            await self.on_request_done(request_id, text, message)
+        requests = self._contexts.get(context_id)
+        if requests is not None:
+            requests.pending.discard(request_id)
+            await self._maybe_close(context_id)

@@ -1,0 +1,112 @@
+"""Messages of the streaming synthesis protocol (``WS /v1/stream``); see workers/PROTOCOL.md."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+PROTOCOL = "vivavoce-synth/1"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # context turns carry base64 audio
+MAX_TEXT_CHARS = 4000
+MAX_CONTEXT_TURNS = 64
+MAX_PENDING_PER_SOCKET = 16
+
+RequestId = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class ContextTurn(BaseModel):
+    """A previous turn of the conversation: text, and its audio or a reference to audio this session made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    speaker: int = Field(0, ge=0, le=63, description="Speaker id of the turn (CSM: 0 bot, 1 user by convention).")
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    audio: str | None = Field(None, description="Base64 little-endian PCM16 mono audio of the turn.")
+    sample_rate: int | None = Field(None, ge=8000, le=48000, description="Rate of `audio`.")
+    request_id: RequestId | None = Field(
+        None, description="Instead of `audio`: the id of a finished request of this session (its audio is reused)."
+    )
+
+    @model_validator(mode="after")
+    def _audio_needs_rate(self) -> ContextTurn:
+        if self.audio is not None and self.sample_rate is None:
+            raise ValueError("a context turn with `audio` needs `sample_rate`")
+        if self.audio is not None and self.request_id is not None:
+            raise ValueError("give `audio` or `request_id`, not both")
+        return self
+
+
+class SynthesizeMessage(BaseModel):
+    """``{"type": "synthesize", ...}``: speak ``text``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["synthesize"]
+    id: RequestId
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    voice: str | None = Field(None, max_length=128)
+    speaker: int | None = Field(None, ge=0, le=63)
+    context: list[ContextTurn] = Field(default_factory=list, max_length=MAX_CONTEXT_TURNS)
+    max_audio_ms: int | None = Field(None, ge=80, le=120_000)
+    exaggeration: float | None = Field(None, ge=0, le=2)
+    cfg_weight: float | None = Field(None, ge=0, le=2)
+    temperature: float | None = Field(None, gt=0, le=2)
+
+
+class CancelMessage(BaseModel):
+    """``{"type": "cancel", "id": ...}``: stop a queued or running request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["cancel"]
+    id: RequestId
+
+
+ClientMessage = Annotated[SynthesizeMessage | CancelMessage, Field(discriminator="type")]
+_client_message = TypeAdapter(ClientMessage)
+
+
+class ProtocolError(Exception):
+    """A message the server refuses; becomes an ``error`` reply, the socket stays open."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None):
+        """``code``: machine-readable (see PROTOCOL.md); ``message``: for people."""
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+    def reply(self) -> dict[str, Any]:
+        """The ``error`` message for this refusal."""
+        return error_message(self.code, self.message, self.request_id)
+
+
+def error_message(code: str, message: str, request_id: str | None = None) -> dict[str, Any]:
+    """An ``error`` server message."""
+    return {"type": "error", "id": request_id, "code": code, "message": message}
+
+
+def parse_client_message(raw: str) -> SynthesizeMessage | CancelMessage:
+    """Parse one text frame; ``ProtocolError`` says what is wrong with it."""
+    if len(raw.encode()) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"message larger than {MAX_MESSAGE_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ProtocolError("bad_json", f"not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_message", "a message is a JSON object with a `type`")
+    request_id = data.get("id") if isinstance(data.get("id"), str) else None
+    if data.get("type") not in ("synthesize", "cancel"):
+        raise ProtocolError(
+            "unknown_type", f"unknown message type {data.get('type')!r}: expected 'synthesize' or 'cancel'", request_id
+        )
+    try:
+        return _client_message.validate_python(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'][1:]) or 'message'}: {err['msg']}" for err in e.errors()
+        )
+        raise ProtocolError("bad_message", problems, request_id) from None

@@ -1,0 +1,236 @@
+"""The worker's FastAPI app: ``WS /v1/stream``, ``WS /v1/native/ws/{session}``, ``POST /synthesize``, ``/health``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Response, WebSocket
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.websockets import WebSocketDisconnect
+
+from vivavoce_worker.audio import mulaw_8k, wav_bytes
+from vivavoce_worker.auth import ApiKeyAuth
+from vivavoce_worker.engine import Engine, GenerationQueue, GenerationStats, SynthesisRequest
+from vivavoce_worker.health import health_router
+from vivavoce_worker.protocol import (
+    MAX_PENDING_PER_SOCKET,
+    MAX_TEXT_CHARS,
+    PROTOCOL,
+    CancelMessage,
+    ProtocolError,
+    SynthesizeMessage,
+    error_message,
+    parse_client_message,
+)
+
+MAX_NATIVE_SESSIONS = 256
+
+
+class SynthesizeBody(BaseModel):
+    """``POST /synthesize``: one utterance, returned whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    voice: str | None = Field(None, max_length=128)
+    speaker: int | None = Field(None, ge=0, le=63)
+    format: Literal["wav", "mulaw8k"] = "wav"
+    max_audio_ms: int | None = Field(None, ge=80, le=120_000)
+    exaggeration: float | None = Field(None, ge=0, le=2)
+    cfg_weight: float | None = Field(None, ge=0, le=2)
+    temperature: float | None = Field(None, gt=0, le=2)
+    session: str | None = Field(
+        None, max_length=128, description="A native session id: speak with (and extend) its conversation context."
+    )
+
+
+def _request(msg: SynthesizeMessage | SynthesizeBody, request_id: str) -> SynthesisRequest:
+    options = {
+        k: v for k in ("exaggeration", "cfg_weight", "temperature") if (v := getattr(msg, k)) is not None
+    }
+    return SynthesisRequest(
+        id=request_id,
+        text=msg.text,
+        voice=msg.voice,
+        speaker=msg.speaker,
+        context=list(getattr(msg, "context", [])),
+        max_audio_ms=msg.max_audio_ms,
+        options=options,
+    )
+
+
+class _Socket:
+    """One protocol connection: its requests run one at a time, in order (binary frames belong to the
+    request of the latest ``start``)."""
+
+    def __init__(self, ws: WebSocket, queue: GenerationQueue, session: Any):
+        self.ws = ws
+        self.queue = queue
+        self.session = session
+        self.pending: dict[str, SynthesisRequest] = {}
+        self.active: SynthesisRequest | None = None
+        self._todo: asyncio.Queue[SynthesisRequest] = asyncio.Queue()
+        self._send_lock = asyncio.Lock()
+
+    async def send_json(self, data: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self.ws.send_json(data)
+
+    async def send_bytes(self, data: bytes) -> None:
+        async with self._send_lock:
+            await self.ws.send_bytes(data)
+
+    async def run(self) -> None:
+        worker = asyncio.create_task(self._work())
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if message.get("bytes") is not None:
+                    await self.send_json(error_message("binary_not_expected", "clients send JSON text messages only"))
+                    continue
+                try:
+                    await self._handle(parse_client_message(message.get("text") or ""))
+                except ProtocolError as e:
+                    logger.info("protocol error {}: {}", e.code, e.message)
+                    await self.send_json(e.reply())
+        except WebSocketDisconnect:
+            return
+        finally:
+            for request in [*self.pending.values(), *([self.active] if self.active else [])]:
+                request.cancelled.set()
+            worker.cancel()
+            try:
+                await worker
+            except asyncio.CancelledError:
+                pass
+
+    async def _handle(self, msg: SynthesizeMessage | CancelMessage) -> None:
+        if isinstance(msg, CancelMessage):
+            if self.active is not None and self.active.id == msg.id:
+                self.active.cancelled.set()  # its `done` follows once generation has stopped
+            elif (queued := self.pending.pop(msg.id, None)) is not None:
+                queued.cancelled.set()
+                await self.send_json({"type": "done", "id": msg.id, **GenerationStats(cancelled=True).as_dict()})
+            else:
+                raise ProtocolError("unknown_id", f"no queued or running request {msg.id!r}", msg.id)
+            return
+        if msg.id in self.pending or (self.active is not None and self.active.id == msg.id):
+            raise ProtocolError("duplicate_id", f"request {msg.id!r} is already queued or running", msg.id)
+        if len(self.pending) >= MAX_PENDING_PER_SOCKET:
+            raise ProtocolError("busy", f"more than {MAX_PENDING_PER_SOCKET} requests queued on this socket", msg.id)
+        request = _request(msg, msg.id)
+        self.pending[msg.id] = request
+        self._todo.put_nowait(request)
+
+    async def _work(self) -> None:
+        while True:
+            request = await self._todo.get()
+            if request.cancelled.is_set():
+                continue  # cancelled while queued: `done` already sent
+            self.pending.pop(request.id, None)
+            self.active = request
+            try:
+                await self._speak(request)
+            finally:
+                self.active = None
+
+    async def _speak(self, request: SynthesisRequest) -> None:
+        stats = GenerationStats()
+        await self.send_json(
+            {"type": "start", "id": request.id, "sample_rate": self.queue.engine.sample_rate, "format": "pcm_s16le"}
+        )
+        try:
+            async for chunk in self.queue.stream(request, self.session, stats):
+                if not request.cancelled.is_set():  # chunks already in flight when cancel came are dropped
+                    await self.send_bytes(chunk)
+        except ValueError as e:
+            await self.send_json(error_message("bad_request", str(e), request.id))
+            return
+        except Exception as e:
+            logger.exception("generation failed for {}", request.id)
+            await self.send_json(error_message("engine_error", f"{type(e).__name__}: {e}", request.id))
+            return
+        await self.send_json({"type": "done", "id": request.id, **stats.as_dict()})
+
+
+class _NativeSessions:
+    """Conversation state of ``/v1/native/ws/{session}`` sessions, kept across reconnects (LRU)."""
+
+    def __init__(self, engine: Engine, limit: int = MAX_NATIVE_SESSIONS):
+        self._engine = engine
+        self._limit = limit
+        self._states: OrderedDict[str, Any] = OrderedDict()
+
+    def get(self, session_id: str) -> Any:
+        state = self._states.pop(session_id, None)
+        if state is None:
+            state = self._engine.new_session()
+        self._states[session_id] = state
+        while len(self._states) > self._limit:
+            self._states.popitem(last=False)
+        return state
+
+
+def create_app(
+    engine: Engine, auth: ApiKeyAuth, *, queue: GenerationQueue | None = None, routers: Iterable[APIRouter] = ()
+) -> FastAPI:
+    """The worker app over a loaded ``engine``; ``routers``: family-specific routes (already guarded)."""
+    queue = queue or GenerationQueue(engine)
+    native = _NativeSessions(engine)
+    open_sockets = 0
+    app = FastAPI(title=f"vivavoce {engine.name} worker", version=PROTOCOL)
+
+    def live() -> dict[str, Any]:
+        return {
+            "engine": engine.name,
+            "protocol": PROTOCOL,
+            "sample_rate": engine.sample_rate,
+            "active_sessions": open_sockets,
+            "queue_depth": queue.depth,
+            **engine.health(),
+        }
+
+    app.include_router(health_router(model=engine.name, device=engine.device, extra=live))
+    for router in routers:
+        app.include_router(router)
+
+    async def serve_socket(ws: WebSocket, session: Any) -> None:
+        nonlocal open_sockets
+        if not await auth.check_websocket(ws):
+            return
+        await ws.accept()
+        open_sockets += 1
+        try:
+            await _Socket(ws, queue, session).run()
+        finally:
+            open_sockets -= 1
+
+    @app.websocket("/v1/stream")
+    async def stream(ws: WebSocket) -> None:
+        await serve_socket(ws, engine.new_session())
+
+    @app.websocket("/v1/native/ws/{session_id}")
+    async def native_stream(ws: WebSocket, session_id: str) -> None:
+        await serve_socket(ws, native.get(session_id))
+
+    @app.post("/synthesize", dependencies=[Depends(auth)])
+    async def synthesize(body: SynthesizeBody) -> Response:
+        session = native.get(body.session) if body.session else engine.new_session()
+        request = _request(body, request_id=f"http-{id(body):x}")
+        stats = GenerationStats()
+        try:
+            pcm = b"".join([chunk async for chunk in queue.stream(request, session, stats)])
+        except ValueError as e:
+            raise HTTPException(400, detail=str(e)) from None
+        headers = {"X-Audio-Ms": f"{stats.audio_ms:.0f}", "X-First-Chunk-Ms": f"{stats.first_chunk_ms or 0:.0f}"}
+        if body.format == "mulaw8k":
+            return Response(mulaw_8k(pcm, engine.sample_rate), media_type="audio/basic", headers=headers)
+        return Response(wav_bytes(pcm, engine.sample_rate), media_type="audio/wav", headers=headers)
+
+    return app

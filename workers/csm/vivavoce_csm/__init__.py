@@ -1,0 +1,1 @@
+"""vivavoce's CSM worker: Sesame CSM (transformers) behind the vivavoce worker protocol."""
