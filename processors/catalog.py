@@ -138,6 +138,19 @@ class PlaybackConfig(ProcessorConfig):
         return self
 
 
+class MoshiConfig(ProcessorConfig):
+    """Kyutai Moshi speech-to-speech through a Moshi worker (workers/moshi); replaces STT, LLM and TTS."""
+
+    kind: Literal["moshi"]
+    url: str = Field(pattern=r"^wss?://", description="The worker's chat endpoint, e.g. ws://localhost:8998/api/chat")
+    api_key: SecretStr | None = Field(None, description="Write ${VIVAVOCE_WORKER_API_KEY}; none for a --no-auth worker.")
+    gate: bool = Field(True, description="Turn gating in the worker: Moshi stays silent while the user speaks.")
+    gate_silence_ms: int = Field(480, ge=0, le=10_000, description="User silence after which Moshi may speak.")
+    gate_threshold_db: float = Field(-40.0, ge=-120, le=0, description="User level (dBFS) counted as speech.")
+    speech_threshold_db: float = Field(-50.0, ge=-120, le=0, description="Bot level (dBFS) counted as speech.")
+    utterance_end_ms: int = Field(400, ge=80, le=5_000, description="Bot silence that ends one of its utterances.")
+
+
 BUILTIN_KINDS = [
     ProcessorKind(
         name="whisper",
@@ -181,6 +194,14 @@ BUILTIN_KINDS = [
         preload="vivavoce.processors.playback:preload",
         summary="Answers each user turn with one recorded reply (IVR prompts, load tests)",
         install="vivavoce[embedded]",
+    ),
+    ProcessorKind(
+        name="moshi",
+        role="s2s",
+        config=MoshiConfig,
+        factory="vivavoce.processors.moshi:create",
+        summary="Kyutai Moshi speech-to-speech via a Moshi worker (replaces STT, LLM and TTS)",
+        install="vivavoce",
     ),
     ProcessorKind(
         name="piper",

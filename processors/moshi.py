@@ -1,0 +1,231 @@
+"""Kyutai Moshi as the whole conversation (speech in, speech out): ``MoshiS2SService``.
+
+It replaces STT + LLM + TTS. The user's audio streams to a Moshi worker (``workers/moshi``, its
+``/api/chat`` protocol with ``codec=pcm16``), resampled once to the worker's 24 kHz; the bot's audio
+comes back continuously and is resampled once to the pipeline's output rate. Moshi always sends
+audio, silence included, so the service cuts it into utterances by level: an utterance starts at the
+first audible frame (or text piece) and ends after ``utterance_end_ms`` of silence. Each is bracketed
+like an LLM reply spoken by a TTS (``LLMFullResponseStartFrame``/``TTSStartedFrame`` ...
+``TTSStoppedFrame``/``LLMFullResponseEndFrame``), its audio pushed as ``TTSAudioRawFrame`` and its
+words as ``TTSTextFrame``, so the output transport marks the bot as speaking and the assistant
+aggregator records what it said. Moshi does not transcribe the user: user transcripts come from an STT
+placed before this service, if the bot file has one.
+
+Barge-in: on ``InterruptionFrame`` the current utterance is dropped (the output transport drops what
+it queued) and the bot's audio stays muted until the user stops speaking. The worker's turn gating
+(``gate``, on by default) keeps the model itself silent while the user speaks; the protocol has no
+message to cancel anything, since the model never stops listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import numpy as np
+from loguru import logger
+from pipecat.audio.utils import create_stream_resampler
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    StartFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.utils.text.base_text_aggregator import TextType
+from pydantic import BaseModel, Field
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+MOSHI_SAMPLE_RATE = 24000
+HANDSHAKE, AUDIO, TEXT, ERROR = 0x00, 0x01, 0x02, 0x05
+
+
+class MoshiParams(BaseModel):
+    """How the service talks to the worker and cuts the bot's audio into utterances."""
+
+    gate: bool = Field(True, description="Worker-side turn gating: Moshi stays silent while the user speaks.")
+    gate_silence_ms: int = Field(480, ge=0, le=10_000, description="Silence that reopens the gate.")
+    gate_threshold_db: float = Field(-40.0, ge=-120, le=0, description="User level counted as speech (dBFS).")
+    speech_threshold_db: float = Field(-50.0, ge=-120, le=0, description="Bot level counted as speech (dBFS).")
+    utterance_end_ms: int = Field(400, ge=80, le=5_000, description="Bot silence that ends an utterance.")
+    connect_timeout_secs: float = Field(10.0, gt=0, description="Connection and handshake time limit.")
+
+
+def level_db(pcm: bytes) -> float:
+    """Level of 16-bit PCM in dBFS (-120 for digital silence)."""
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    rms = float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
+    return 20 * float(np.log10(max(rms / 32768.0, 1e-6)))
+
+
+class MoshiS2SService(FrameProcessor):
+    """Speech-to-speech through a Moshi worker; forwards every frame it does not consume."""
+
+    def __init__(self, *, url: str, api_key: str | None = None, params: MoshiParams | None = None, **kwargs: Any):
+        """``url``: the worker's ``ws://host:port/api/chat``; ``api_key``: sent as ``X-API-Key``."""
+        super().__init__(**kwargs)
+        self._url = url
+        self._api_key = api_key
+        self._params = params or MoshiParams()
+        self._ws: ClientConnection | None = None
+        self._receive_task: asyncio.Task | None = None
+        self._out_rate = MOSHI_SAMPLE_RATE
+        self._in_resampler = create_stream_resampler(quality="QQ")
+        self._out_resampler = create_stream_resampler(quality="QQ")
+        self._context_id: str | None = None
+        self._quiet_ms = 0.0
+        self._muted = False
+
+    def chat_url(self) -> str:
+        """The worker URL with this service's query parameters."""
+        p = self._params
+        query = {"codec": "pcm16", "gate": "on" if p.gate else "off"}
+        if p.gate:
+            query |= {"gate_silence_ms": str(p.gate_silence_ms), "gate_threshold_db": str(p.gate_threshold_db)}
+        parts = urlsplit(self._url)
+        extra = f"{parts.query}&" if parts.query else ""
+        return urlunsplit(parts._replace(query=extra + urlencode(query)))
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Send the user's audio, react to turn and lifecycle frames, forward everything."""
+        await super().process_frame(frame, direction)
+        if isinstance(frame, StartFrame):
+            await self.push_frame(frame, direction)
+            self._out_rate = frame.audio_out_sample_rate
+            await self._connect()
+            return
+        if isinstance(frame, (EndFrame, CancelFrame)):
+            await self._disconnect()
+        elif isinstance(frame, InterruptionFrame):
+            self._muted = True
+            self._context_id = None
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            self._muted = False
+        elif isinstance(frame, InputAudioRawFrame) and direction == FrameDirection.DOWNSTREAM:
+            await self._send_audio(frame)
+        await self.push_frame(frame, direction)
+
+    async def _connect(self) -> None:
+        headers = {"X-API-Key": self._api_key} if self._api_key else {}
+        try:
+            async with asyncio.timeout(self._params.connect_timeout_secs):
+                self._ws = await connect(self.chat_url(), additional_headers=headers, max_size=None)
+                first = await self._ws.recv()
+        except (OSError, TimeoutError, ConnectionClosed) as e:
+            self._ws = None
+            await self.push_error(f"Moshi worker at {self._url} unreachable: {e}", exception=e, fatal=True)
+            return
+        if not isinstance(first, bytes) or first[:1] != bytes([HANDSHAKE]):
+            reason = first[1:].decode(errors="replace") if isinstance(first, bytes) else str(first)
+            await self._ws.close()
+            self._ws = None
+            await self.push_error(f"Moshi worker refused the conversation: {reason}", fatal=True)
+            return
+        logger.info(f"{self}: connected to the Moshi worker at {self._url}")
+        self._receive_task = self.create_task(self._receive())
+
+    async def _disconnect(self) -> None:
+        if self._receive_task:
+            await self.cancel_task(self._receive_task)
+            self._receive_task = None
+        if self._ws:
+            await self._ws.close()
+            self._ws = None
+        await self._end_utterance()
+
+    async def _send_audio(self, frame: InputAudioRawFrame) -> None:
+        if self._ws is None:
+            return
+        pcm = await self._in_resampler.resample(frame.audio, frame.sample_rate, MOSHI_SAMPLE_RATE)
+        if not pcm:
+            return
+        try:
+            await self._ws.send(bytes([AUDIO]) + pcm)
+        except ConnectionClosed as e:
+            self._ws = None
+            await self.push_error(f"Moshi worker connection lost: {e}", exception=e)
+
+    async def _receive(self) -> None:
+        assert self._ws is not None
+        try:
+            async for message in self._ws:
+                if not isinstance(message, bytes) or not message:
+                    continue
+                kind, payload = message[0], message[1:]
+                if kind == AUDIO:
+                    await self._on_audio(payload)
+                elif kind == TEXT:
+                    await self._on_text(payload.decode(errors="replace"))
+                elif kind == ERROR:
+                    await self.push_error(f"Moshi worker: {payload.decode(errors='replace')}")
+        except ConnectionClosed as e:
+            await self.push_error(f"Moshi worker closed the conversation: {e}", exception=e)
+        await self._end_utterance()
+
+    async def _on_audio(self, pcm24: bytes) -> None:
+        if self._muted:
+            return
+        frame_ms = 1000 * len(pcm24) / 2 / MOSHI_SAMPLE_RATE
+        audible = level_db(pcm24) > self._params.speech_threshold_db
+        if audible:
+            await self._start_utterance()
+            self._quiet_ms = 0.0
+        elif self._context_id is not None:
+            self._quiet_ms += frame_ms
+            if self._quiet_ms >= self._params.utterance_end_ms:
+                await self._end_utterance()
+        if self._context_id is None:
+            return  # silence between utterances: the output transport plays its own
+        pcm = await self._out_resampler.resample(pcm24, MOSHI_SAMPLE_RATE, self._out_rate)
+        if pcm:
+            await self.push_frame(TTSAudioRawFrame(pcm, self._out_rate, 1, context_id=self._context_id))
+
+    async def _on_text(self, piece: str) -> None:
+        if self._muted or not piece:
+            return
+        await self._start_utterance()
+        frame = TTSTextFrame(piece, text_type=TextType.TOKEN, context_id=self._context_id)
+        frame.includes_inter_frame_spaces = True  # Moshi's pieces carry their own leading spaces
+        await self.push_frame(frame)
+
+    async def _start_utterance(self) -> None:
+        if self._context_id is not None:
+            return
+        self._context_id = str(uuid.uuid4())
+        self._quiet_ms = 0.0
+        await self.push_frame(LLMFullResponseStartFrame())
+        await self.push_frame(TTSStartedFrame(context_id=self._context_id))
+
+    async def _end_utterance(self) -> None:
+        if self._context_id is None:
+            return
+        context_id, self._context_id = self._context_id, None
+        await self.push_frame(TTSStoppedFrame(context_id=context_id))
+        await self.push_frame(LLMFullResponseEndFrame())
+
+
+def create(config: Any, context: Any) -> MoshiS2SService:
+    """Factory for the ``moshi`` kind."""
+    return MoshiS2SService(
+        url=config.url,
+        api_key=config.api_key.get_secret_value() if config.api_key else None,
+        params=MoshiParams(
+            gate=config.gate,
+            gate_silence_ms=config.gate_silence_ms,
+            gate_threshold_db=config.gate_threshold_db,
+            speech_threshold_db=config.speech_threshold_db,
+            utterance_end_ms=config.utterance_end_ms,
+        ),
+    )
