@@ -17,7 +17,7 @@
 
   // Everything the page knows, readable from outside (tests read it through WebDriver).
   const state = (window.vivavoce = {
-    state: "idle", error: null, transcript: [], turns: [], botReady: false,
+    bot: null, state: "idle", error: null, transcript: [], turns: [], botReady: false,
     stats: { bytesReceived: 0, packetsReceived: 0, jitterBufferMs: null, rttMs: null },
   });
 
@@ -327,6 +327,6 @@
 
   fetch("/health")
     .then((r) => r.json())
-    .then((h) => { ui.botName.textContent = h.bot; })
+    .then((h) => { state.bot = h.bot; ui.botName.textContent = h.bot; })
     .catch(() => showError("The server is down or unreachable."));
 })();
