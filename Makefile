@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.setup-done
 OUT ?= out
 
-.PHONY: setup browser demo test bench check clean
+.PHONY: setup browser demo test bench check clean worker-csm worker-chatterbox
 
 setup: $(STAMP)
 
@@ -26,7 +26,7 @@ demo: setup
 	$(VENV)/bin/vivavoce run bots/local.yaml --input $(OUT)/conversation.wav \
 		--output $(OUT)/demo.wav --report $(OUT)/demo.json
 
-test: setup browser
+test: setup browser worker-csm
 	$(PY) -m pytest
 
 # Headless Chromium and its WebDriver for the playground's browser test (Debian packages; needs root).
@@ -39,6 +39,25 @@ bench: setup
 
 check: setup
 	$(VENV)/bin/vivavoce check bots/*.yaml
+
+# Model workers: each in its own virtualenv under workers/<name>/.venv (their pins clash with the
+# agent's). torch is asked for first as the local CPU wheel; on a GPU host install that host's build of
+# the same torch into the venv first, and these targets leave it alone.
+worker-csm: workers/csm/.venv/.setup-done
+
+workers/csm/.venv/.setup-done: workers/csm/requirements.txt workers/csm/pyproject.toml workers/common/pyproject.toml
+	test -x workers/csm/.venv/bin/python || $(PYTHON) -m venv workers/csm/.venv
+	cd workers/csm && .venv/bin/python -m pip --disable-pip-version-check -q install "torch==2.13.0"
+	cd workers/csm && .venv/bin/python -m pip --disable-pip-version-check -q install -r requirements.txt
+	touch $@
+
+# Chatterbox pins torch 2.6 and transformers 4.46.3: meant for a GPU host (see workers/README.md).
+worker-chatterbox: workers/chatterbox/.venv/.setup-done
+
+workers/chatterbox/.venv/.setup-done: workers/chatterbox/requirements.txt workers/chatterbox/pyproject.toml workers/common/pyproject.toml
+	test -x workers/chatterbox/.venv/bin/python || $(PYTHON) -m venv workers/chatterbox/.venv
+	cd workers/chatterbox && .venv/bin/python -m pip --disable-pip-version-check -q install -r requirements.txt
+	touch $@
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -12,7 +12,8 @@ import soxr
 
 MULAW_RATE = 8000
 _MULAW_BIAS = 0x84
-_MULAW_CLIP = 32635
+_MULAW_CLIP = 8159  # on the 14-bit magnitude
+_MULAW_SEGMENT_ENDS = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF])
 
 
 def float_to_pcm16(samples: np.ndarray) -> bytes:
@@ -44,13 +45,14 @@ def wav_bytes(pcm: bytes, sample_rate: int) -> bytes:
 
 
 def pcm16_to_mulaw(pcm: bytes) -> bytes:
-    """G.711 mu-law encoding of PCM16 (the same bytes as ``audioop.lin2ulaw``)."""
-    x = np.frombuffer(pcm, dtype="<i2").astype(np.int32)
-    sign = (x < 0).astype(np.int32) << 7
-    magnitude = np.minimum(np.abs(x), _MULAW_CLIP) + _MULAW_BIAS
-    exponent = np.clip(np.floor(np.log2(magnitude)).astype(np.int32) - 7, 0, 7)
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+    """G.711 mu-law encoding of PCM16, byte for byte what ``audioop.lin2ulaw`` gives (Sun's g711)."""
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.int32) >> 2  # 14-bit
+    negative = x < 0
+    magnitude = np.minimum(np.where(negative, -x, x), _MULAW_CLIP) + (_MULAW_BIAS >> 2)
+    segment = np.searchsorted(_MULAW_SEGMENT_ENDS, magnitude)
+    value = (np.minimum(segment, 7) << 4) | ((magnitude >> (np.minimum(segment, 7) + 1)) & 0x0F)
+    value = np.where(segment >= 8, 0x7F, value)
+    return (value ^ np.where(negative, 0x7F, 0xFF)).astype(np.uint8).tobytes()
 
 
 def mulaw_8k(pcm: bytes, sample_rate: int) -> bytes:

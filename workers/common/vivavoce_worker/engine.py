@@ -41,6 +41,7 @@ class SynthesisRequest:
     max_audio_ms: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    report: dict[str, Any] = field(default_factory=dict)  # engine facts for the `done` message
 
 
 @dataclass
@@ -106,6 +107,8 @@ class GenerationQueue:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{engine.name}-gen")
         self._waiting = 0
         self._lock = threading.Lock()
+        self.finished = 0
+        self.cancelled = 0
 
     @property
     def depth(self) -> int:
@@ -153,9 +156,11 @@ class GenerationQueue:
                 self.engine.generate(request, session, emit)
             except Cancelled:
                 stats.cancelled = True
+                self.cancelled += 1
             except BaseException as e:  # handed to the awaiting coroutine
                 outcome = e
             stats.total_ms = (time.perf_counter() - submitted) * 1000
+            self.finished += 1
             loop.call_soon_threadsafe(chunks.put_nowait, outcome)
 
         future = self._executor.submit(job)

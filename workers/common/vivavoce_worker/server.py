@@ -156,7 +156,7 @@ class _Socket:
             logger.exception("generation failed for {}", request.id)
             await self.send_json(error_message("engine_error", f"{type(e).__name__}: {e}", request.id))
             return
-        await self.send_json({"type": "done", "id": request.id, **stats.as_dict()})
+        await self.send_json({"type": "done", "id": request.id, **stats.as_dict(), **request.report})
 
 
 class _NativeSessions:
@@ -193,6 +193,7 @@ def create_app(
             "sample_rate": engine.sample_rate,
             "active_sessions": open_sockets,
             "queue_depth": queue.depth,
+            "requests": {"finished": queue.finished, "cancelled": queue.cancelled},
             **engine.health(),
         }
 

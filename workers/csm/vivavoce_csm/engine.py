@@ -194,7 +194,7 @@ class CsmEngine(Engine):
         max_ms = min(request.max_audio_ms or self.max_audio_ms, self.max_audio_ms)
         max_frames = max(1, math.ceil(max_ms * self.sample_rate / 1000 / self.frame_samples))
         embeds, used = self.prompt_embeds(request, session, max_frames)
-        logger.debug("{}: {} positions ({} context turns)", request.id, embeds.shape[1], used)
+        request.report.update(prompt_positions=embeds.shape[1], context_turns=used, context_encodes=session.encodes)
         frames: list[torch.Tensor] = []
         self.decoder.reset()
 

@@ -1,0 +1,1 @@
+"""vivavoce's Chatterbox worker: chatterbox-streaming behind the vivavoce worker protocol."""

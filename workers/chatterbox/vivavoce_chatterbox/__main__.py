@@ -1,0 +1,34 @@
+"""``python -m vivavoce_chatterbox``: serve Chatterbox over the vivavoce worker protocol."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vivavoce_chatterbox.engine import ChatterboxEngine
+from vivavoce_chatterbox.voices import VoiceRegistry, voices_router
+from vivavoce_worker.cli import add_common_args, resolve_device, run_worker
+
+DEFAULT_PORT = 8720
+
+
+def main() -> None:
+    """Parse the options, load Chatterbox and the saved voices once, and serve."""
+    parser = add_common_args(
+        argparse.ArgumentParser(description="vivavoce Chatterbox worker"), default_port=DEFAULT_PORT
+    )
+    parser.add_argument("--voices-dir", type=Path, default=Path("voices"), help="where registered clips are kept")
+    parser.add_argument("--chunk-tokens", type=int, default=25, help="speech tokens per streamed chunk (25 = 1 s)")
+    args = parser.parse_args()
+    engine = ChatterboxEngine(args.model, resolve_device(args.device), chunk_size=args.chunk_tokens)
+
+    def routers(queue, auth):
+        registry = VoiceRegistry(engine, queue, args.voices_dir)
+        queue.run_sync(registry.load_saved)
+        return [voices_router(registry, auth)]
+
+    run_worker(engine, args, routers_for=routers)
+
+
+if __name__ == "__main__":
+    main()
