@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
-from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import TTSSpeakFrame
 from pipecat.observers.base_observer import BaseObserver
@@ -32,6 +31,7 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from vivavoce.botfile import Bot, Stage
 from vivavoce.botfile.schema import TurnTakingConfig
+from vivavoce.batched_vad import BatchedSileroVADAnalyzer
 from vivavoce.build_context import BuildContext
 from vivavoce.processors.barge_in import BargeInController
 
@@ -127,7 +127,7 @@ def build_conversation(
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
-            vad_analyzer=SileroVADAnalyzer(
+            vad_analyzer=BatchedSileroVADAnalyzer(
                 sample_rate=PIPELINE_SAMPLE_RATE,
                 params=VADParams(
                     confidence=vad.confidence,
