@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import time
+
+# Without an auth token (local development) the serving processes of `serve --workers N` still need one
+# secret between them: the webhook and the stream may reach different processes.
+SHARED_SECRET_ENV = "VIVAVOCE_STREAM_TOKEN_SECRET"
 
 
 class InvalidCallToken(ValueError):
@@ -20,8 +25,9 @@ class CallTokens:
     """Issues and verifies stream tokens with one secret (random per process unless given)."""
 
     def __init__(self, secret: bytes | None = None, ttl_secs: float = 60.0):
-        """Tokens signed with ``secret`` and valid for ``ttl_secs``."""
-        self._secret = secret or secrets.token_bytes(32)
+        """Tokens signed with ``secret`` (else $VIVAVOCE_STREAM_TOKEN_SECRET, else random) and valid for ``ttl_secs``."""
+        shared = os.environ.get(SHARED_SECRET_ENV)
+        self._secret = secret or (shared.encode() if shared else secrets.token_bytes(32))
         self._ttl = ttl_secs
 
     def _sign(self, call_sid: str, expiry: int) -> str:

@@ -27,6 +27,7 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 from vivavoce.botfile import Bot
 from vivavoce.botfile.schema import TwilioTransportConfig
 from vivavoce.builder import build_conversation
+from vivavoce.live_sessions import LiveSessions
 from vivavoce.transports.call_tokens import CallTokens, InvalidCallToken
 from vivavoce.transports.pausable_websocket import PausableFastAPIWebsocketTransport
 from vivavoce.transports.twilio_call_control import TwilioCallControl
@@ -100,9 +101,10 @@ class TwilioCalls:
         *,
         observers: Callable[[CallRecord], list[BaseObserver]] | None = None,
         on_turn: Callable[[Turn], None] | None = None,
+        live: LiveSessions | None = None,
     ):
         """Serve ``bot``; ``observers`` gives each call's pipeline more observers; ``on_turn`` gets every
-        completed turn of every call (metrics)."""
+        completed turn of every call (metrics); ``live`` is shared with the other serving processes."""
         self.bot = bot
         self._on_turn = on_turn
         self.settings = settings
@@ -110,6 +112,7 @@ class TwilioCalls:
             secret=settings.auth_token.encode() if settings.auth_token else None, ttl_secs=settings.token_ttl_secs
         )
         self.calls: dict[str, CallRecord] = {}
+        self.live = live or LiveSessions()
         self._observers = observers
         self._validator = RequestValidator(settings.auth_token) if settings.auth_token else None
         if settings.skip_signature:
@@ -162,11 +165,20 @@ class TwilioCalls:
             logger.warning(f"Twilio stream refused: malformed handshake ({e.__class__.__name__}: {e})")
             await _close(websocket, "malformed handshake")
             return
-        if start["call_sid"] in self.calls:
-            logger.warning(f"Twilio stream for {start['call_sid']} refused: the call already has a live stream")
+        call_sid = start["call_sid"]
+        try:
+            claimed = self.live.claim(call_sid)
+        except ValueError as e:
+            await _close(websocket, str(e))
+            return
+        if not claimed:
+            logger.warning(f"Twilio stream for {call_sid} refused: the call already has a live stream")
             await _close(websocket, "the call already has a live stream")
             return
-        await self._run_call(websocket, start)
+        try:
+            await self._run_call(websocket, start)
+        finally:
+            self.live.release(call_sid)
 
     async def _read_start(self, websocket: WebSocket) -> dict[str, Any]:
         """Read up to the ``start`` message; validate it and the call's token."""

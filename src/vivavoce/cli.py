@@ -5,21 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from loguru import logger
 from rich.markup import escape
 
+from vivavoce.log_setup import configure_logging as _configure_logging
 from vivavoce.realtime_env import apply_realtime_env
-
-
-def _configure_logging(verbose: bool, default: str = "WARNING") -> None:
-    logger.remove()
-    logger.add(sys.stderr, level="DEBUG" if verbose else os.environ.get("VIVAVOCE_LOG_LEVEL", default))
 
 
 # Before pipecat is first imported (below), so its INFO banner does not greet every command;
@@ -142,6 +136,15 @@ def serve(
     insecure_skip_signature: Annotated[
         bool, typer.Option("--insecure-skip-signature", help="Accept unsigned webhooks. Local development only.")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Processes serving sessions behind the one port (about one per core: each pipeline "
+            "process is bound to one core by Python). Each loads the bot's models.",
+        ),
+    ] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show pipecat's debug log.")] = False,
 ) -> None:
     """Serve a bot over its transport (twilio: webhook + Media Streams; webrtc: signalling + playground at /)."""
@@ -153,14 +156,60 @@ def serve(
     bot = _load(bot_file)
     try:
         app = create_app(bot, public_url=public_url, skip_signature=insecure_skip_signature)
-        _load_models(bot, done=f"is listening on http://{host}:{port}")
+        if workers == 1:
+            _load_models(bot, done=f"is listening on http://{host}:{port}")
     except ValueError as e:
         print_error(str(e))
         raise typer.Exit(EXIT_USER_ERROR) from None
     except (ModelNotFoundError, MissingDependencyError) as e:
         print_error(str(e))
         raise typer.Exit(EXIT_MISSING) from None
-    uvicorn.run(app, host=host, port=port, log_level="warning", ws_max_size=256 * 1024)
+    # Twilio's media is base64 audio: compressing it costs a quarter of a call's CPU and saves nothing.
+    options = {"host": host, "port": port, "log_level": "warning", "ws_max_size": 256 * 1024, "ws_per_message_deflate": False}
+    if workers == 1:
+        uvicorn.run(app, **options)
+        return
+    _serve_processes(bot_file, workers, public_url, insecure_skip_signature, verbose, options)
+
+
+def _serve_processes(
+    bot_file: Path, workers: int, public_url: str | None, skip_signature: bool, verbose: bool, options: dict
+) -> None:
+    """uvicorn's process manager: ``workers`` processes share the port; each builds the app itself."""
+    import secrets
+    import tempfile
+
+    import uvicorn
+
+    from vivavoce.transports.call_tokens import SHARED_SECRET_ENV
+    from vivavoce.server import LIVE_SESSIONS_ENV, PUBLIC_URL_ENV, SERVE_BOT_ENV, SKIP_SIGNATURE_ENV
+
+    state = Path(tempfile.mkdtemp(prefix="vivavoce-serve-"))
+    (state / "metrics").mkdir()
+    os.environ.update(
+        {
+            SERVE_BOT_ENV: str(bot_file.resolve()),
+            LIVE_SESSIONS_ENV: str(state / "sessions"),
+            # Read by prometheus_client when each process imports it: all processes' samples, one scrape.
+            "PROMETHEUS_MULTIPROC_DIR": str(state / "metrics"),
+            "VIVAVOCE_LOG_LEVEL": "DEBUG" if verbose else os.environ.get("VIVAVOCE_LOG_LEVEL", "INFO"),
+        }
+    )
+    os.environ.setdefault(SHARED_SECRET_ENV, secrets.token_hex(32))
+    if public_url:
+        os.environ[PUBLIC_URL_ENV] = public_url
+    if skip_signature:
+        os.environ[SKIP_SIGNATURE_ENV] = "1"
+    console.print(
+        f"{workers} processes serve {escape(str(bot_file))} on http://{options['host']}:{options['port']} "
+        "(each loads the models, then takes sessions)"
+    )
+    try:
+        uvicorn.run("vivavoce.server:app_from_environment", factory=True, workers=workers, **options)
+    finally:
+        import shutil
+
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @app.command()

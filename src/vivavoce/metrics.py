@@ -1,10 +1,18 @@
-"""Prometheus metrics of a serving process (`GET /metrics`): latency, barge-in, sessions."""
+"""Prometheus metrics of a server (`GET /metrics`): latency, barge-in, sessions.
+
+With `vivavoce serve --workers N` every process writes its samples to PROMETHEUS_MULTIPROC_DIR (set by the
+command before the processes start) and any process answers a scrape with the sum over all of them.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from vivavoce.turns import Turn
 
@@ -18,8 +26,9 @@ class ServeMetrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, active_sessions: Callable[[], int]):
-        """``active_sessions`` is read at each scrape."""
+        """``active_sessions`` (all processes' sessions) is read at each scrape."""
         self.registry = CollectorRegistry()
+        self._multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.voice_to_voice = Histogram(
             "vivavoce_voice_to_voice_seconds",
             "User stops speaking -> first bot audio leaves the transport.",
@@ -38,10 +47,10 @@ class ServeMetrics:
             buckets=STOP_BUCKETS,
             registry=self.registry,
         )
-        self.turns = Gauge("vivavoce_turns", "Turns observed.", registry=self.registry)
-        Gauge("vivavoce_active_sessions", "Sessions (calls) running now.", registry=self.registry).set_function(
-            lambda: float(active_sessions())
-        )
+        self.turns = Counter("vivavoce_turns", "Turns observed.", registry=self.registry)
+        # Counted from the shared live-session claims, so it is already the total over processes.
+        self._sessions_registry = CollectorRegistry()
+        self._sessions_registry.register(_ActiveSessions(active_sessions))
 
     def observe_turn(self, turn: Turn) -> None:
         """Record a completed turn."""
@@ -57,4 +66,18 @@ class ServeMetrics:
 
     def render(self) -> bytes:
         """The text exposition format."""
-        return generate_latest(self.registry)
+        if self._multiprocess:
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)
+            return generate_latest(merged) + generate_latest(self._sessions_registry)
+        return generate_latest(self.registry) + generate_latest(self._sessions_registry)
+
+
+class _ActiveSessions(Collector):
+    """A gauge computed at scrape time (not a process-local sample, so never summed per process)."""
+
+    def __init__(self, count: Callable[[], int]):
+        self._count = count
+
+    def collect(self):
+        yield GaugeMetricFamily("vivavoce_active_sessions", "Sessions (calls) running now.", value=float(self._count()))
