@@ -103,7 +103,7 @@ class MoshiS2SService(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
             await self.push_frame(frame, direction)
-            self._out_rate = frame.audio_out_sample_rate
+            self._out_rate = self.processor_setup.audio_out_sample_rate
             await self._connect()
             return
         if isinstance(frame, (EndFrame, CancelFrame)):
@@ -159,8 +159,16 @@ class MoshiS2SService(FrameProcessor):
 
     async def _receive(self) -> None:
         assert self._ws is not None
+        # Moshi answers input frames: when the user's audio stops (the end of a recording, a muted
+        # client), so does Moshi's, and an open utterance must end by itself.
+        quiet_secs = self._params.utterance_end_ms / 1000
         try:
-            async for message in self._ws:
+            while True:
+                try:
+                    message = await asyncio.wait_for(self._ws.recv(), quiet_secs if self._context_id else None)
+                except TimeoutError:
+                    await self._end_utterance()
+                    continue
                 if not isinstance(message, bytes) or not message:
                     continue
                 kind, payload = message[0], message[1:]
