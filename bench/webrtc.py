@@ -9,9 +9,10 @@
 2. Session set-up on loopback: an aiortc peer's offer sent -> its peer connection connected, one
    session at a time, against `bots/webrtc_load.yaml`.
 3. Concurrent sessions against `bots/webrtc_load.yaml` (VAD, silence end-of-turn, a recorded reply):
-   at each level every peer says a phrase of real speech every few seconds and listens; the gap is how
-   late each received 20 ms audio frame is after the previous one (the server sends audio or silence
-   continuously). Reported: p99 gap per level, and the most sessions with p99 <= 40 ms.
+   at each level every peer says a phrase of real speech every few seconds and listens; a gap is the
+   time between consecutive received 20 ms audio frames (20 ms when on time; the server sends audio or
+   silence continuously), as bench/twilio_load.py measures the phone path. Reported: p99 gap per level,
+   and the most sessions with p99 <= 40 ms.
 
 The server runs in its own process; the peers (Opus encode/decode each) share the machine's cores
 with it, so the concurrency figure is a lower bound for the server alone.

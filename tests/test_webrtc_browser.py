@@ -1,7 +1,9 @@
-"""The playground in a real browser: headless Chromium, its microphone a WAV of real speech, talking to
-``bots/webrtc.yaml`` served by ``vivavoce serve`` (the embedded models) in a subprocess.
+"""The playground in real browsers, against `vivavoce serve` in a subprocess.
 
-Chromium and chromium-driver are Debian packages installed by ``make browser`` (``make test`` runs it).
+Headless Chromium, its microphone a WAV of real speech, talks to ``bots/webrtc.yaml`` (the embedded
+models). Headless Firefox, whose fake microphone is a tone, connects to ``bots/webrtc_load.yaml`` and
+receives the bot's audio stream. Chromium, chromium-driver and firefox-esr are Debian packages installed
+by ``make browser`` (``make test`` runs it).
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import pytest
 
 from twilio_support import REPO
 from vivavoce.samples import conversation
-from vivavoce.testing.browser import chromium, served, wait_for_page
+from vivavoce.testing.browser import chromium, firefox, served, wait_for_page
 from vivavoce.transports.file import write_wav
 
 pytestmark = pytest.mark.e2e
 WEBRTC_YAML = REPO / "bots" / "webrtc.yaml"
+LOAD_YAML = REPO / "bots" / "webrtc_load.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +29,21 @@ def microphone_wav(tmp_path_factory):
     return path
 
 
-def loaded(driver, url: str) -> None:
+@pytest.fixture(scope="module")
+def embedded_server(tmp_path_factory):
+    """`vivavoce serve bots/webrtc.yaml`, shared by the tests that leave it running."""
+    with served(WEBRTC_YAML, log=tmp_path_factory.mktemp("serve") / "serve.log") as url:
+        yield url
+
+
+def loaded(driver, url: str, bot: str = "webrtc") -> None:
     driver.get(url + "/")
-    wait_for_page(driver, lambda s: s.get("bot") == "webrtc" and s["state"] == "idle", 15, "the page to load")
+    wait_for_page(driver, lambda s: s.get("bot") == bot and s["state"] == "idle", 15, "the page to load")
 
 
-def test_the_playground_talks_to_the_bot_in_chromium(microphone_wav, tmp_path):
-    with served(WEBRTC_YAML, log=tmp_path / "serve.log") as url, chromium(microphone_wav) as driver:
-        loaded(driver, url)
+def test_the_playground_talks_to_the_bot_in_chromium(embedded_server, microphone_wav, tmp_path):
+    with chromium(microphone_wav) as driver:
+        loaded(driver, embedded_server)
         driver.find_element("id", "talk").click()
         wait_for_page(driver, lambda s: s["state"] == "connected" and s["botReady"], 20, "the session to connect")
         wait_for_page(
@@ -70,10 +80,30 @@ def test_the_playground_says_when_the_server_is_down(microphone_wav):
         assert driver.find_element("id", "error").text == state["error"]
 
 
-def test_the_playground_says_when_the_microphone_is_refused(microphone_wav):
-    with served(WEBRTC_YAML) as url, chromium(microphone_wav, allow_microphone=False) as driver:
-        loaded(driver, url)
+def test_the_playground_says_when_the_microphone_is_refused(embedded_server, microphone_wav):
+    with chromium(microphone_wav, allow_microphone=False) as driver:
+        loaded(driver, embedded_server)
         driver.find_element("id", "talk").click()
         state = wait_for_page(driver, lambda s: s["state"] == "failed", 15, "the failure to show")
         assert "Microphone permission was denied" in state["error"]
         assert driver.find_element("id", "error").is_displayed()
+
+
+def test_the_playground_connects_and_plays_the_bot_in_firefox():
+    with served(LOAD_YAML) as url, firefox() as driver:
+        loaded(driver, url, "webrtc-load")
+        driver.click("talk")
+        wait_for_page(driver, lambda s: s["state"] == "connected" and s["botReady"], 20, "the session to connect")
+        state = wait_for_page(driver, lambda s: s["stats"]["packetsReceived"] > 100, 20, "the bot's audio stream")
+        assert state["stats"]["bytesReceived"] > 0 and not state["error"]
+        driver.click("talk")
+        wait_for_page(driver, lambda s: s["state"] == "idle", 10, "the hang-up")
+
+
+def test_firefox_says_when_the_server_is_down():
+    with firefox() as driver:
+        with served(LOAD_YAML) as url:
+            loaded(driver, url, "webrtc-load")
+        driver.click("talk")
+        state = wait_for_page(driver, lambda s: s["state"] == "failed", 15, "the failure to show")
+        assert "server is down or unreachable" in state["error"]

@@ -1,22 +1,29 @@
-"""The playground in headless Chromium with a fake microphone playing a WAV, and a bot served in a subprocess.
+"""The playground in headless browsers, and a bot served in a subprocess.
 
-Needs Debian's ``chromium`` and ``chromium-driver`` (``make browser``) and selenium (the ``dev`` extra).
+Chromium (selenium and chromium-driver) takes a WAV as its microphone. Firefox is driven over its own
+WebDriver BiDi endpoint (no geckodriver: Debian does not package it); its fake microphone is a tone.
+Needs Debian's ``chromium``, ``chromium-driver`` and ``firefox-esr`` (``make browser``) and selenium
+(the ``dev`` extra).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from websockets.sync.client import ClientConnection, connect
 
 CHROMIUM_FLAGS = (
     "--headless=new",
@@ -102,9 +109,93 @@ def chromium(microphone_wav: Path, *, allow_microphone: bool = True) -> Iterator
         driver.quit()
 
 
+FIREFOX_PREFS = {
+    "media.navigator.streams.fake": True,  # a fake microphone (a tone)
+    "media.navigator.permission.disabled": True,  # granted without a prompt
+    "media.autoplay.default": 0,
+    "media.peerconnection.ice.obfuscate_host_addresses": False,
+}
+
+
+class FirefoxDriver:
+    """The few WebDriver calls the tests need (``get``, ``execute_script``, ``click``), over WebDriver BiDi."""
+
+    def __init__(self, websocket: ClientConnection):
+        """Drive the first tab of the browser behind ``websocket``."""
+        self._ws = websocket
+        self._ids = itertools.count(1)
+        self._command("session.new", {"capabilities": {}})
+        self._context = self._command("browsingContext.getTree", {})["contexts"][0]["context"]
+
+    def _command(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        command_id = next(self._ids)
+        self._ws.send(json.dumps({"id": command_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self._ws.recv(timeout=60))
+            if message.get("id") == command_id:
+                if message.get("type") == "error":
+                    raise RuntimeError(f"{method}: {message.get('error')}: {message.get('message')}")
+                return message["result"]
+
+    def get(self, url: str) -> None:
+        """Open ``url`` and wait until it has loaded."""
+        self._command("browsingContext.navigate", {"context": self._context, "url": url, "wait": "complete"})
+
+    def execute_script(self, body: str) -> Any:
+        """Run a function body (as selenium's ``execute_script``); primitive results only."""
+        result = self._command(
+            "script.evaluate",
+            {"expression": f"(() => {{ {body} }})()", "target": {"context": self._context}, "awaitPromise": True},
+        )
+        if result.get("type") == "exception":
+            raise RuntimeError(f"script failed: {result['exceptionDetails'].get('text')}")
+        return result["result"].get("value")
+
+    def click(self, element_id: str) -> None:
+        """Click the element with this id."""
+        self.execute_script(f"document.getElementById({json.dumps(element_id)}).click();")
+
+
+@contextlib.contextmanager
+def firefox() -> Iterator[FirefoxDriver]:
+    """Headless Firefox with a fake microphone, driven over WebDriver BiDi."""
+    binary = shutil.which("firefox-esr") or shutil.which("firefox")
+    if not binary:
+        raise BrowserMissingError("the Firefox test needs Debian's firefox-esr: run `make browser`")
+    with tempfile.TemporaryDirectory(prefix="vivavoce-firefox-") as profile:
+        Path(profile, "user.js").write_text(
+            "".join(f'user_pref("{name}", {json.dumps(value)});\n' for name, value in FIREFOX_PREFS.items())
+        )
+        port = _free_port()
+        process = subprocess.Popen(
+            [binary, "--headless", "--no-remote", "--profile", profile, f"--remote-debugging-port={port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    websocket = connect(f"ws://127.0.0.1:{port}/session", max_size=None)
+                    break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"Firefox did not open its WebDriver BiDi port ({binary})") from None
+                    time.sleep(0.1)
+            with websocket:
+                yield FirefoxDriver(websocket)
+        finally:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def page_state(driver: Any) -> dict[str, Any]:
     """The playground's ``window.vivavoce`` (state, transcript, turns, stats, error)."""
-    return driver.execute_script("return JSON.parse(JSON.stringify(window.vivavoce || null));") or {}
+    return json.loads(driver.execute_script("return JSON.stringify(window.vivavoce || null);") or "null") or {}
 
 
 def wait_for_page(driver: Any, predicate: Any, timeout: float, what: str) -> dict[str, Any]:

@@ -72,7 +72,6 @@ class ReceivedAudio:
 
     chunks: list[tuple[float, np.ndarray]] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)  # every decoded frame, for gap statistics
-    frame_secs: float = 0.02
 
     def between(self, start: float, end: float = float("inf")) -> np.ndarray:
         """The audio that arrived in [start, end)."""
@@ -80,9 +79,9 @@ class ReceivedAudio:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
 
     def gaps_ms(self, since: float = 0.0) -> list[float]:
-        """How late each frame arrived after the previous one, beyond one frame's duration (0 = on time)."""
+        """Time between consecutive received frames (one frame's duration, 20 ms, when on time)."""
         times = [t for t in self.arrivals if t >= since]
-        return [max(0.0, (b - a - self.frame_secs) * 1000) for a, b in zip(times, times[1:])]
+        return [(b - a) * 1000 for a, b in zip(times, times[1:])]
 
 
 class WebRTCPeer:
@@ -188,7 +187,6 @@ class WebRTCPeer:
                 return
             at = time.monotonic()
             self.received.arrivals.append(at)
-            self.received.frame_secs = frame.samples / frame.sample_rate
             for out in resampler.resample(frame):
                 self.received.chunks.append((at, out.to_ndarray().reshape(-1).astype(np.int16)))
 
