@@ -17,12 +17,16 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from twilio_support import REPO, serving, wait_until
+from fastapi import FastAPI
+from pipecat.frames.frames import InterruptionFrame
+
+from twilio_support import REPO, FrameLog, serving, wait_until
 from vivavoce.botfile import BotFileError, load_bot
 from vivavoce.botfile.schema import DailyTransportConfig
+from vivavoce.frames import BotOutputPauseFrame
 from vivavoce.server import create_app
 from vivavoce.testing.webrtc_peer import RECORD_RATE, WebRTCPeer
-from vivavoce.transports.webrtc_server import MAX_BODY_BYTES
+from vivavoce.transports.webrtc_server import MAX_BODY_BYTES, WebRTCSessions
 
 WEBRTC_YAML = REPO / "bots" / "webrtc.yaml"
 DAILY_YAML = REPO / "bots" / "daily.yaml"
@@ -359,3 +363,34 @@ async def test_a_webrtc_peer_talks_to_the_embedded_bot(embedded_models, phrases)
     transcript = transcribe(answer)
     assert words(transcript), f"no words in the bot's audio: {transcript!r}"
     assert words(transcript) & words(said), (transcript, said)
+
+
+@pytest.mark.e2e
+async def test_talking_over_the_bot_pauses_then_interrupts_its_audio(embedded_models, phrases, tmp_path):
+    """Pause-then-resume barge-in on the WebRTC output: the bot's audio stops while the peer talks over it."""
+    path = tmp_path / "webrtc-playback.yaml"
+    path.write_text(
+        (REPO / "bots" / "webrtc_load.yaml").read_text().replace("name: webrtc-load", "name: webrtc-playback")
+    )
+    bot = load_bot(path, environ={})
+    log = FrameLog(BotOutputPauseFrame, InterruptionFrame)
+    sessions = WebRTCSessions(bot, bot.spec.transport, observers=log)
+    app = FastAPI()
+    app.include_router(sessions.router())
+    async with serving(app) as running, WebRTCPeer(running.http) as peer:
+        asked = peer.say(phrases[0], RECORD_RATE)
+        await wait_until(lambda: peer.rtvi("bot-started-speaking", asked), 20, "the reply")
+        await asyncio.sleep(0.5)
+        long_speech = np.concatenate([phrases[1], phrases[2], phrases[3]])  # well over min_speech_secs
+        onset = time.monotonic()
+        spoken = peer.say(long_speech, RECORD_RATE)
+        paused = await wait_until(lambda: [t for t, f in log.of(BotOutputPauseFrame) if t > onset and f.paused], 10, "the pause")
+        await wait_until(lambda: [t for t, _ in log.of(InterruptionFrame) if t > paused[0]], 10, "the interruption")
+        await wait_until(lambda: peer.rtvi("bot-interrupted", onset), 10, "RTVI bot-interrupted")
+        await asyncio.sleep(max(0.0, spoken - time.monotonic()))
+        await sessions.close()
+
+    before = peer.received.between(onset - 0.5, onset)
+    while_talking = peer.received.between(paused[0] + 0.3, spoken)  # the peer still speaks: no new reply yet
+    assert loud(before), "the reply was playing when the peer talked over it"
+    assert while_talking.size > RECORD_RATE // 2 and not loud(while_talking), "the bot's audio went on"
