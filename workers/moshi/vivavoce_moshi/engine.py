@@ -15,6 +15,7 @@ Everything here is synchronous and must run in one thread (the worker's frame th
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,8 +65,13 @@ class BatchedMoshi:
             self.lm, use_sampling=not greedy, support_out_of_sync=True,
             on_text_hook=self._gate_text, on_audio_hook=self._gate_audio, **options,
         )
-        self.mimi.streaming_forever(slots)
-        self.lm_gen.streaming_forever(slots)
+        self._streaming = ExitStack()
+        self._streaming.enter_context(self.mimi.streaming(slots))
+        self._streaming.enter_context(self.lm_gen.streaming(slots))
+
+    def close(self) -> None:
+        """Leave streaming mode, so that the models can serve another ``BatchedMoshi`` (the benchmark's batch sizes)."""
+        self._streaming.close()
 
     def _gate_text(self, text_tokens: torch.Tensor) -> None:
         text_tokens.copy_(torch.where(self._gated, self._pad_id, text_tokens))
