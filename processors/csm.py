@@ -1,7 +1,8 @@
 """``CSMTTSService``: Sesame CSM through the vivavoce CSM worker, with the conversation as context.
 
 CSM speaks better when it hears the conversation: every request carries the last turns, the user's
-as text plus the audio the user spoke (captured from the pipeline's input audio), the bot's as text
+as text plus the audio the user spoke (captured from the pipeline's input audio between the user's
+turn start and stop; the text is the user aggregator's ``LLMContextUserTurnFrame``), the bot's as text
 plus a reference to the worker's own earlier utterance (the worker keeps its codes, so nothing is
 re-encoded). A voice prompt (a reference clip and its transcript) can lead the context.
 """
@@ -17,7 +18,7 @@ from typing import Any
 from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
-    TranscriptionFrame,
+    LLMContextUserTurnFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -76,7 +77,8 @@ class CSMTTSService(WorkerTTSService):
             self._user_rate = frame.sample_rate
             if len(self._user_audio) < self._max_user_audio_secs * frame.sample_rate * 2:
                 self._user_audio.extend(frame.audio)
-        elif isinstance(frame, TranscriptionFrame) and frame.text.strip():
+        elif isinstance(frame, LLMContextUserTurnFrame) and frame.text.strip():
+            # What the user aggregator wrote to the LLM context: the text that goes with the audio.
             self._user_text.append(frame.text.strip())
 
     def _close_user_turn(self) -> None:

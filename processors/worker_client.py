@@ -48,7 +48,7 @@ class WorkerTTSService(WebsocketTTSService):
 
     def __init__(self, *, url: str, api_key: str | None = None, max_audio_ms: int | None = None, **kwargs: Any):
         """``url``: the worker's ``ws://host:port/v1/stream``; ``api_key``: None reads the env var."""
-        super().__init__(push_text_frames=False, push_start_frame=True, pause_frame_processing=False, **kwargs)
+        super().__init__(push_start_frame=True, **kwargs)
         self._url = url
         self._api_key = worker_api_key(api_key)
         self._max_audio_ms = max_audio_ms

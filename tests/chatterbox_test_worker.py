@@ -11,6 +11,7 @@ tests/test_workers_chatterbox.py in the CSM worker's environment:
 from __future__ import annotations
 
 import argparse
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from vivavoce_worker.engine import Emit, Engine, SynthesisRequest
 CHUNK_SECS = 0.08
 SECS_PER_CHAR = 0.06
 BUILTIN_HZ = 220.0
+PACE = 8  # times faster than real time
 
 
 def pitch_hz(path: Path) -> float:
@@ -60,6 +62,7 @@ class ToneTestEngine(Engine):
         t = np.arange(int(seconds * self.sample_rate)) / self.sample_rate
         tone = (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
         for start in range(0, len(tone), chunk):
+            time.sleep(CHUNK_SECS / PACE)  # a model's pace: cancels can land mid-utterance
             emit(tone[start : start + chunk])
 
 

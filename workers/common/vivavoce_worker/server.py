@@ -116,6 +116,7 @@ class _Socket:
                 self.active.cancelled.set()  # its `done` follows once generation has stopped
             elif (queued := self.pending.pop(msg.id, None)) is not None:
                 queued.cancelled.set()
+                self.queue.cancelled += 1
                 await self.send_json({"type": "done", "id": msg.id, **GenerationStats(cancelled=True).as_dict()})
             else:
                 raise ProtocolError("unknown_id", f"no queued or running request {msg.id!r}", msg.id)

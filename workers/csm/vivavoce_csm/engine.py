@@ -92,6 +92,7 @@ class CsmEngine(Engine):
         self._dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
                        "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         self.max_audio_ms = max_audio_ms
+        self.clips_encoded = 0
 
     def load(self) -> None:
         """Load processor, model and codec once."""
@@ -119,7 +120,7 @@ class CsmEngine(Engine):
     def health(self) -> dict[str, Any]:
         """Model facts for /health."""
         return {"weights": self.model_path, "frame_ms": 1000 * self.frame_samples / self.sample_rate,
-                "max_positions": self.max_positions}
+                "max_positions": self.max_positions, "context_clips_encoded": self.clips_encoded}
 
     # --- prompt -------------------------------------------------------------------------------
 
@@ -154,6 +155,7 @@ class CsmEngine(Engine):
         if codes is None:
             codes = self.encode_audio(decode_base64_pcm16(turn.audio), turn.sample_rate)
             session.encodes += 1
+            self.clips_encoded += 1
         session.remember(session.encoded, key, codes)
         return codes
 
