@@ -1,7 +1,7 @@
 """Voice registration: reference clip -> conditionals kept per voice id (``/voices`` routes).
 
 The clips are kept as WAV files in the voices directory, so registered voices come back after a
-restart. Computing conditionals is model work: it runs in the generation thread.
+restart. Computing conditionals is model work: it runs with the model to itself.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class VoiceEngine(Protocol):
     voices: dict[str, Any]
 
     def make_voice(self, wav_path: Path) -> Any:
-        """Conditionals for the voice in ``wav_path`` (runs in the generation thread)."""
+        """Conditionals for the voice in ``wav_path`` (runs with the model to itself)."""
 
 
 class VoiceBody(BaseModel):
@@ -70,7 +70,7 @@ class VoiceRegistry:
         directory.mkdir(parents=True, exist_ok=True)
 
     def load_saved(self) -> None:
-        """Register the clips already in the directory (call from the generation thread at start-up)."""
+        """Register the clips already in the directory (at start-up, through ``GenerationQueue.run_sync``)."""
         for path in sorted(self.directory.glob("*.wav")):
             try:
                 seconds = check_clip(path.read_bytes())

@@ -1,8 +1,8 @@
 """The engine interface every model family implements, and the queue that shares one model.
 
-An engine generates audio synchronously in one generation thread (GPU work is serialised: one model,
-many sessions); ``GenerationQueue.stream`` turns that into an async iterator of PCM16 chunks for the
-server. Cancel is cooperative: ``emit`` raises ``Cancelled`` once the request is cancelled, and engines
+An engine generates audio synchronously in a generation thread; the model computes for one request
+at a time (one model, many sessions) and ``GenerationQueue.stream`` turns that into an async iterator
+of PCM16 chunks for the server. Cancel is cooperative: ``emit`` raises ``Cancelled`` once the request is cancelled, and engines
 call it once per frame, so generation stops within one frame.
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from vivavoce_worker.audio import float_to_pcm16
 from vivavoce_worker.protocol import ContextTurn
+from vivavoce_worker.turnstile import Turnstile
 
 Emit = Callable[[np.ndarray], None]
 
@@ -66,12 +67,16 @@ class Engine(ABC):
     """A model family behind the worker protocol.
 
     Subclasses load their model once in ``load``, run one short generation in ``warmup`` and produce
-    audio in ``generate``. Everything model-related runs in the single generation thread.
+    audio in ``generate``, which runs in a generation thread with the model to itself (the queue's
+    turnstile).
     """
 
     name: str = "engine"
     sample_rate: int = 24000
     device: str = "cpu"
+    # True when several requests may be mid-generation at once, taking turns frame by frame: the
+    # engine keeps no per-request state on itself (CSM); False runs requests one after another.
+    interleave_frames: bool = False
 
     @abstractmethod
     def load(self) -> None:
@@ -89,7 +94,7 @@ class Engine(ABC):
     def generate(self, request: SynthesisRequest, session: Any, emit: Emit) -> None:
         """Synthesise ``request``, calling ``emit(float32 samples)`` once per frame or chunk.
 
-        Runs in the generation thread. ``emit`` raises ``Cancelled`` once the request is cancelled:
+        Runs in a generation thread. ``emit`` raises ``Cancelled`` once the request is cancelled:
         let it propagate (after restoring any model state) so that generation stops there.
         """
 
@@ -98,13 +103,24 @@ class Engine(ABC):
         return {}
 
 
-class GenerationQueue:
-    """Serialises an engine's generations in one thread and streams their chunks to asyncio."""
+MAX_ACTIVE_REQUESTS = 16
 
-    def __init__(self, engine: Engine):
-        """Share ``engine`` between all sessions of this process."""
+
+class GenerationQueue:
+    """Shares one engine between all sessions and streams each request's chunks to asyncio.
+
+    The model computes for one request at a time (a FIFO turnstile). An engine with
+    ``interleave_frames`` hands the model to the next waiting request after every frame it emits, so
+    concurrent sessions advance frame by frame instead of waiting for whole utterances; the others
+    run their requests strictly one after another.
+    """
+
+    def __init__(self, engine: Engine, max_active: int = MAX_ACTIVE_REQUESTS):
+        """Share ``engine``; at most ``max_active`` requests are in generation at once."""
         self.engine = engine
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{engine.name}-gen")
+        workers = max_active if engine.interleave_frames else 1
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{engine.name}-gen")
+        self._turnstile = Turnstile()
         self._waiting = 0
         self._lock = threading.Lock()
         self.finished = 0
@@ -112,16 +128,23 @@ class GenerationQueue:
 
     @property
     def depth(self) -> int:
-        """Requests waiting for the model (not counting the one generating)."""
+        """Requests that have not started generating yet."""
         return self._waiting
 
+    def _exclusive(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            with self._turnstile:
+                return fn()
+
+        return run
+
     def run_sync(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` in the generation thread and wait (used at start-up: load, warm-up)."""
-        return self._executor.submit(fn).result()
+        """Run ``fn`` with the model to itself and wait (start-up: load, warm-up)."""
+        return self._executor.submit(self._exclusive(fn)).result()
 
     async def call(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` in the generation thread from asyncio (e.g. computing a voice's conditionals)."""
-        return await asyncio.wrap_future(self._executor.submit(fn))
+        """Run ``fn`` with the model to itself, from asyncio (e.g. computing a voice's conditionals)."""
+        return await asyncio.wrap_future(self._executor.submit(self._exclusive(fn)))
 
     async def stream(
         self, request: SynthesisRequest, session: Any, stats: GenerationStats
@@ -144,21 +167,24 @@ class GenerationQueue:
                 stats.first_chunk_ms = (time.perf_counter() - submitted) * 1000
             stats.audio_ms += 1000 * len(samples) / self.engine.sample_rate
             loop.call_soon_threadsafe(chunks.put_nowait, float_to_pcm16(samples))
+            if self.engine.interleave_frames:
+                self._turnstile.pass_turn()
 
         def job() -> None:
-            with self._lock:
-                self._waiting -= 1
-            stats.queued_ms = (time.perf_counter() - submitted) * 1000
             outcome: BaseException | None = None
-            try:
-                if request.cancelled.is_set():
-                    raise Cancelled(request.id)
-                self.engine.generate(request, session, emit)
-            except Cancelled:
-                stats.cancelled = True
-                self.cancelled += 1
-            except BaseException as e:  # handed to the awaiting coroutine
-                outcome = e
+            with self._turnstile:
+                with self._lock:
+                    self._waiting -= 1
+                stats.queued_ms = (time.perf_counter() - submitted) * 1000
+                try:
+                    if request.cancelled.is_set():
+                        raise Cancelled(request.id)
+                    self.engine.generate(request, session, emit)
+                except Cancelled:
+                    stats.cancelled = True
+                    self.cancelled += 1
+                except BaseException as e:  # handed to the awaiting coroutine
+                    outcome = e
             stats.total_ms = (time.perf_counter() - submitted) * 1000
             self.finished += 1
             loop.call_soon_threadsafe(chunks.put_nowait, outcome)

@@ -84,6 +84,7 @@ class CsmEngine(Engine):
     """CSM-1B (or any checkpoint of the same classes) with streaming exact decode."""
 
     name = "csm"
+    interleave_frames = True  # per-request state (KV caches, decoder) lives in generate()
 
     def __init__(self, model: Path | None, device: str, dtype: str = "auto", max_audio_ms: int = 20_000):
         """``model``: local weights dir (None: the published weights); ``dtype``: auto, float32, bfloat16."""
@@ -110,7 +111,6 @@ class CsmEngine(Engine):
         codec = self.model.codec_model
         self.sample_rate = codec.config.sampling_rate
         self.frame_samples = int(self.sample_rate / codec.config.frame_rate)
-        self.decoder = StreamingMimiDecoder(codec)
         self._gen_kwargs = _depth_decoder_settings(self.model_path)
 
     def new_session(self) -> CsmSession:
@@ -198,14 +198,14 @@ class CsmEngine(Engine):
         embeds, used = self.prompt_embeds(request, session, max_frames)
         request.report.update(prompt_positions=embeds.shape[1], context_turns=used, context_encodes=session.encodes)
         frames: list[torch.Tensor] = []
-        self.decoder.reset()
+        decoder = StreamingMimiDecoder(self.model.codec_model)
 
         def on_frame(codes: torch.Tensor) -> None:
             codes = codes[0]
             if bool((codes == self.eos_code).all()):
                 return  # CSM's end-of-speech frame: not audio
             frames.append(codes)
-            audio = self.decoder.decode_frame(codes.to(self.device)[None, :, None])
+            audio = decoder.decode_frame(codes.to(self.device)[None, :, None])
             emit(audio.float().cpu().numpy().reshape(-1))
 
         options = {}
