@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vivavoce.processors.worker_client import WorkerTTSService
+from vivavoce.processors.worker_client import WorkerTTSService, connection_settings
 
 
 class ChatterboxTTSService(WorkerTTSService):
@@ -34,9 +34,7 @@ class ChatterboxTTSService(WorkerTTSService):
 def create(config: Any, context: Any) -> ChatterboxTTSService:
     """Factory for the ``chatterbox`` kind."""
     return ChatterboxTTSService(
-        url=config.url,
-        api_key=config.api_key.get_secret_value() if config.api_key else None,
-        max_audio_ms=config.max_audio_ms,
+        **connection_settings(config),
         voice=config.voice,
         exaggeration=config.exaggeration,
         cfg_weight=config.cfg_weight,

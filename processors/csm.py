@@ -24,7 +24,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection
 
-from vivavoce.processors.worker_client import WorkerTTSService
+from vivavoce.processors.worker_client import WorkerTTSService, connection_settings
 
 BOT_SPEAKER = 0
 USER_SPEAKER = 1
@@ -111,9 +111,7 @@ def create(config: Any, context: Any) -> CSMTTSService:
         load_voice_prompt(config.voice_prompt_audio, config.voice_prompt_text) if config.voice_prompt_audio else None
     )
     return CSMTTSService(
-        url=config.url,
-        api_key=config.api_key.get_secret_value() if config.api_key else None,
-        max_audio_ms=config.max_audio_ms,
+        **connection_settings(config),
         speaker=config.speaker,
         context_turns=config.context_turns,
         voice_prompt=prompt,

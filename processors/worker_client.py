@@ -32,6 +32,15 @@ def worker_api_key(explicit: str | None = None, env: str = API_KEY_ENV) -> str |
     return explicit or os.environ.get(env) or None
 
 
+def connection_settings(config: Any) -> dict[str, Any]:
+    """``url``, ``api_key`` and ``max_audio_ms`` of a worker kind's bot-file settings, as keyword arguments."""
+    return {
+        "url": config.url,
+        "api_key": config.api_key.get_secret_value() if config.api_key else None,
+        "max_audio_ms": config.max_audio_ms,
+    }
+
+
 @dataclass
 class _ContextRequests:
     """Requests of one pipecat audio context and whether its turn has been flushed."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vivavoce_chatterbox.voices import VoiceRegistry, voices_router
+from vivavoce_chatterbox.voices import voice_routers
 from vivavoce_worker.cli import add_common_args, run_worker
 from vivavoce_worker.engine import Emit, Engine, SynthesisRequest
 
@@ -71,13 +71,7 @@ def main() -> None:
     parser.add_argument("--voices-dir", type=Path, required=True)
     args = parser.parse_args()
     engine = ToneTestEngine()
-
-    def routers(queue, auth):
-        registry = VoiceRegistry(engine, queue, args.voices_dir)
-        queue.run_sync(registry.load_saved)
-        return [voices_router(registry, auth)]
-
-    run_worker(engine, args, routers_for=routers)
+    run_worker(engine, args, routers_for=voice_routers(engine, args.voices_dir))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from vivavoce_chatterbox.engine import ChatterboxEngine
-from vivavoce_chatterbox.voices import VoiceRegistry, voices_router
+from vivavoce_chatterbox.voices import voice_routers
 from vivavoce_worker.cli import add_common_args, resolve_device, run_worker
 
 DEFAULT_PORT = 8720
@@ -21,13 +21,7 @@ def main() -> None:
     parser.add_argument("--chunk-tokens", type=int, default=25, help="speech tokens per streamed chunk (25 = 1 s)")
     args = parser.parse_args()
     engine = ChatterboxEngine(args.model, resolve_device(args.device), chunk_size=args.chunk_tokens)
-
-    def routers(queue, auth):
-        registry = VoiceRegistry(engine, queue, args.voices_dir)
-        queue.run_sync(registry.load_saved)
-        return [voices_router(registry, auth)]
-
-    run_worker(engine, args, routers_for=routers)
+    run_worker(engine, args, routers_for=voice_routers(engine, args.voices_dir))
 
 
 if __name__ == "__main__":

@@ -133,3 +133,14 @@ def voices_router(registry: VoiceRegistry, auth: ApiKeyAuth) -> APIRouter:
         return {"deleted": voice_id}
 
     return router
+
+
+def voice_routers(engine: VoiceEngine, voices_dir: Path):
+    """``routers_for`` for ``run_worker``: the saved voices load at start-up, then the ``/voices`` routes."""
+
+    def build(queue: GenerationQueue, auth: ApiKeyAuth) -> list[APIRouter]:
+        registry = VoiceRegistry(engine, queue, voices_dir)
+        queue.run_sync(registry.load_saved)
+        return [voices_router(registry, auth)]
+
+    return build
