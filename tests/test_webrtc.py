@@ -210,6 +210,21 @@ async def test_offers_beyond_max_sessions_are_refused_as_busy(tmp_path):
         await app.state.webrtc.close()
 
 
+async def test_a_session_that_cannot_start_gets_a_500_and_the_server_goes_on(tmp_path, phrases):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        light_bot_file(tmp_path).read_text().replace("twilio_support:EchoBrain", "webrtc_support:Unbuildable")
+    )
+    app = create_app(load_bot(broken, environ={}))
+    async with serving(app) as running:
+        with pytest.raises(RuntimeError, match="500.*could not start"):
+            await WebRTCPeer(running.http).connect()
+        assert not app.state.webrtc.sessions
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{running.http}/health")).status_code == 200
+        await app.state.webrtc.close()
+
+
 async def test_each_peer_hears_only_itself(light_server, phrases):
     async with WebRTCPeer(light_server.http) as talker, WebRTCPeer(light_server.http) as listener:
         since = time.monotonic()

@@ -100,10 +100,15 @@ def test_the_playground_connects_and_plays_the_bot_in_firefox():
         wait_for_page(driver, lambda s: s["state"] == "idle", 10, "the hang-up")
 
 
-def test_firefox_says_when_the_server_is_down():
+def test_firefox_says_when_the_server_stops_and_when_it_is_down():
     with firefox() as driver:
         with served(LOAD_YAML) as url:
             loaded(driver, url, "webrtc-load")
+            driver.click("talk")
+            wait_for_page(driver, lambda s: s["state"] == "connected" and s["botReady"], 20, "the session to connect")
+        # The server shut down with the session live: it said so on the data channel.
+        state = wait_for_page(driver, lambda s: s["state"] == "idle" and s["error"], 15, "the end of the session")
+        assert "The bot ended the session" in state["error"]
         driver.click("talk")
         state = wait_for_page(driver, lambda s: s["state"] == "failed", 15, "the failure to show")
         assert "server is down or unreachable" in state["error"]

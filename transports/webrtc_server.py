@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from vivavoce.botfile import Bot
 from vivavoce.botfile.schema import WebRTCTransportConfig
 from vivavoce.builder import build_conversation
+from vivavoce.live_sessions import LiveSessions
 from vivavoce.transports.webrtc_feed import TurnFeed
 from vivavoce.transports.webrtc_pausable import PausableSmallWebRTCTransport
 from vivavoce.turns import Turn, TurnRecorder
@@ -89,6 +91,11 @@ class WebRTCSession:
     task: asyncio.Task | None = None
     connected_s: float | None = None
 
+    @property
+    def live_id(self) -> str:
+        """The session's name in the live-session registry (pipecat's pc_id has a '#')."""
+        return re.sub(r"[^A-Za-z0-9_.-]", "-", self.pc_id)
+
 
 class BadRequest(Exception):
     """A request refused before it reaches pipecat; ``status`` and the message go to the client."""
@@ -108,11 +115,14 @@ class WebRTCSessions:
         *,
         observers: Callable[[WebRTCSession], list[BaseObserver]] | None = None,
         on_turn: Callable[[Turn], None] | None = None,
+        live: LiveSessions | None = None,
     ):
         """Serve ``bot``; ``observers`` gives each session's pipeline more observers; ``on_turn`` gets
-        every completed turn of every session (metrics)."""
+        every completed turn of every session (metrics); ``live`` counts the sessions of every process
+        serving the bot (``max_sessions`` applies to them all)."""
         self.bot = bot
         self.config = config
+        self.live = live or LiveSessions()
         self.sessions: dict[str, WebRTCSession] = {}
         self._observers = observers
         self._on_turn = on_turn
@@ -161,7 +171,7 @@ class WebRTCSessions:
             body = OfferBody.model_validate(await _json_body(request))
             _check_sdp(body.sdp)
             renegotiation = body.pc_id is not None and body.pc_id in self.sessions
-            if not renegotiation and len(self.sessions) >= self.config.max_sessions:
+            if not renegotiation and self.live.count() >= self.config.max_sessions:
                 raise BadRequest(503, f"the server is busy ({self.config.max_sessions} sessions): try again later")
         except BadRequest as e:
             return _error(e.status, str(e))
@@ -214,6 +224,13 @@ class WebRTCSessions:
 
     async def _start(self, connection: SmallWebRTCConnection, started: float) -> None:
         """pipecat's handler calls this with each new peer connection: build its pipeline and run it."""
+        try:
+            self._run_session(connection, started)
+        except Exception:
+            await connection.disconnect()  # the offer gets a 500; nothing of the session is left running
+            raise
+
+    def _run_session(self, connection: SmallWebRTCConnection, started: float) -> None:
         session = WebRTCSession(pc_id=connection.pc_id, connection=connection, started=started)
         transport = PausableSmallWebRTCTransport(
             connection, TransportParams(audio_in_enabled=True, audio_out_enabled=True)
@@ -240,6 +257,7 @@ class WebRTCSessions:
         async def _left(_transport: Any, _client: Any) -> None:
             await conversation.worker.cancel()
 
+        self.live.claim(session.live_id)  # ids are unique: the claim only counts the session
         self.sessions[session.pc_id] = session
         session.task = asyncio.create_task(self._run(session, conversation.worker, recorder))
 
@@ -253,6 +271,7 @@ class WebRTCSessions:
         finally:
             recorder.finish()
             self.sessions.pop(session.pc_id, None)
+            self.live.release(session.live_id)
             await session.connection.disconnect()
             logger.info(f"WebRTC session {session.pc_id} ended")
 

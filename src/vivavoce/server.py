@@ -49,8 +49,7 @@ def create_app(
     elif isinstance(transport, WebRTCTransportConfig):
         from vivavoce.transports.webrtc_server import WebRTCSessions
 
-        webrtc = WebRTCSessions(bot, transport, on_turn=metrics.observe_turn)
-        sessions = webrtc.sessions
+        webrtc = WebRTCSessions(bot, transport, on_turn=metrics.observe_turn, live=live)
         app.include_router(webrtc.router())
         app.router.add_event_handler("shutdown", webrtc.close)
         app.state.webrtc = webrtc

@@ -100,8 +100,7 @@
       return;
     }
     if (message.type === "signalling" && message.message && message.message.type === "peerLeft") {
-      wanted = false;
-      showError("The bot ended the session.");
+      endSession("idle", "The bot ended the session (idle too long, or the server stopped): press Talk to start again.");
       return;
     }
     if (message.label !== RTVI_LABEL) return;
@@ -289,23 +288,22 @@
     state.botReady = false;
   }
 
-  function fail(message) {
+  // The session is over (hung up, ended by the bot, or failed): release the microphone, say why.
+  function endSession(stateName, message) {
     wanted = false;
     teardown(true);
     showError(message);
-    setState("failed", "not connected");
+    setState(stateName, "not connected");
     ui.talk.textContent = "Talk";
     ui.talk.classList.remove("active");
   }
 
+  const fail = (message) => endSession("failed", message);
+
   ui.talk.addEventListener("click", async () => {
     if (wanted) {
-      wanted = false;
       sendRtvi("disconnect-bot", {});
-      teardown(true);
-      setState("idle", "not connected");
-      ui.talk.textContent = "Talk";
-      ui.talk.classList.remove("active");
+      endSession("idle", null);
       return;
     }
     wanted = true;

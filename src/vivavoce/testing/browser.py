@@ -46,6 +46,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextlib.contextmanager
 def served(bot_file: Path, *, ready_timeout: float = 180.0, log: Path | None = None) -> Iterator[str]:
     """``vivavoce serve BOT`` on a free port in a subprocess (models load as in production); yields its URL."""
@@ -73,12 +82,7 @@ def served(bot_file: Path, *, ready_timeout: float = 180.0, log: Path | None = N
             time.sleep(0.2)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
         if log:
             out.close()  # type: ignore[union-attr]
 
@@ -185,12 +189,7 @@ def firefox() -> Iterator[FirefoxDriver]:
             with websocket:
                 yield FirefoxDriver(websocket)
         finally:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop(process)
 
 
 def page_state(driver: Any) -> dict[str, Any]:

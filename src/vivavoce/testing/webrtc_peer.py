@@ -141,6 +141,7 @@ class WebRTCPeer:
         self.offer_sent = time.monotonic()
         answer = await self.post("/api/offer", {"sdp": pc.localDescription.sdp, "type": "offer"})
         if answer.status_code != 200:
+            await self.close()
             raise RuntimeError(f"offer refused: {answer.status_code} {answer.text}")
         body = answer.json()
         self.pc_id = body["pc_id"]
