@@ -34,6 +34,7 @@ from vivavoce.botfile.schema import TurnTakingConfig
 from vivavoce.batched_vad import BatchedSileroVADAnalyzer
 from vivavoce.build_context import BuildContext
 from vivavoce.processors.barge_in import BargeInController
+from vivavoce.processors.input_audio_end import InputAudioEnd
 
 PIPELINE_SAMPLE_RATE = 16000
 """Every input is resampled once, at the transport, to this rate for VAD, Smart Turn and STT."""
@@ -115,8 +116,8 @@ def build_conversation(
     """Build one conversation of ``bot`` over ``transport``.
 
     Order: ``transport.input()``, ``after_input`` (transport extras, e.g. DTMF), stages before the LLM,
-    user aggregator, LLM, stages after it, ``before_output``, ``transport.output()``, assistant
-    aggregator (which then records what was actually spoken).
+    user aggregator, LLM, stages after it, (input audio ends here), ``before_output``,
+    ``transport.output()``, assistant aggregator (which then records what was actually spoken).
     """
     build_context = BuildContext(bot=bot)
     processors = {stage.index: _create(stage, build_context) for stage in bot.stages}
@@ -153,7 +154,7 @@ def build_conversation(
         if stage.index == brain.index:
             steps += [barge_in, aggregators.user()] if barge_in else [aggregators.user()]
         steps.append(processors[stage.index])
-    steps += [*before_output, transport.output(), aggregators.assistant()]
+    steps += [InputAudioEnd(), *before_output, transport.output(), aggregators.assistant()]
     pipeline = Pipeline(steps)
 
     worker = PipelineWorker(
@@ -165,6 +166,9 @@ def build_conversation(
         ),
         observers=list(observers),
         enable_rtvi=enable_rtvi,
+        # pipecat's turn tracking feeds its tracing and audio-buffer turns, which we do not use; as an
+        # observer it would see every frame of every call (TurnRecorder measures our turns).
+        enable_turn_tracking=False,
         idle_timeout_secs=idle_timeout_secs,
         name=f"vivavoce:{bot.name}",
     )
