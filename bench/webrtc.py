@@ -6,6 +6,8 @@
    playground in headless Chromium, its microphone a WAV of real speech; the p50 is read from the
    page's own latency readout (user stops speaking -> the bot's first audio leaves the server).
    A screenshot goes to out/playground.png.
+   The same with an aiortc peer instead of the browser (no Chromium on the cores), from the
+   ``turn-latency`` messages the page reads.
 2. Session set-up on loopback: an aiortc peer's offer sent -> its peer connection connected, one
    session at a time, against `bots/webrtc_load.yaml`.
 3. Concurrent sessions against `bots/webrtc_load.yaml` (VAD, silence end-of-turn, a recorded reply):
@@ -49,25 +51,45 @@ def browser_voice_to_voice(turns: int) -> dict:
     audio = conversation(gap_secs=6.0, lead_secs=2.0)
     wav = OUT / "webrtc-bench-microphone.wav"
     write_wav(wav, audio.pcm, audio.sample_rate)
-    with served(REPO / "bots" / "webrtc.yaml", log=OUT / "webrtc-bench-serve.log") as url, chromium(wav) as driver:
-        driver.get(url + "/")
-        wait_for_page(driver, lambda s: s.get("bot"), 15, "the page")
-        driver.find_element("id", "talk").click()
-        state = wait_for_page(driver, lambda s: len(s["turns"]) >= turns, 20 + 10 * turns, f"{turns} turns")
-        driver.save_screenshot(str(OUT / "playground.png"))
+    with served(REPO / "bots" / "webrtc.yaml", log=OUT / "webrtc-bench-serve.log") as url:
+        with chromium(wav) as driver:
+            driver.get(url + "/")
+            wait_for_page(driver, lambda s: s.get("bot"), 15, "the page")
+            driver.find_element("id", "talk").click()
+            state = wait_for_page(driver, lambda s: len(s["turns"]) >= turns, 20 + 10 * turns, f"{turns} turns")
+            driver.save_screenshot(str(OUT / "playground.png"))
+        peer = asyncio.run(peer_voice_to_voice(url, turns))
     v2v = [t["voice_to_voice_ms"] for t in state["turns"]]
-    stages = {
-        stage: pct([t["stages_ms"][stage] for t in state["turns"] if t["stages_ms"][stage] is not None], 50)
-        for stage in state["turns"][0]["stages_ms"]
-    }
     return {
         "turns": len(v2v),
         "p50_ms": pct(v2v, 50),
         "max_ms": pct(v2v, 100),
-        "stages_p50_ms": stages,
+        "stages_p50_ms": stage_medians(state["turns"]),
+        "aiortc_peer_instead": peer,
         "user_said": [line["text"] for line in state["transcript"] if line["role"] == "user"],
         "screenshot": str(OUT / "playground.png"),
     }
+
+
+def stage_medians(turns: list[dict]) -> dict:
+    return {
+        stage: pct([t["stages_ms"][stage] for t in turns if t["stages_ms"][stage] is not None], 50)
+        for stage in turns[0]["stages_ms"]
+    }
+
+
+async def peer_voice_to_voice(url: str, turns: int) -> dict:
+    """The same readout, with an aiortc peer saying the recording's phrases 7 s apart."""
+    recording = read_wav(speech_sample())
+    phrases = find_phrases(recording.pcm, recording.sample_rate)[:turns]
+    async with WebRTCPeer(url) as peer:
+        await asyncio.sleep(1.0)
+        for phrase in phrases:
+            peer.say(recording.pcm[phrase.start : phrase.end], RECORD_RATE)
+            await asyncio.sleep(7.0)
+        measured = peer.server_messages("turn-latency")
+    v2v = [t["voice_to_voice_ms"] for t in measured]
+    return {"turns": len(v2v), "p50_ms": pct(v2v, 50), "max_ms": pct(v2v, 100), "stages_p50_ms": stage_medians(measured)}
 
 
 async def session_setup(url: str, setups: int) -> dict:
