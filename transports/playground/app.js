@@ -150,9 +150,7 @@
         method, headers: body ? { "Content-Type": "application/json" } : {}, body: body && JSON.stringify(body),
       });
     } catch (e) {
-      const error = new Error("The server is down or unreachable.");
-      error.unreachable = true;
-      throw error;
+      throw new Error("The server is down or unreachable.");
     }
     const payload = await response.json().catch(() => ({}));
     if (!response.ok) throw new Error(payload.error || payload.detail || `The server answered ${response.status}.`);
@@ -185,7 +183,7 @@
     const mic = (session && session.mic) || (await openMicrophone());
     const { iceServers } = await api("GET", "/api/ice-servers");
     const pc = new RTCPeerConnection({ iceServers });
-    const current = { pc, mic, pcId: null, channel: null, pending: [], statsTimer: null, closed: false };
+    const current = { pc, mic, pcId: null, channel: null, pending: [], statsTimer: null };
     session = current;
 
     // Audio first: pipecat's SmallWebRTC reads the microphone from the first transceiver.
