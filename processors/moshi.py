@@ -30,6 +30,7 @@ from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
+    EndWorkerFrame,
     Frame,
     InputAudioRawFrame,
     InterruptionFrame,
@@ -125,16 +126,21 @@ class MoshiS2SService(FrameProcessor):
                 first = await self._ws.recv()
         except (OSError, TimeoutError, ConnectionClosed) as e:
             self._ws = None
-            await self.push_error(f"Moshi worker at {self._url} unreachable: {e}", exception=e, fatal=True)
+            await self._fail(f"Moshi worker at {self._url} unreachable: {e}", e)
             return
         if not isinstance(first, bytes) or first[:1] != bytes([HANDSHAKE]):
             reason = first[1:].decode(errors="replace") if isinstance(first, bytes) else str(first)
             await self._ws.close()
             self._ws = None
-            await self.push_error(f"Moshi worker refused the conversation: {reason}", fatal=True)
+            await self._fail(f"Moshi worker refused the conversation: {reason}")
             return
         logger.info(f"{self}: connected to the Moshi worker at {self._url}")
         self._receive_task = self.create_task(self._receive())
+
+    async def _fail(self, message: str, exception: Exception | None = None) -> None:
+        # Without its worker this service can do nothing: say why, then end the conversation.
+        await self.push_error(message, exception=exception, force_treat_as_permanent=True)
+        await self.push_frame(EndWorkerFrame(reason=message))
 
     async def _disconnect(self) -> None:
         if self._receive_task:

@@ -81,3 +81,27 @@ async def test_an_interruption_mutes_moshi_until_the_user_stops(tmp_path, worker
         assert _rms(out[phrase.start + int(STOP_WITHIN_SECS * rate) : phrase.end]) < 50
         assert _rms(out[phrase.end + int(0.8 * rate) : phrase.end + int(2.0 * rate)]) > 300  # back after
     assert any(turn["interrupted"] for turn in result.report()["turns"])
+
+
+async def _errors_from_service(url: str) -> list[str]:
+    from pipecat.frames.frames import ErrorFrame
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    from vivavoce.processors.moshi import MoshiS2SService
+
+    _, up = await run_test(MoshiS2SService(url=url), frames_to_send=[SleepFrame(0.5)], send_end_frame=False)
+    return [f.error for f in up if isinstance(f, ErrorFrame)]
+
+
+async def test_the_service_says_why_it_cannot_start(worker):
+    from moshi_support import free_port
+
+    unreachable = await _errors_from_service(f"ws://127.0.0.1:{free_port()}/api/chat")
+    assert len(unreachable) == 1 and "unreachable" in unreachable[0]
+    # Both slots taken: the worker refuses and the service passes its reason on.
+    from websockets.asyncio.client import connect
+
+    async with connect(worker.chat_url) as a, connect(worker.chat_url) as b:
+        assert await a.recv() == await b.recv() == b"\x00"
+        refused = await _errors_from_service(worker.chat_url)
+    assert len(refused) == 1 and "refused the conversation: server full" in refused[0]
