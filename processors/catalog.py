@@ -218,6 +218,7 @@ BUILTIN_KINDS = [
         config=CSMConfig,
         factory="vivavoce.processors.csm:create",
         summary="Sesame CSM on a model worker (make worker-csm), conversation audio as context",
+        install="vivavoce",
     ),
     ProcessorKind(
         name="chatterbox",
@@ -225,5 +226,6 @@ BUILTIN_KINDS = [
         config=ChatterboxConfig,
         factory="vivavoce.processors.chatterbox:create",
         summary="Resemble AI Chatterbox on a model worker (make worker-chatterbox), registered voices",
+        install="vivavoce",
     ),
 ]

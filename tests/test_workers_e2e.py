@@ -27,9 +27,9 @@ from worker_support import API_KEY, REPO, csm_worker, tiny_csm  # noqa: F401
 from vivavoce.botfile import load_bot
 from vivavoce.builder import load_models
 from vivavoce.file_session import run_on_recording
-from vivavoce.processors.csm import CSMTTSService
+from vivavoce.processors.csm import CSMTTSService, load_voice_prompt
 from vivavoce.samples import conversation
-from vivavoce.transports.file import InputAudio
+from vivavoce.transports.file import InputAudio, write_wav
 
 pytestmark = pytest.mark.e2e
 RATE = 16000
@@ -74,6 +74,19 @@ async def test_service_sends_the_users_audio_as_context(csm_worker):
     assert [t["speaker"] for t in turns] == [1, 0, 0]
     assert turns[0]["text"] == "Ever tried." and turns[0]["sample_rate"] == RATE
     assert turns[1]["text"] == "Yes, many times." and "request_id" in turns[1]
+
+
+async def test_a_voice_prompt_leads_every_request_and_is_encoded_once(csm_worker, tmp_path):
+    clip = tmp_path / "voice.wav"
+    write_wav(clip, joined((1,)), RATE)
+    prompt = load_voice_prompt(str(clip), "Ever failed.")
+    assert prompt["speaker"] == 0 and prompt["sample_rate"] == RATE
+    before = health(csm_worker)["context_clips_encoded"]
+    tts = CSMTTSService(url=ws_url(csm_worker), api_key=API_KEY, max_audio_ms=240, voice_prompt=prompt)
+    frames = [TTSSpeakFrame("One."), SleepFrame(1.5), TTSSpeakFrame("Two."), SleepFrame(1.5)]
+    down, _ = await run_test(tts, frames_to_send=frames, pipeline_params=PipelineParams(audio_out_sample_rate=24000))
+    assert sum(len(f.audio) for f in down if isinstance(f, TTSAudioRawFrame)) == 2 * 2 * 3 * 1920
+    assert health(csm_worker)["context_clips_encoded"] == before + 1  # the second request reused the codes
 
 
 async def test_a_conversation_is_answered_in_the_workers_voice(csm_worker, tmp_path):
