@@ -173,13 +173,13 @@ def main() -> None:
             "model": "tiny random CSM" if tiny else (args.model or "sesame/csm-1b"),
             "in_process": json.loads(direct.stdout.strip().splitlines()[-1]),
         }
-        with socket_port() as port:
-            worker = start_worker(args.model, args.device, port, Path(tmp) / "worker.log")
-            try:
-                report["worker"] = asyncio.run(through_worker(f"ws://127.0.0.1:{port}/v1/stream", args))
-            finally:
-                worker.terminate()
-                worker.wait(timeout=30)
+        port = free_port()
+        worker = start_worker(args.model, args.device, port, Path(tmp) / "worker.log")
+        try:
+            report["worker"] = asyncio.run(through_worker(f"ws://127.0.0.1:{port}/v1/stream", args))
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
     if not args.no_moshi:
         report["moshi"] = moshi(args)
     print(json.dumps(report, indent=2))
@@ -195,18 +195,13 @@ def moshi(args: argparse.Namespace) -> dict:
     return moshi_run(moshi_args(["--real"] if args.real else []))
 
 
-class socket_port:
-    """A free TCP port, as a context manager."""
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    import socket
 
-    def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    def __exit__(self, *exc) -> None:
-        pass
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 if __name__ == "__main__":
