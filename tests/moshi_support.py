@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from websockets.asyncio.client import connect
+from worker_support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER_DIR = REPO / "workers" / "moshi"
@@ -36,13 +36,6 @@ def make_tiny_checkpoint(out: Path) -> Path:
         check=True, cwd=WORKER_DIR, env=worker_env(), capture_output=True, timeout=300,
     )
     return out
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from moshi_support import REPO, make_tiny_checkpoint, moshi_worker
+from worker_support import free_port
 
 from vivavoce.botfile import load_bot
 from vivavoce.file_session import run_on_recording
@@ -94,8 +95,6 @@ async def _errors_from_service(url: str) -> list[str]:
 
 
 async def test_the_service_says_why_it_cannot_start(worker):
-    from moshi_support import free_port
-
     unreachable = await _errors_from_service(f"ws://127.0.0.1:{free_port()}/api/chat")
     assert len(unreachable) == 1 and "unreachable" in unreachable[0]
     # Both slots taken: the worker refuses and the service passes its reason on.

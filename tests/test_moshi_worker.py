@@ -179,7 +179,7 @@ async def test_turn_gating_holds_moshi_while_the_user_speaks(worker):
 
 
 async def test_auth_by_header_or_query_parameter(tiny):
-    with moshi_worker(tiny, "--slots", "1", api_key="s3cret") as secured:
+    with moshi_worker(tiny, "--slots", "2", api_key="s3cret") as secured:
         for url, headers in ((secured.chat_url, {}), (f"{secured.chat_url}?api_key=wrong", {})):
             async with connect(url, additional_headers=headers) as ws:
                 with pytest.raises(ConnectionClosed) as closed:
