@@ -155,6 +155,7 @@ class FrameLoop:
         return {
             "active_sessions": self.active,
             "max_sessions": self.capacity,
+            "queued_frames": sum(c.queued_frames for c in self._active.values()),
             "steps": self.steps,
             "late_ticks": self.late_ticks,
             "step_ms_p50": round(recent[len(recent) // 2], 2) if recent else None,
