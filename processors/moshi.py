@@ -47,7 +47,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.text.base_text_aggregator import TextType
 from pydantic import BaseModel, Field
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 MOSHI_SAMPLE_RATE = 24000
 HANDSHAKE, AUDIO, TEXT, ERROR = 0x00, 0x01, 0x02, 0x05
@@ -124,7 +124,7 @@ class MoshiS2SService(FrameProcessor):
             async with asyncio.timeout(self._params.connect_timeout_secs):
                 self._ws = await connect(self.chat_url(), additional_headers=headers, max_size=None)
                 first = await self._ws.recv()
-        except (OSError, TimeoutError, ConnectionClosed) as e:
+        except (OSError, TimeoutError, WebSocketException) as e:  # refused, no such path (HTTP 404), bad URL...
             self._ws = None
             await self._fail(f"Moshi worker at {self._url} unreachable: {e}", e)
             return

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 TAIL_SECS = 1.0
 """The random model babbles on in the silence after the recording: end the run this long after it."""
 
-STOP_WITHIN_SECS = 0.6
+STOP_WITHIN_SECS = 0.7
 """Speech onset -> the bot's audio is silent in the output track (VAD 0.2 s, then the audio already in
 flight: about 0.45 s measured on 2 cores)."""
 
@@ -97,6 +97,8 @@ async def _errors_from_service(url: str) -> list[str]:
 async def test_the_service_says_why_it_cannot_start(worker):
     unreachable = await _errors_from_service(f"ws://127.0.0.1:{free_port()}/api/chat")
     assert len(unreachable) == 1 and "unreachable" in unreachable[0]
+    wrong_path = await _errors_from_service(worker.chat_url.replace("/api/chat", "/chat"))
+    assert len(wrong_path) == 1 and "unreachable" in wrong_path[0] and "403" in wrong_path[0]
     # Both slots taken: the worker refuses and the service passes its reason on.
     from websockets.asyncio.client import connect
 
