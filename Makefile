@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.setup-done
 OUT ?= out
 
-.PHONY: setup browser demo test bench check clean worker-csm worker-chatterbox
+.PHONY: setup browser demo test bench check clean worker-csm worker-chatterbox worker-moshi
 
 setup: $(STAMP)
 
@@ -26,7 +26,7 @@ demo: setup
 	$(VENV)/bin/vivavoce run bots/local.yaml --input $(OUT)/conversation.wav \
 		--output $(OUT)/demo.wav --report $(OUT)/demo.json
 
-test: setup browser worker-csm
+test: setup browser worker-csm worker-moshi
 	$(PY) -m pytest
 
 # Headless Chromium (+ its WebDriver) and Firefox for the playground's browser tests (Debian packages; root).
@@ -58,6 +58,17 @@ worker-chatterbox: workers/chatterbox/.venv/.setup-done
 workers/chatterbox/.venv/.setup-done: workers/chatterbox/requirements.txt workers/chatterbox/pyproject.toml workers/common/pyproject.toml
 	test -x workers/chatterbox/.venv/bin/python || $(PYTHON) -m venv workers/chatterbox/.venv
 	cd workers/chatterbox && .venv/bin/python -m pip --disable-pip-version-check -q install -r requirements.txt
+	touch $@
+
+# moshi 0.2.13 pins torch<2.10, aiohttp<3.12 and more: it goes in with --no-deps and runs on the pins
+# of requirements.txt (checked by the tests); the rest of its needs are listed there.
+worker-moshi: workers/moshi/.venv/.setup-done
+
+workers/moshi/.venv/.setup-done: workers/moshi/requirements.txt workers/moshi/pyproject.toml workers/common/pyproject.toml
+	test -x workers/moshi/.venv/bin/python || $(PYTHON) -m venv workers/moshi/.venv
+	cd workers/moshi && .venv/bin/python -m pip --disable-pip-version-check -q install "torch==2.13.0"
+	cd workers/moshi && .venv/bin/python -m pip --disable-pip-version-check -q install --no-deps "moshi==0.2.13"
+	cd workers/moshi && .venv/bin/python -m pip --disable-pip-version-check -q install -r requirements.txt
 	touch $@
 
 clean:
