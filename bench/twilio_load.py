@@ -90,6 +90,19 @@ def to_8k(pcm_16k: np.ndarray) -> np.ndarray:
     return soxr.resample(pcm_16k, 16000, 8000).astype(np.int16)
 
 
+async def expected_reply_frames(bot: Path = BOT) -> int:
+    """How many 20 ms frames of audio the bot's recorded reply is at 8 kHz: fewer received is a loss."""
+    from pipecat.audio.utils import create_file_resampler
+
+    from vivavoce.botfile import load_bot
+    from vivavoce.processors.playback import recorded_reply
+
+    reply = load_bot(bot).stage("s2s").config
+    pcm, rate = recorded_reply(reply.text, reply.audio, reply.voice)
+    at_8k = await create_file_resampler().resample(pcm, rate, 8000)
+    return -(-len(at_8k) // 320)  # 2 bytes a sample, 160 samples a frame; a last partial frame still goes out
+
+
 async def token_for(base: str, sid: str) -> str:
     async with httpx.AsyncClient() as client:
         twiml = (await client.post(f"{base}/twilio/voice", data={"CallSid": sid, "From": "+15550001111"})).text
@@ -213,7 +226,7 @@ async def main_async(levels: list[int], rounds: int, bargein_runs: int, v2v_turn
         probe = await one_call(base, ws, phrase, 1, 0)
         if not probe["frames"]:
             raise RuntimeError("the bot did not answer the probe call")
-        reply_frames = probe["frames"][0]
+        reply_frames = await expected_reply_frames()
         results, idle_rss = [], rss_mb(server.pid)
         for calls in levels:
             peak = [idle_rss]

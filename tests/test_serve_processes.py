@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -161,3 +162,36 @@ async def test_calls_are_served_and_counted_across_processes(two_processes: str)
         metrics = (await client.get(f"{base}/metrics")).text
     turns = float(re.search(r"^vivavoce_turns_total (\S+)$", metrics, re.M).group(1))
     assert turns == 4, "one scrape sums the turns of both processes"
+
+
+async def test_a_process_that_dies_is_replaced(two_processes: str) -> None:
+    """Runs last: it kills one of the module's serving processes."""
+    base = two_processes
+    victim = (await healths(base, 1))[0]["pid"]
+    os.kill(victim, 9)
+    deadline = time.monotonic() + 120
+    seen: set[int] = set()
+    while len(seen - {victim}) < 2:
+        assert time.monotonic() < deadline, f"a new process replaced {victim} (answering: {seen})"
+        try:
+            seen |= {h["pid"] for h in await healths(base, 4)}
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.3)
+
+
+def test_a_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "vivavoce.cli", "serve", str(REPO / "bots" / "twilio_load.yaml"), "--port", str(port),
+             "--workers", "2", "--insecure-skip-signature"],
+            env={**os.environ, "TWILIO_AUTH_TOKEN": ""},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr

@@ -175,14 +175,14 @@ def serve(
 def _serve_processes(
     bot_file: Path, workers: int, public_url: str | None, skip_signature: bool, verbose: bool, options: dict
 ) -> None:
-    """uvicorn's process manager: ``workers`` processes share the port; each builds the app itself."""
+    """``workers`` processes on the port (SO_REUSEPORT); each builds the app itself."""
     import secrets
+    import shutil
     import tempfile
 
-    import uvicorn
-
-    from vivavoce.transports.call_tokens import SHARED_SECRET_ENV
+    from vivavoce.serve_processes import serve_processes
     from vivavoce.server import LIVE_SESSIONS_ENV, PUBLIC_URL_ENV, SERVE_BOT_ENV, SKIP_SIGNATURE_ENV
+    from vivavoce.transports.call_tokens import SHARED_SECRET_ENV
 
     state = Path(tempfile.mkdtemp(prefix="vivavoce-serve-"))
     (state / "metrics").mkdir()
@@ -205,11 +205,11 @@ def _serve_processes(
         "(each loads the models, then takes sessions)"
     )
     try:
-        uvicorn.run("vivavoce.server:app_from_environment", factory=True, workers=workers, **options)
+        status = serve_processes(workers, options.pop("host"), options.pop("port"), options)
     finally:
-        import shutil
-
         shutil.rmtree(state, ignore_errors=True)
+    if status:
+        raise typer.Exit(status)
 
 
 @app.command()
