@@ -59,7 +59,7 @@ class PlaybackReplyProcessor(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, StartFrame):
             pcm, rate = self._source
-            self._rate = frame.audio_out_sample_rate
+            self._rate = self.processor_setup.audio_out_sample_rate
             self._reply = await create_file_resampler().resample(pcm, rate, self._rate) if rate != self._rate else pcm
         await self.push_frame(frame, direction)
         if isinstance(frame, UserStoppedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
