@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -34,16 +34,11 @@ from vivavoce.packaged_models import speech_sample
 from vivavoce.samples import conversation, find_phrases
 from vivavoce.transports.file import read_wav
 from vivavoce.testing.media_streams import FRAME_SECS, MediaStreamsCaller, call_sid
+from vivavoce.testing.processes import free_port, serving
 
 REPO = Path(__file__).resolve().parents[1]
 BOT = REPO / "bots" / "twilio_load.yaml"
 VAD_START_SECS = 0.2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def process_tree(pid: int) -> list[int]:
@@ -156,7 +151,8 @@ async def bargein_run(base: str, ws: str, phrase: np.ndarray, speech_offset: flo
     return None if cleared is None else (cleared - onset) * 1000
 
 
-def start_server(port: int, bot: Path = BOT, workers: int = 1) -> subprocess.Popen:
+def start_server(port: int, bot: Path = BOT, workers: int = 1) -> contextlib.AbstractContextManager[subprocess.Popen]:
+    """`vivavoce serve BOT --workers N` on ``port`` until the block ends (ready within 120 s)."""
     env = {
         **os.environ,
         "VIVAVOCE_PUBLIC_URL": f"https://127.0.0.1:{port}",
@@ -164,34 +160,27 @@ def start_server(port: int, bot: Path = BOT, workers: int = 1) -> subprocess.Pop
         "TWILIO_ACCOUNT_SID": "AC" + "0" * 32,
         "TWILIO_AUTH_TOKEN": "",  # no REST calls (hang-up) from the benchmark
     }
-    server = subprocess.Popen(
+    return serving(
         [sys.executable, "-m", "vivavoce.cli", "serve", str(bot), "--port", str(port), "--insecure-skip-signature",
          "--workers", str(workers)],
+        health=f"http://127.0.0.1:{port}/health",
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        ready_secs=120,
+        poll_secs=0.5,
+        health_timeout=1,
+        stop_secs=30,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    server.kill()
-    raise RuntimeError("the server did not start")
 
 
 async def phone_voice_to_voice(turns: int) -> dict:
     """The embedded agent (bots/twilio.yaml) over the phone path: speech end -> first reply media frame."""
     port = free_port()
-    server = start_server(port, REPO / "bots" / "twilio.yaml")
     base, ws = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/twilio/ws"
     recording = read_wav(speech_sample())
 
     phrases = find_phrases(recording.pcm)[:turns]
     latencies = []
-    try:
+    with start_server(port, REPO / "bots" / "twilio.yaml"):
         sid = call_sid()
         caller = MediaStreamsCaller(ws, token=await token_for(base, sid), call=sid)
         async with caller:
@@ -206,9 +195,6 @@ async def phone_voice_to_voice(turns: int) -> dict:
                 reply = next((t for t, _ in caller.received.frames if t > stopped), None)
                 if reply is not None:
                     latencies.append((reply - stopped) * 1000)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     return {"turns": len(latencies), "p50": p(latencies, 50), "p90": p(latencies, 90), "max": p(latencies, 100)}
 
 
@@ -218,10 +204,9 @@ def p(values: list[float], q: float) -> float | None:
 
 async def main_async(levels: list[int], rounds: int, bargein_runs: int, v2v_turns: int, workers: int) -> dict:
     port = free_port()
-    server = start_server(port, workers=workers)
     base, ws = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/twilio/ws"
     phrase, speech_offset = phrase_8k()
-    try:
+    with start_server(port, workers=workers) as server:
         # The reply's length in 20 ms frames, from one call.
         probe = await one_call(base, ws, phrase, 1, 0)
         if not probe["frames"]:
@@ -264,9 +249,6 @@ async def main_async(levels: list[int], rounds: int, bargein_runs: int, v2v_turn
             print(json.dumps(result), file=sys.stderr)
         # One call at a time: a latency figure, not a load one.
         bargein = [ms for _ in range(bargein_runs) if (ms := await bargein_run(base, ws, phrase, speech_offset)) is not None]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     passing = [r["calls"] for r in results if r["ok"]]
     v2v = await phone_voice_to_voice(v2v_turns) if v2v_turns else None
     return {

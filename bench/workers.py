@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -132,24 +133,16 @@ async def through_worker(url: str, args: argparse.Namespace) -> dict:
     return result
 
 
-def start_worker(model: str, device: str, port: int, log: Path) -> subprocess.Popen:
-    import httpx
+def start_worker(model: str, device: str, port: int, log: Path) -> contextlib.AbstractContextManager[subprocess.Popen]:
+    """The CSM worker on ``port`` until the block ends (up to 15 minutes to come up); its output in ``log``."""
+    # Imported here: this script also runs in the worker's environment (--in-process), without vivavoce.
+    from vivavoce.testing.processes import serving
 
     env = {**os.environ, "VIVAVOCE_WORKER_API_KEY": KEY}
     command = [str(CSM_PYTHON), "-m", "vivavoce_csm", "--port", str(port), "--device", device]
     command += ["--model", model] if model else []
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the CSM worker exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit("the CSM worker did not come up in 15 minutes")
+    return serving(command, health=f"http://127.0.0.1:{port}/health", env=env, cwd=REPO, log=log, ready_secs=900,
+                   poll_secs=0.5, stop_secs=30)
 
 
 def main() -> None:
@@ -173,13 +166,11 @@ def main() -> None:
             "model": "tiny random CSM" if tiny else (args.model or "sesame/csm-1b"),
             "in_process": json.loads(direct.stdout.strip().splitlines()[-1]),
         }
+        from vivavoce.testing.processes import free_port
+
         port = free_port()
-        worker = start_worker(args.model, args.device, port, Path(tmp) / "worker.log")
-        try:
+        with start_worker(args.model, args.device, port, Path(tmp) / "worker.log"):
             report["worker"] = asyncio.run(through_worker(f"ws://127.0.0.1:{port}/v1/stream", args))
-        finally:
-            worker.terminate()
-            worker.wait(timeout=30)
     if not args.no_moshi:
         report["moshi"] = moshi(args)
     print(json.dumps(report, indent=2))
@@ -193,15 +184,6 @@ def moshi(args: argparse.Namespace) -> dict:
     if not WORKER_PYTHON.exists():
         return {"skipped": "the Moshi worker's environment is missing (make worker-moshi)"}
     return moshi_run(moshi_args(["--real"] if args.real else []))
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,7 +13,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from websockets.asyncio.client import connect
-from worker_support import free_port
+
+from vivavoce.testing.processes import free_port, serving
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER_DIR = REPO / "workers" / "moshi"
@@ -63,28 +63,9 @@ def moshi_worker(model: Path, *args: str, api_key: str | None = None) -> Iterato
     env = worker_env(VIVAVOCE_WORKER_API_KEY=api_key) if api_key else worker_env()
     command = [str(WORKER_PYTHON), "-m", "vivavoce_moshi", "--model", str(model), "--port", str(port),
                "--device", "cpu", "--threads", "2", *auth, *args]
-    process = subprocess.Popen(command, cwd=WORKER_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    worker = Worker(port, process)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the Moshi worker exited: {process.stdout.read().decode()[-3000:]}")
-            try:
-                worker.health()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
-        yield worker
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with serving(command, health=lambda: bool(Worker(port, None).health()), env=env, cwd=WORKER_DIR,
+                 ready_secs=120, stop_secs=10) as process:
+        yield Worker(port, process)
 
 
 def noise_audio(seconds: float, seed: int, level: float = 0.1) -> np.ndarray:

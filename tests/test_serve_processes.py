@@ -26,8 +26,8 @@ import soxr
 from vivavoce.live_sessions import LiveSessions
 from vivavoce.samples import conversation
 from vivavoce.testing.media_streams import MediaStreamsCaller, call_sid
+from vivavoce.testing.processes import free_port, serving
 
-from twilio_support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,31 +82,21 @@ def two_processes() -> Iterator[str]:
         "TWILIO_AUTH_TOKEN": "",
         "VIVAVOCE_LOG_LEVEL": "WARNING",
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "vivavoce.cli", "serve", str(REPO / "bots" / "twilio_load.yaml"), "--port", str(port),
-         "--workers", "2", "--insecure-skip-signature"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     base = f"http://127.0.0.1:{port}"
     pids: set[int] = set()
-    deadline = time.time() + 180
-    try:
-        # Both processes are up once each has answered (new connections land on either).
-        while time.time() < deadline and len(pids) < 2:
-            try:
-                pids.add(httpx.get(f"{base}/health", timeout=2).json()["pid"])
-            except httpx.HTTPError:
-                time.sleep(0.3)
-            if server.poll() is not None:
-                pytest.fail(f"the server exited: {server.stderr.read()[-2000:]}")
-        assert len(pids) == 2, "two serving processes answered /health"
+
+    def both_answered() -> bool:  # both processes are up once each has answered (new connections land on either)
+        pids.add(httpx.get(f"{base}/health", timeout=2).json()["pid"])
+        return len(pids) == 2
+
+    with serving(
+        [sys.executable, "-m", "vivavoce.cli", "serve", str(REPO / "bots" / "twilio_load.yaml"), "--port", str(port),
+         "--workers", "2", "--insecure-skip-signature"],
+        health=both_answered,
+        env=env,
+        stop_secs=30,
+    ):
         yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 async def stream_token(base: str, sid: str) -> str:

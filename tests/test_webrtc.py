@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from fastapi import FastAPI
 from pipecat.frames.frames import InterruptionFrame
 
-from twilio_support import REPO, FrameLog, serving, wait_until
+from twilio_support import REPO, FrameLog, echo_bot_file, serving, wait_until
 from vivavoce.botfile import BotFileError, load_bot
 from vivavoce.botfile.schema import DailyTransportConfig
 from vivavoce.frames import BotOutputPauseFrame
@@ -34,23 +34,7 @@ DAILY_YAML = REPO / "bots" / "daily.yaml"
 
 def light_bot_file(tmp_path, transport: str = "kind: webrtc", **extra: str):
     """A WebRTC bot without models: its 's2s' brain echoes the peer's audio back."""
-    path = tmp_path / "webrtc-light.yaml"
-    path.write_text(
-        f"""
-version: 1
-name: webrtc-light
-transport:
-  {transport}
-turn_taking:
-  end_of_turn:
-    model: silence
-    silence_secs: 0.3
-pipeline:
-  - kind: twilio_support:EchoBrain
-    role: s2s
-"""
-    )
-    return path
+    return echo_bot_file(tmp_path / "webrtc-light.yaml", transport)
 
 
 @pytest.fixture

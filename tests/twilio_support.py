@@ -11,7 +11,6 @@ import base64
 import contextlib
 import json
 import re
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,19 +29,13 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from twilio.request_validator import RequestValidator
 
 from vivavoce.testing.media_streams import FRAME_BYTES, pcm16_to_mulaw_frames
+from vivavoce.testing.processes import free_port
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "test-auth-token-0123456789"
 PUBLIC_URL = "https://example.test"
 WEBHOOK_URL = PUBLIC_URL + "/twilio/voice"
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    """A port nobody listens on now (bind port 0, read it back, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- A stand-in for Twilio's REST API -------------------------------------------------------------
@@ -161,19 +154,16 @@ def embedded_bot_file(tmp_path: Path, *, api_base_url: str, transfer_to: str | N
     return path
 
 
-def light_bot_file(tmp_path: Path, *, api_base_url: str) -> Path:
-    """A Twilio bot without models: its 's2s' brain echoes the caller's audio back (alive = answers)."""
-    path = tmp_path / "twilio-light.yaml"
+def echo_bot_file(path: Path, transport: str) -> Path:
+    """Write a bot without models to ``path`` (named after its stem): its 's2s' brain, :class:`EchoBrain`,
+    echoes the caller's audio back (alive = answers). ``transport``: the transport section, its lines after
+    the first indented by two spaces."""
     path.write_text(
         f"""
 version: 1
-name: twilio-light
+name: {path.stem}
 transport:
-  kind: twilio
-  account_sid: ${{TWILIO_ACCOUNT_SID}}
-  auth_token: ${{TWILIO_AUTH_TOKEN}}
-  public_url: ${{VIVAVOCE_PUBLIC_URL}}
-  api_base_url: {api_base_url}
+  {transport}
 turn_taking:
   end_of_turn:
     model: silence
@@ -184,6 +174,15 @@ pipeline:
 """
     )
     return path
+
+
+def light_bot_file(tmp_path: Path, *, api_base_url: str) -> Path:
+    """A Twilio bot without models: its 's2s' brain echoes the caller's audio back (alive = answers)."""
+    transport = (
+        "kind: twilio\n  account_sid: ${TWILIO_ACCOUNT_SID}\n  auth_token: ${TWILIO_AUTH_TOKEN}\n"
+        f"  public_url: ${{VIVAVOCE_PUBLIC_URL}}\n  api_base_url: {api_base_url}"
+    )
+    return echo_bot_file(tmp_path / "twilio-light.yaml", transport)
 
 
 class EchoBrain(FrameProcessor):

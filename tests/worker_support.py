@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
+
+from vivavoce.testing.processes import free_port, serving
+
+__all__ = ["API_KEY", "REPO", "csm_python", "csm_worker", "free_port", "tiny_csm", "worker_process"]
 
 REPO = Path(__file__).resolve().parents[1]
 CSM_PYTHON = REPO / "workers" / "csm" / ".venv" / "bin" / "python"
@@ -25,12 +26,6 @@ def csm_python() -> Path:
     return CSM_PYTHON
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def worker_process(args: list[str], *, log: Path, auth: bool = True, env: dict[str, str] | None = None,
                    ready_secs: float = 240.0) -> Iterator[str]:
@@ -40,30 +35,10 @@ def worker_process(args: list[str], *, log: Path, auth: bool = True, env: dict[s
     command = [str(csm_python()), *args, "--port", str(port), "--device", "cpu"]
     if not auth:
         command.append("--no-auth")
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_secs
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"worker exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker not ready after {ready_secs:.0f} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
+    with serving(command, health=f"{url}/health", env=full_env, cwd=REPO, log=log, ready_secs=ready_secs,
+                 stop_secs=20):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="session")

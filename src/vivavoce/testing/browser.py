@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,8 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 from websockets.sync.client import ClientConnection, connect
+
+from vivavoce.testing.processes import free_port, serving, stop
 
 CHROMIUM_FLAGS = (
     "--headless=new",
@@ -40,51 +40,21 @@ class BrowserMissingError(RuntimeError):
     """Chromium or its WebDriver is not installed."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @contextlib.contextmanager
 def served(bot_file: Path, *, ready_timeout: float = 180.0, log: Path | None = None) -> Iterator[str]:
     """``vivavoce serve BOT`` on a free port in a subprocess (models load as in production); yields its URL."""
-    port = _free_port()
-    out = open(log, "wb") if log else subprocess.DEVNULL
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vivavoce.cli", "serve", str(bot_file), "--port", str(port)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"`vivavoce serve {bot_file}` exited with {process.returncode} (log: {log})")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"`vivavoce serve {bot_file}` was not up after {ready_timeout}s (log: {log})")
-            time.sleep(0.2)
+    with serving(
+        [sys.executable, "-m", "vivavoce.cli", "serve", str(bot_file), "--port", str(port)],
+        health=f"{url}/health",
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        log=log,
+        ready_secs=ready_timeout,
+        poll_secs=0.2,
+        health_timeout=1,
+    ):
         yield url
-    finally:
-        _stop(process)
-        if log:
-            out.close()  # type: ignore[union-attr]
 
 
 @contextlib.contextmanager
@@ -170,7 +140,7 @@ def firefox() -> Iterator[FirefoxDriver]:
         Path(profile, "user.js").write_text(
             "".join(f'user_pref("{name}", {json.dumps(value)});\n' for name, value in FIREFOX_PREFS.items())
         )
-        port = _free_port()
+        port = free_port()
         process = subprocess.Popen(
             [binary, "--headless", "--no-remote", "--profile", profile, f"--remote-debugging-port={port}"],
             stdout=subprocess.DEVNULL,
@@ -189,7 +159,7 @@ def firefox() -> Iterator[FirefoxDriver]:
             with websocket:
                 yield FirefoxDriver(websocket)
         finally:
-            _stop(process)
+            stop(process)
 
 
 def page_state(driver: Any) -> dict[str, Any]:
