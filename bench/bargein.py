@@ -50,7 +50,7 @@ from vivavoce.botfile import Bot, load_bot  # noqa: E402
 from vivavoce.builder import load_models  # noqa: E402
 from vivavoce.file_session import FileRunResult, run_on_recording  # noqa: E402
 from vivavoce.packaged_models import speech_sample  # noqa: E402
-from vivavoce.samples import find_phrases  # noqa: E402
+from vivavoce.samples import find_phrases, voiced_span  # noqa: E402
 from vivavoce.transports.file import InputAudio, read_wav  # noqa: E402
 from vivavoce.turns import Turn  # noqa: E402
 
@@ -84,15 +84,6 @@ class Event:
     onset_s: float
     end_s: float
     planned_s: float  # seconds into the answer it was aimed at
-
-
-def voiced_span(pcm: np.ndarray) -> tuple[float, float]:
-    """First and last loud 10 ms of a clip (seconds)."""
-    step = RATE // 100
-    frames = pcm[: len(pcm) // step * step].reshape(-1, step).astype(np.float64)
-    rms = np.sqrt((frames**2).mean(axis=1))
-    loud = np.flatnonzero(rms > max(100.0, 0.1 * rms.max()))
-    return loud[0] * 0.01, (loud[-1] + 1) * 0.01
 
 
 def beckett() -> list[np.ndarray]:

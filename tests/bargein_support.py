@@ -11,7 +11,7 @@ import yaml
 from vivavoce.botfile import Bot, load_bot
 from vivavoce.file_session import FileRunResult, run_on_recording
 from vivavoce.packaged_models import speech_sample
-from vivavoce.samples import find_phrases
+from vivavoce.samples import find_phrases, voiced_span
 from vivavoce.transports.file import InputAudio, read_wav
 
 RATE = 16000
@@ -35,15 +35,6 @@ def joined(indices: tuple[int, ...], *, gap_secs: float = 0.0) -> np.ndarray:
     for index in indices:
         pieces += [parts[index], gap]
     return np.concatenate(pieces[:-1])
-
-
-def voiced_span(pcm: np.ndarray) -> tuple[float, float]:
-    """First and last loud 10 ms of a clip, in seconds."""
-    step = RATE // 100
-    frames = pcm[: len(pcm) // step * step].reshape(-1, step).astype(np.float64)
-    rms = np.sqrt((frames**2).mean(axis=1))
-    loud = np.flatnonzero(rms > max(100.0, 0.1 * rms.max()))
-    return loud[0] * 0.01, (loud[-1] + 1) * 0.01
 
 
 def backchannel(text: str, *, length_scale: float = 1.0) -> np.ndarray:

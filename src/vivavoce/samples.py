@@ -26,6 +26,15 @@ class Phrase:
     end: int
 
 
+def voiced_span(pcm: np.ndarray, sample_rate: int = 16000) -> tuple[float, float]:
+    """First and last loud 10 ms of a clip, in seconds."""
+    step = sample_rate // 100
+    frames = pcm[: len(pcm) // step * step].reshape(-1, step).astype(np.float64)
+    rms = np.sqrt((frames**2).mean(axis=1))
+    loud = np.flatnonzero(rms > max(100.0, 0.1 * rms.max()))
+    return loud[0] * 0.01, (loud[-1] + 1) * 0.01
+
+
 def find_phrases(pcm: np.ndarray, sample_rate: int = 16000, *, min_pause_secs: float = 0.25,
                  threshold: float = 0.5, pad_secs: float = 0.08) -> list[Phrase]:
     """Split 16 kHz speech at pauses, with Silero VAD (the model pipecat bundles)."""
