@@ -29,7 +29,7 @@ STATE_SHAPE = (2, 1, 128)
 class SileroSlot:
     """One session's Silero state, standing in for ``SileroOnnxModel`` inside pipecat's analyzer.
 
-    The batcher scores a window before pipecat's analyzer asks for it; ``__call__`` hands that score back.
+    The batcher scores a window before pipecat's analyzer asks for it and leaves the score in ``scored``.
     """
 
     state: np.ndarray = field(default_factory=lambda: np.zeros(STATE_SHAPE, dtype=np.float32))
@@ -40,10 +40,6 @@ class SileroSlot:
         """Forget the recurrent state and audio context (pipecat's periodic reset in quiet)."""
         self.state = np.zeros(STATE_SHAPE, dtype=np.float32)
         self.context = None
-
-    def __call__(self, x: np.ndarray, sr: int) -> np.ndarray:
-        """The score the batcher computed for this window."""
-        return np.array([[self.scored]], dtype=np.float32)
 
 
 @dataclass(eq=False)
@@ -181,14 +177,21 @@ class BatchedSileroVADAnalyzer(SileroVADAnalyzer):
         window_bytes = self._vad_frames_num_bytes
         while buffer:
             # One window per step, so a model reset after one window applies to the next, as in pipecat.
-            piece, buffer = buffer[: window_bytes - len(self._vad_buffer)], buffer[window_bytes - len(self._vad_buffer) :]
-            if len(self._vad_buffer) + len(piece) >= window_bytes:
+            missing = window_bytes - len(self._vad_buffer)
+            piece, buffer = buffer[:missing], buffer[missing:]
+            if len(piece) == missing:
                 pcm = np.frombuffer(self._vad_buffer + piece, dtype=np.int16)
                 self._model.scored = await self._batcher.score(
                     self._model, pcm.astype(np.float32) / 32768.0, self.sample_rate
                 )
             state = self._run_analyzer(piece)
         return state
+
+    def voice_confidence(self, buffer: bytes) -> float:
+        """The score the batcher already computed for this window (pipecat's would convert it again)."""
+        confidence = self._model.scored
+        self._maybe_reset_model(confidence)
+        return confidence
 
     def _get_smoothed_volume(self, audio: bytes) -> float:
         if self._params.min_volume <= 0:
