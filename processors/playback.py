@@ -1,7 +1,8 @@
 """Answer every user turn with one recorded reply: IVR-style prompts, and load tests of a transport.
 
 The reply is synthesised once per process with Piper (``text``) or read from a WAV (``audio``), and
-resampled once to the pipeline's output rate. It is pushed as TTS audio, so the output transport marks
+resampled once to the pipeline's output rate. Piper's sampling noise is off, so every process (and a
+benchmark counting the frames that should arrive) gets the same reply, to the sample. It is pushed as TTS audio, so the output transport marks
 the bot as speaking and drops the rest of it when the user barges in.
 """
 
@@ -37,8 +38,11 @@ def recorded_reply(text: str | None, audio: str | None, voice: str) -> tuple[byt
     def synthesise() -> tuple[bytes, int]:
         from vivavoce.processors.piper import load_voice
 
+        from piper import SynthesisConfig
+
         piper = load_voice(voice)
-        pcm = b"".join(chunk.audio_int16_bytes for chunk in piper.synthesize(text or ""))
+        same_every_time = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+        pcm = b"".join(chunk.audio_int16_bytes for chunk in piper.synthesize(text or "", syn_config=same_every_time))
         return pcm, piper.config.sample_rate
 
     return models.get(("playback", text, voice), synthesise, label="recorded reply")
