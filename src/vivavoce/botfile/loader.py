@@ -43,6 +43,11 @@ class Stage:
     kind: ProcessorKind | None = None  # None for a dotted-path class
     processor_class: type | None = None  # set for a dotted-path class
 
+    @property
+    def hears_input_audio(self) -> bool:
+        """Whether its processor uses the caller's audio (a dotted-path class might: assume so)."""
+        return self.kind.hears_input_audio if self.kind is not None else True
+
 
 @dataclass
 class Bot:
