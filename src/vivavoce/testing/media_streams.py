@@ -81,8 +81,10 @@ class MediaStreamsCaller:
         self.events: list[tuple[float, dict[str, Any]]] = []  # every non-media message from the bot
         self.close_code: int | None = None
         self.close_reason: str = ""
-        self._playout: deque[tuple[str, Any]] = deque()  # ("audio", bytes) | ("mark", name)
-        self._queued = asyncio.Event()
+        # Playout is a clock, not a task sleeping per frame: audio received plays until ``_played_until``,
+        # and each mark is echoed by a timer at the time the audio before it has played.
+        self._played_until = 0.0
+        self._marks: deque[tuple[str, asyncio.TimerHandle]] = deque()
         self._sequence = 0
         self._media_clock = 0.0
         self._socket: Any = None
@@ -107,7 +109,6 @@ class MediaStreamsCaller:
         }
         await self._socket.send(self._message("start", start=start))
         self._receiver = asyncio.create_task(self._receive())
-        self._player = asyncio.create_task(self._play())
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -117,9 +118,10 @@ class MediaStreamsCaller:
         except websockets.ConnectionClosed:
             pass
         await self._socket.close()
-        for task in (self._receiver, self._player):
-            task.cancel()
-        await asyncio.gather(self._receiver, self._player, return_exceptions=True)
+        for _, timer in self._marks:
+            timer.cancel()
+        self._receiver.cancel()
+        await asyncio.gather(self._receiver, return_exceptions=True)
 
     async def send_raw(self, data: str | bytes) -> None:
         """Send anything, e.g. a malformed message."""
@@ -163,39 +165,39 @@ class MediaStreamsCaller:
                 if event == "media":
                     payload = base64.b64decode(message["media"]["payload"])
                     self.received.frames.append((now, payload))
-                    self._playout.append(("audio", payload))
-                    self._queued.set()
+                    self._played_until = max(now, self._played_until) + len(payload) / 8000
                     continue
                 self.events.append((now, message))
                 if event == "clear":
-                    # Twilio drops the audio it has not played yet, keeping marks (echoed at once).
-                    marks = [item for item in self._playout if item[0] == "mark"]
-                    self._playout.clear()
-                    self._playout.extend(marks)
+                    # Twilio drops the audio it has not played yet and echoes the pending marks at once.
+                    self._played_until = now
+                    while self._marks:
+                        name, timer = self._marks.popleft()
+                        timer.cancel()
+                        self._echo_mark(name)
                 elif event == "mark":
-                    self._playout.append(("mark", message["mark"]["name"]))
-                    self._queued.set()
+                    name = message["mark"]["name"]
+                    delay = max(0.0, self._played_until - now)
+                    self._marks.append((name, asyncio.get_running_loop().call_later(delay, self._echo_first_mark)))
         except websockets.ConnectionClosed as closed:
             self.close_code, self.close_reason = closed.code, closed.reason or ""
         finally:
             if self._socket.close_code is not None and self.close_code is None:
                 self.close_code, self.close_reason = self._socket.close_code, self._socket.close_reason or ""
 
-    async def _play(self) -> None:
-        """Play the bot's audio in real time; echo marks when the audio before them has played."""
-        while True:
-            if not self._playout:
-                self._queued.clear()
-                await self._queued.wait()
-                continue
-            kind, item = self._playout.popleft()
-            if kind == "mark":
-                try:
-                    await self._socket.send(self._message("mark", mark={"name": item}))
-                except websockets.ConnectionClosed:
-                    return
-            else:
-                await asyncio.sleep(len(item) / 8000)
+    def _echo_first_mark(self) -> None:
+        self._echo_mark(self._marks.popleft()[0])
+
+    def _echo_mark(self, name: str) -> None:
+        """Tell the bot its audio up to mark ``name`` has been played."""
+        if self._socket.close_code is None:
+            asyncio.ensure_future(self._send_quietly(self._message("mark", mark={"name": name})))
+
+    async def _send_quietly(self, message: str) -> None:
+        try:
+            await self._socket.send(message)
+        except websockets.ConnectionClosed:
+            pass
 
     def first_event(self, event: str, after: float = 0.0) -> float | None:
         """When the first ``event`` message arrived after ``after`` (monotonic), if any."""
