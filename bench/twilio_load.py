@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -98,9 +99,16 @@ async def expected_reply_frames(bot: Path = BOT) -> int:
     return -(-len(at_8k) // 320)  # 2 bytes a sample, 160 samples a frame; a last partial frame still goes out
 
 
+@functools.cache
+def webhook_client() -> httpx.AsyncClient:
+    """One client for every simulated call's webhook: a client per call cost the callers an SSL context each."""
+    return httpx.AsyncClient(timeout=30)
+
+
 async def token_for(base: str, sid: str) -> str:
-    async with httpx.AsyncClient() as client:
-        twiml = (await client.post(f"{base}/twilio/voice", data={"CallSid": sid, "From": "+15550001111"})).text
+    """The stream token from the TwiML the webhook answers for call ``sid``."""
+    reply = await webhook_client().post(f"{base}/twilio/voice", data={"CallSid": sid, "From": "+15550001111"})
+    twiml = reply.text
     return re.search(r'name="token" value="([^"]+)"', twiml).group(1)
 
 
