@@ -167,6 +167,9 @@ def serve(
     # Twilio's media is base64 audio: compressing it costs a quarter of a call's CPU and saves nothing.
     options = {"host": host, "port": port, "log_level": "warning", "ws_max_size": 256 * 1024, "ws_per_message_deflate": False}
     if workers == 1:
+        from vivavoce.gc_tuning import settle_after_startup
+
+        settle_after_startup()
         uvicorn.run(app, **options)
         return
     _serve_processes(bot_file, workers, public_url, insecure_skip_signature, verbose, options)

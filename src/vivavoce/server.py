@@ -79,6 +79,7 @@ def app_from_environment() -> FastAPI:
     VIVAVOCE_SERVE_BOT, with its models loaded before the process takes connections."""
     from vivavoce.botfile import load_bot
     from vivavoce.builder import load_models
+    from vivavoce.gc_tuning import settle_after_startup
     from vivavoce.log_setup import configure_logging
     from vivavoce.realtime_env import apply_realtime_env
 
@@ -87,5 +88,6 @@ def app_from_environment() -> FastAPI:
     bot = load_bot(os.environ[SERVE_BOT_ENV])
     app = create_app(bot, skip_signature=os.environ.get(SKIP_SIGNATURE_ENV) == "1")
     load_models(bot)
+    settle_after_startup()
     logger.info(f"process {os.getpid()} serves {bot.name} with its models loaded")
     return app

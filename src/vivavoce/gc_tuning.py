@@ -1,0 +1,24 @@
+"""Garbage-collector settings for a process serving many live sessions.
+
+CPython's full (generation 2) collection walks every tracked object and stops the event loop while it
+does: measured with 20 phone calls in one process, each full collection paused every call's audio for
+55-90 ms, among them the ~110k objects the models and libraries left at start-up, which never become
+garbage. Freezing those after start-up takes them out of every later collection; making full
+collections rarer (every 100 younger collections instead of 10) leaves the pauses proportional to the
+live calls, not the libraries, and less frequent. Ended calls' reference cycles are still collected.
+"""
+
+from __future__ import annotations
+
+import gc
+
+FULL_COLLECTION_EVERY = 100
+"""Generation-1 collections between full collections (CPython's default is 10)."""
+
+
+def settle_after_startup() -> None:
+    """Collect once, freeze what start-up loaded, and space out full collections."""
+    gc.collect()
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
