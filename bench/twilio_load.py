@@ -230,10 +230,11 @@ async def main_async(levels: list[int], rounds: int, bargein_runs: int, v2v_turn
                     await asyncio.sleep(0.25)
 
             sampler = asyncio.create_task(sample_memory())
-            started, cpu_before = time.monotonic(), cpu_secs(server.pid)
+            started, cpu_before, callers_before = time.monotonic(), cpu_secs(server.pid), time.process_time()
             outcomes = await asyncio.gather(*(one_call(base, ws, phrase, rounds, reply_frames) for _ in range(calls)))
             sampler.cancel()
-            cpu_share = (cpu_secs(server.pid) - cpu_before) / (time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            cpu_share = (cpu_secs(server.pid) - cpu_before) / elapsed
             gaps = [g for o in outcomes for g in o["gaps"]]
             result = {
                 "calls": calls,
@@ -245,6 +246,9 @@ async def main_async(levels: list[int], rounds: int, bargein_runs: int, v2v_turn
                 "dropped_frames": sum(o["dropped"] for o in outcomes),
                 "memory_per_call_mb": round((peak[0] - idle_rss) / calls, 1),
                 "server_cpu_per_call_pct": round(100 * cpu_share / calls, 2),
+                "server_cores": round(cpu_share, 2),
+                # The simulated callers run here too and compete with the server for the same cores.
+                "callers_cores": round((time.process_time() - callers_before) / elapsed, 2),
                 "wall_s": round(time.monotonic() - started, 1),
             }
             result["ok"] = bool(
