@@ -2,8 +2,9 @@
 
 The reply is synthesised once per process with Piper (``text``) or read from a WAV (``audio``), and
 resampled once to the pipeline's output rate. Piper's sampling noise is off, so every process (and a
-benchmark counting the frames that should arrive) gets the same reply, to the sample. It is pushed as TTS audio, so the output transport marks
-the bot as speaking and drops the rest of it when the user barges in.
+benchmark counting the frames that should arrive) gets the same reply, to the sample. It is pushed as
+TTS audio, so the output transport marks the bot as speaking and drops the rest of it when the user
+barges in.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def recorded_reply(text: str | None, audio: str | None, voice: str) -> tuple[byt
         return recording.pcm.tobytes(), recording.sample_rate
 
     def synthesise() -> tuple[bytes, int]:
-        from vivavoce.processors.piper import load_voice
-
         from piper import SynthesisConfig
+
+        from vivavoce.processors.piper import load_voice
 
         piper = load_voice(voice)
         same_every_time = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
