@@ -102,7 +102,9 @@ class BargeInController(FrameProcessor):
         ``vad_stop_secs``: the VAD reports the end of speech this late, so speech is long enough only if
         the VAD still hears it ``min_speech_secs + vad_stop_secs`` after it fired.
         """
-        super().__init__(**kwargs)
+        # It decides from flags and timers and never waits: it runs in the pushing processor's task
+        # (pipecat's direct mode) rather than paying a queue and a task switch per 20 ms frame.
+        super().__init__(enable_direct_mode=True, **kwargs)
         self._vad_stop_secs = vad_stop_secs
         self._min_speech_secs = min_speech_secs
         self._resume_within_secs = resume_within_secs

@@ -237,7 +237,7 @@ class TwilioCalls:
                 audio_out_10ms_chunks=2,  # Twilio's 20 ms media frames
             ),
         )
-        marks = PlayoutMarks(stream_sid, enable_direct_mode=True)
+        marks = PlayoutMarks(stream_sid)
         record = CallRecord(call_sid=call_sid, stream_sid=stream_sid, serializer=serializer, marks=marks)
         recorder = TurnRecorder(timeline=lambda clock_ns: clock_ns / 1e9, on_turn=self._on_turn)
         conversation = build_conversation(

@@ -150,7 +150,6 @@ def build_conversation(
             resume_within_secs=interruptions.resume_within_secs,
             vad_stop_secs=vad.stop_secs,
             has_stt=bot.stage("stt") is not None,
-            enable_direct_mode=True,
         )
     steps: list[FrameProcessor] = [transport.input(), *after_input]
     listening = 0  # steps up to here use the caller's audio
