@@ -85,6 +85,7 @@ class MediaStreamsCaller:
         # and each mark is echoed by a timer at the time the audio before it has played.
         self._played_until = 0.0
         self._marks: deque[tuple[str, asyncio.TimerHandle]] = deque()
+        self._echoes: set[asyncio.Task] = set()  # mark echoes being sent (asyncio keeps only weak references)
         self._sequence = 0
         self._media_clock = 0.0
         self._socket: Any = None
@@ -191,7 +192,9 @@ class MediaStreamsCaller:
     def _echo_mark(self, name: str) -> None:
         """Tell the bot its audio up to mark ``name`` has been played."""
         if self._socket.close_code is None:
-            asyncio.ensure_future(self._send_quietly(self._message("mark", mark={"name": name})))
+            echo = asyncio.ensure_future(self._send_quietly(self._message("mark", mark={"name": name})))
+            self._echoes.add(echo)
+            echo.add_done_callback(self._echoes.discard)
 
     async def _send_quietly(self, message: str) -> None:
         try:
