@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
 import soundfile
-from pipecat.frames.frames import EndFrame, Frame, InputAudioRawFrame, OutputAudioRawFrame
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    EndFrame,
+    Frame,
+    InputAudioRawFrame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+)
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
@@ -251,3 +262,64 @@ async def test_echo_at_pipeline_rate_is_aligned_with_an_8k_input():
     pcm = _burst(8000)
     transport = await _run_echo(_audio(pcm, 8000))
     _assert_aligned(pcm, transport, 8000)
+
+
+# --- interruptions -----------------------------------------------------------------------------
+
+
+class BotSpeech(FrameProcessor):
+    """Records the bot's started/stopped speaking events (they come back upstream from the output)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.events: list[tuple[str, float]] = []
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        spoken = isinstance(frame, (BotStartedSpeakingFrame, BotStoppedSpeakingFrame))
+        if spoken and direction == FrameDirection.UPSTREAM:
+            self.events.append((type(frame).__name__, time.monotonic()))
+        await self.push_frame(frame, direction)
+
+
+async def test_audio_overtaken_by_an_interruption_is_not_played():
+    """pipecat lets the interruption overtake the answer's audio queued just ahead of it; that audio must
+    neither play nor mark the bot speaking again (nothing would end it for 3 s)."""
+    rate = 16000
+    transport = FileTransport(_audio(np.zeros(int(1.6 * rate)), rate), pipeline_sample_rate=rate)
+    speech = BotSpeech()
+    worker = PipelineWorker(
+        Pipeline([transport.input(), speech, transport.output()]),
+        params=PipelineParams(audio_in_sample_rate=rate, audio_out_sample_rate=rate),
+        enable_rtvi=False,
+        idle_timeout_secs=None,
+    )
+    loud = (np.full(int(0.08 * rate), 8000, dtype=np.int16)).tobytes()  # 80 ms, as Moshi sends
+
+    async def answer_then_barge_in() -> float:
+        await asyncio.sleep(0.3)
+        await worker.queue_frame(TTSStartedFrame(context_id="answer"))
+        for _ in range(4):
+            await worker.queue_frame(TTSAudioRawFrame(loud, rate, 1, context_id="answer"))
+            await asyncio.sleep(0.08)
+        # The last piece of the answer and the interruption, back to back: the interruption overtakes it.
+        await worker.queue_frame(TTSAudioRawFrame(loud, rate, 1, context_id="answer"))
+        interrupted_at = transport.timeline_now()
+        await worker.queue_frame(InterruptionFrame())
+        return interrupted_at
+
+    @transport.event_handler("on_input_finished")
+    async def _on_input_finished(_transport: FileTransport) -> None:
+        await worker.queue_frame(EndFrame())
+
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    driving = asyncio.create_task(answer_then_barge_in())
+    await asyncio.wait_for(runner.run(), timeout=15)
+    interrupted_at = driving.result()
+
+    assert [name for name, _ in speech.events] == ["BotStartedSpeakingFrame", "BotStoppedSpeakingFrame"]
+    track = transport.output_pcm()
+    assert np.abs(track[: int(interrupted_at * rate)]).max() > 4000  # the answer played until then
+    # Then silence, but for the frame already playing (one 20 ms chunk).
+    assert not track[int((interrupted_at + 0.05) * rate) :].any()

@@ -148,7 +148,7 @@ class FileOutputTransport(BaseOutputTransport):
         super().__init__(params, **kwargs)
         self._transport = transport
         self._next_play = 0.0
-        self._pause = OutputPause()
+        self._pause = OutputPause(self)
 
     async def start(self, frame: StartFrame) -> None:
         """Mark the output ready."""
@@ -166,6 +166,8 @@ class FileOutputTransport(BaseOutputTransport):
         Placing it only when it starts playing lets a pause or an interruption that arrives meanwhile
         keep it off the track: the audio stops within the frame already playing.
         """
+        if self._pause.overtaken(frame):
+            return await self._pause.drop_overtaken(frame)
         if not await self._pause.may_play():
             return False
         interruptions = self._pause.interruptions

@@ -42,7 +42,7 @@ class PausableWebsocketOutputTransport(FastAPIWebsocketOutputTransport):
     def __init__(self, *args: Any, **kwargs: Any):
         """See :class:`FastAPIWebsocketOutputTransport`."""
         super().__init__(*args, **kwargs)
-        self._pause = OutputPause()
+        self._pause = OutputPause(self)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Pause/resume on ``BotOutputPauseFrame``; an interruption drops the frame held by a pause."""
@@ -54,7 +54,10 @@ class PausableWebsocketOutputTransport(FastAPIWebsocketOutputTransport):
             await self._write_frame(InterruptionFrame())
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
-        """Hold the frame while paused; drop it if the pause ended in an interruption."""
+        """Hold the frame while paused; drop it if the pause ended in an interruption, or if an interruption
+        overtook it."""
+        if self._pause.overtaken(frame):
+            return await self._pause.drop_overtaken(frame)
         if self._pause.paused:
             if not await self._pause.may_play():
                 return False

@@ -23,7 +23,7 @@ class PausableSmallWebRTCOutputTransport(SmallWebRTCOutputTransport):
     def __init__(self, *args: Any, **kwargs: Any):
         """See :class:`SmallWebRTCOutputTransport`."""
         super().__init__(*args, **kwargs)
-        self._pause = OutputPause()
+        self._pause = OutputPause(self)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Pause/resume on ``BotOutputPauseFrame``; every other frame goes to pipecat's output."""
@@ -31,7 +31,10 @@ class PausableSmallWebRTCOutputTransport(SmallWebRTCOutputTransport):
             await super().process_frame(frame, direction)
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
-        """Hold the frame while paused; drop it if the pause ended in an interruption."""
+        """Hold the frame while paused; drop it if the pause ended in an interruption, or if an interruption
+        overtook it."""
+        if self._pause.overtaken(frame):
+            return await self._pause.drop_overtaken(frame)
         if not await self._pause.may_play():
             return False
         return await super().write_audio_frame(frame)
