@@ -33,6 +33,7 @@ from vivavoce.botfile import Bot, Stage
 from vivavoce.botfile.schema import TurnTakingConfig
 from vivavoce.batched_vad import BatchedSileroVADAnalyzer
 from vivavoce.build_context import BuildContext
+from vivavoce.conversation_worker import ConversationWorker
 from vivavoce.processors.barge_in import BargeInController
 from vivavoce.processors.audio_end import AudioEnd
 
@@ -164,7 +165,7 @@ def build_conversation(
     steps += [*before_output, transport.output(), AudioEnd(OutputAudioRawFrame), aggregators.assistant()]
     pipeline = Pipeline(steps)
 
-    worker = PipelineWorker(
+    worker = ConversationWorker(
         pipeline,
         params=PipelineParams(
             audio_in_sample_rate=PIPELINE_SAMPLE_RATE,
