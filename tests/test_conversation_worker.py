@@ -1,10 +1,18 @@
-"""ConversationWorker: observers get the events they implement, and only those."""
+"""ConversationWorker: observers get the events they act on, and only those."""
 
 from __future__ import annotations
 
 import asyncio
 
-from pipecat.frames.frames import EndFrame, Frame, TextFrame
+from pipecat.frames.frames import (
+    BotSpeakingFrame,
+    EndFrame,
+    Frame,
+    StartFrame,
+    TextFrame,
+    TTSSpeakFrame,
+    UserSpeakingFrame,
+)
 from pipecat.observers.base_observer import BaseObserver, FramePushed, FrameProcessed
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import IdleFrameObserver
@@ -12,7 +20,12 @@ from pipecat.pipeline.worker_observer import Proxy
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-from vivavoce.conversation_worker import ConversationWorker, ProcessingAwareWorkerObserver, observes_processing
+from vivavoce.conversation_worker import (
+    ConversationWorker,
+    SelectiveWorkerObserver,
+    observed_frame_types,
+    observes_processing,
+)
 
 DOWN = FrameDirection.DOWNSTREAM
 
@@ -66,7 +79,7 @@ async def test_each_observer_gets_what_it_implements():
 
 async def test_processing_events_are_queued_only_for_observers_that_implement_them():
     pushes, everything = PushesOnly(), Everything()
-    proxy = ProcessingAwareWorkerObserver(observers=[pushes, everything])
+    proxy = SelectiveWorkerObserver(observers=[pushes, everything])
     queues = {o: Proxy(queue=asyncio.Queue(), task=None, observer=o) for o in (pushes, everything)}  # type: ignore
     proxy._proxies = queues
     processed = FrameProcessed(processor=Forward(), frame=TextFrame("hi"), direction=DOWN, timestamp=0)
@@ -83,5 +96,33 @@ def test_the_worker_keeps_the_observers_pipecat_adds():
         enable_turn_tracking=False,
         idle_timeout_secs=30,
     )
-    assert isinstance(worker._observer, ProcessingAwareWorkerObserver)
+    assert isinstance(worker._observer, SelectiveWorkerObserver)
     assert {type(o) for o in worker._observer._observers} == {PushesOnly, IdleFrameObserver}
+
+
+class TextOnly(PushesOnly):
+    observed_frame_types = (TextFrame,)
+
+
+async def test_an_observer_that_names_its_frame_types_gets_only_their_pushes():
+    text_only, everything = TextOnly(), PushesOnly()
+    worker = ConversationWorker(
+        Pipeline([Forward(), Forward()]), observers=[text_only, everything], enable_rtvi=False, idle_timeout_secs=None
+    )
+    await worker.queue_frames([TextFrame("hello"), TTSSpeakFrame("more"), TextFrame("again"), EndFrame()])
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    await runner.run()
+
+    assert [f.text for f in text_only.pushed] == ["hello", "again"]
+    assert {type(f) for f in everything.pushed} >= {TextFrame, TTSSpeakFrame, EndFrame}
+
+
+def test_the_idle_observer_acts_on_its_idle_frames_and_the_start():
+    worker = ConversationWorker(
+        Pipeline([Forward()]), enable_rtvi=False, enable_turn_tracking=False, idle_timeout_secs=30
+    )
+    (idle,) = worker._observer._observers
+    types = observed_frame_types(idle)
+    assert types is not None and StartFrame in types and BotSpeakingFrame in types and UserSpeakingFrame in types
+    assert observed_frame_types(PushesOnly()) is None

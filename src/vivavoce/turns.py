@@ -346,6 +346,8 @@ class TurnRecorder(BaseObserver):
         BotOutputPauseFrame: _pause,
         MetricsFrame: _metrics,
     }
+    observed_frame_types = tuple(_HANDLERS)
+    """What the recorder acts on (see :mod:`vivavoce.conversation_worker`)."""
 
     def _report_finished(self, keep_last: int) -> None:
         """Hand finished turns to ``on_turn``: all but the last ``keep_last`` turns so far."""
