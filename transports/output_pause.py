@@ -56,16 +56,19 @@ class OutputPause:
 
         pipecat has already marked the bot speaking for it: a ``TTSStoppedFrame`` is its own way to end that.
         """
-        logger.debug(f"{self._output}: dropping {frame}, made before the interruption that overtook it")
+        self._log_drop(frame)
         if isinstance(frame, TTSAudioRawFrame):
             await self._output.queue_frame(TTSStoppedFrame(context_id=frame.context_id))
         return False
+
+    def _log_drop(self, frame: OutputAudioRawFrame) -> None:
+        logger.debug(f"{self._output}: dropping {frame}, made before the interruption that overtook it")
 
     def on_frame(self, frame: Frame) -> bool:
         """Update from ``frame``; True if it was consumed (a pause/resume, or overtaken audio), not forwarded."""
         if isinstance(frame, OutputAudioRawFrame):
             if self.overtaken(frame):
-                logger.debug(f"{self._output}: dropping {frame}, made before the interruption that overtook it")
+                self._log_drop(frame)
                 return True
             return False
         if isinstance(frame, BotOutputPauseFrame):
