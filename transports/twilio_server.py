@@ -247,6 +247,7 @@ class TwilioCalls:
             observers=[recorder, *(self._observers(record) if self._observers else ())],
             after_input=[DTMFAggregator(enable_direct_mode=True)],
             before_output=[marks],
+            narrowband_input=True,
         )
         recorder.roles = conversation.processor_roles()
         recorder.follow(conversation.assistant_aggregator)

@@ -5,6 +5,10 @@ every 32 ms window to that thread. With dozens of phone calls in one process tha
 model, is most of the VAD's cost. Here each session keeps only its recurrent state; windows that arrive
 within a few milliseconds of each other are scored in one batch on one shared thread (about 2.5x less
 work per window), and pipecat's own VAD state machine and model-reset policy decide as before.
+
+Silero also scores 8 kHz audio, at about 40% less work per window in a batch. A phone line carries
+nothing above 4 kHz, so for a call the analyzer can score every second sample of the pipeline's
+16 kHz audio with nothing lost; other audio is low-passed first.
 """
 
 from __future__ import annotations
@@ -23,6 +27,30 @@ from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 WINDOW_SAMPLES = {16000: 512, 8000: 256}
 CONTEXT_SAMPLES = {16000: 64, 8000: 32}
 STATE_SHAPE = (2, 1, 128)
+
+
+def half_band_taps(count: int = 31) -> np.ndarray:
+    """A windowed-sinc low-pass at a quarter of the rate: what must go before keeping every second sample."""
+    n = np.arange(count) - (count - 1) / 2
+    taps = 0.5 * np.sinc(n / 2) * np.blackman(count)
+    return (taps / taps.sum()).astype(np.float32)
+
+
+class Decimator:
+    """Halves the rate of a stream of windows, low-passing first unless the audio is already narrowband."""
+
+    def __init__(self, *, narrowband: bool):
+        """``narrowband``: the audio has nothing above a quarter of its rate (e.g. 8 kHz phone audio at 16 kHz)."""
+        self._taps = None if narrowband else half_band_taps()
+        self._history = None if narrowband else np.zeros(len(self._taps) - 1, dtype=np.float32)
+
+    def __call__(self, window: np.ndarray) -> np.ndarray:
+        """Every second sample of ``window`` (float32), filtered with the previous window's tail."""
+        if self._taps is None:
+            return window[::2]
+        padded = np.concatenate((self._history, window))
+        self._history = padded[-len(self._history) :]
+        return np.convolve(padded, self._taps, mode="valid")[::2]
 
 
 @dataclass(eq=False)
@@ -153,7 +181,9 @@ class BatchedSileroVADAnalyzer(SileroVADAnalyzer):
     """pipecat's Silero VAD analyzer, scoring through a shared :class:`SileroBatcher`.
 
     Decisions are pipecat's (its state machine, volume gate and model resets); only where the model
-    runs changes. With ``min_volume`` 0 the loudness measure, which then decides nothing, is skipped.
+    runs changes, and, with ``model_sample_rate`` 8000, the rate it scores at: the window stays 32 ms,
+    so pipecat's timings hold. With ``min_volume`` 0 the loudness measure, which then decides nothing,
+    is skipped.
     """
 
     def __init__(
@@ -161,11 +191,21 @@ class BatchedSileroVADAnalyzer(SileroVADAnalyzer):
         *,
         sample_rate: int | None = None,
         params: VADParams | None = None,
+        model_sample_rate: int | None = None,
+        narrowband_input: bool = False,
         batcher: SileroBatcher | None = None,
     ):
-        """Like ``SileroVADAnalyzer``; ``batcher`` defaults to the process-wide one."""
+        """Like ``SileroVADAnalyzer``; ``batcher`` defaults to the process-wide one.
+
+        ``model_sample_rate``: 8000 scores 16 kHz input at 8 kHz; None (or 16000) scores at the input
+        rate. ``narrowband_input``: the input carries nothing above 4 kHz, so no low-pass is needed.
+        """
+        if model_sample_rate not in (None, 8000, 16000):
+            raise ValueError(f"Silero scores at 8000 or 16000 Hz, not {model_sample_rate}")
         # Not SileroVADAnalyzer.__init__: that loads a private ONNX session per analyzer.
         VADAnalyzer.__init__(self, sample_rate=sample_rate, params=params)
+        self._model_sample_rate = model_sample_rate
+        self._decimator = Decimator(narrowband=narrowband_input)
         self._batcher = batcher or shared_batcher
         self._model = self._batcher.attach()
         self._windows_since_reset = 0
@@ -180,12 +220,20 @@ class BatchedSileroVADAnalyzer(SileroVADAnalyzer):
             missing = window_bytes - len(self._vad_buffer)
             piece, buffer = buffer[:missing], buffer[missing:]
             if len(piece) == missing:
-                pcm = np.frombuffer(self._vad_buffer + piece, dtype=np.int16)
-                self._model.scored = await self._batcher.score(
-                    self._model, pcm.astype(np.float32) / 32768.0, self.sample_rate
-                )
+                window = np.frombuffer(self._vad_buffer + piece, dtype=np.int16).astype(np.float32) / 32768.0
+                rate = self.scoring_sample_rate
+                if rate != self.sample_rate:
+                    window = self._decimator(window)
+                self._model.scored = await self._batcher.score(self._model, window, rate)
             state = self._run_analyzer(piece)
         return state
+
+    @property
+    def scoring_sample_rate(self) -> int:
+        """The rate the model scores at (known once the input rate is)."""
+        if self.sample_rate == 16000 and self._model_sample_rate == 8000:
+            return 8000
+        return self.sample_rate
 
     def voice_confidence(self, buffer: bytes) -> float:
         """The score the batcher already computed for this window (pipecat's would convert it again)."""

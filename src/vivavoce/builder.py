@@ -103,6 +103,13 @@ def _create(stage: Stage, context: BuildContext) -> FrameProcessor:
     return stage.processor_class(**stage.config.settings)  # type: ignore[attr-defined]
 
 
+def vad_model_sample_rate(setting: str | int, *, narrowband_input: bool) -> int:
+    """The rate Silero scores at for the bot file's ``model_sample_rate`` ("auto": the source's own band)."""
+    if setting == "auto":
+        return 8000 if narrowband_input else PIPELINE_SAMPLE_RATE
+    return int(setting)
+
+
 def build_conversation(
     bot: Bot,
     transport: BaseTransport,
@@ -113,6 +120,7 @@ def build_conversation(
     idle_timeout_secs: float | None = 300,
     after_input: Sequence[FrameProcessor] = (),
     before_output: Sequence[FrameProcessor] = (),
+    narrowband_input: bool = False,
 ) -> Conversation:
     """Build one conversation of ``bot`` over ``transport``.
 
@@ -120,7 +128,8 @@ def build_conversation(
     user aggregator, LLM, stages after it, ``before_output``, ``transport.output()``, assistant
     aggregator (which then records what was actually spoken). The caller's audio ends after the last
     step that uses it (the user aggregator, or a later stage that hears it, e.g. CSM), the bot's audio
-    after the output transport.
+    after the output transport. ``narrowband_input``: the caller's audio comes from an 8 kHz source
+    (a phone line), so the VAD can score it at 8 kHz as it is.
     """
     build_context = BuildContext(bot=bot)
     processors = {stage.index: _create(stage, build_context) for stage in bot.stages}
@@ -139,6 +148,8 @@ def build_conversation(
                     stop_secs=vad.stop_secs,
                     min_volume=vad.min_volume,
                 ),
+                model_sample_rate=vad_model_sample_rate(vad.model_sample_rate, narrowband_input=narrowband_input),
+                narrowband_input=narrowband_input,
             ),
             user_turn_strategies=turn_strategies(bot.spec.turn_taking, has_stt=bot.stage("stt") is not None),
         ),

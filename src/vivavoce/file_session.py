@@ -76,6 +76,7 @@ async def run_on_recording(
         audio_out_sample_rate=transport.output_sample_rate,
         observers=[recorder],
         idle_timeout_secs=None,
+        narrowband_input=audio.sample_rate <= 8000,
     )
     recorder.roles = conversation.processor_roles()
     recorder.follow(conversation.assistant_aggregator)

@@ -63,6 +63,7 @@ def pipecat_bot(path: str | os.PathLike[str]) -> Callable[[Any], Awaitable[None]
             transport,
             audio_out_sample_rate=TELEPHONY_SAMPLE_RATE if telephony else BROWSER_SAMPLE_RATE,
             enable_rtvi=not telephony,
+            narrowband_input=telephony,
         )
         runner = WorkerRunner(handle_sigint=getattr(runner_args, "handle_sigint", False))
         await runner.add_workers(conversation.worker)

@@ -28,6 +28,11 @@ class VADConfig(StrictModel):
     start_secs: float = Field(0.2, ge=0, le=2, description="Speech needed before 'user started speaking'.")
     stop_secs: float = Field(0.2, ge=0, le=2, description="Silence needed before 'user stopped speaking'.")
     min_volume: float = Field(0.6, ge=0, le=1, description="Minimum normalised loudness counted as speech.")
+    model_sample_rate: Literal["auto", 8000, 16000] = Field(
+        "auto",
+        description="Rate Silero scores at. auto: 8000 for phone calls (the line carries nothing above 4 kHz; "
+        "~40% less work per window), 16000 otherwise; 8000 on wideband audio low-passes it first.",
+    )
 
 
 class EndOfTurnConfig(StrictModel):
