@@ -304,6 +304,7 @@ turn_taking:
     [
         ("turn_taking:\n  vad:\n    confidence: 1.5\n", "turn_taking.vad.confidence", "less than or equal to 1"),
         ("turn_taking:\n  end_of_turn:\n    silence_secs: 0\n", "turn_taking.end_of_turn.silence_secs", "greater than 0"),
+        ("turn_taking:\n  vad:\n    model_sample_rate: 11025\n", "turn_taking.vad.model_sample_rate", "'auto', 8000 or 16000"),
     ],
 )
 def test_out_of_range_turn_taking_value(tmp_path, snippet, key, bound):
@@ -313,6 +314,12 @@ def test_out_of_range_turn_taking_value(tmp_path, snippet, key, bound):
     message = problem_at(error, path, len(snippet.splitlines()) + len(HEADER.splitlines()))
     assert key in message
     assert bound in message
+
+
+def test_phone_input_chunks_are_whole_twilio_frames(tmp_path):
+    path = write(tmp_path, "version: 1\nname: test\ntransport:\n  kind: twilio\n  input_chunk_ms: 30\n" + GOOD_PIPELINE)
+    message = problem_at(load_error(path), path, line_of(path, "input_chunk_ms"))
+    assert "transport.input_chunk_ms" in message and "multiple of 20" in message
 
 
 def test_out_of_range_processor_value(tmp_path):

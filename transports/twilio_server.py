@@ -51,6 +51,7 @@ class TwilioServerSettings:
     api_base_url: str | None = None
     transfer_to: str | None = None
     token_ttl_secs: float = 60.0
+    input_chunk_ms: int = 40
 
     @classmethod
     def from_bot(cls, config: TwilioTransportConfig, *, public_url: str | None, skip_signature: bool) -> TwilioServerSettings:
@@ -72,6 +73,7 @@ class TwilioServerSettings:
             api_base_url=config.api_base_url,
             transfer_to=config.transfer_to,
             token_ttl_secs=config.stream_token_ttl_secs,
+            input_chunk_ms=config.input_chunk_ms,
         )
 
     @property
@@ -236,6 +238,7 @@ class TwilioCalls:
                 serializer=serializer,
                 audio_out_10ms_chunks=2,  # Twilio's 20 ms media frames
             ),
+            audio_in_chunk_secs=settings.input_chunk_ms / 1000,
         )
         marks = PlayoutMarks(stream_sid)
         record = CallRecord(call_sid=call_sid, stream_sid=stream_sid, serializer=serializer, marks=marks)

@@ -117,6 +117,14 @@ class TwilioTransportConfig(StrictModel):
         None, pattern=r"^https?://", description="Twilio REST API base URL (default https://api.twilio.com)."
     )
     stream_token_ttl_secs: int = Field(60, ge=5, le=3600, description="How long a call's stream token is valid.")
+    input_chunk_ms: int = Field(
+        40,
+        ge=20,
+        le=200,
+        multiple_of=20,
+        description="The caller's audio reaches the pipeline in chunks this long (Twilio sends 20 ms frames): "
+        "40 costs a call ~15% less CPU than 20, for ~10 ms more VAD latency on average.",
+    )
 
     @field_validator("from_number", "transfer_to", mode="before")
     @classmethod
