@@ -1,4 +1,4 @@
-"""The phone transport's input hands audio on in chunks, losing none."""
+"""The phone transport's input hands audio on in chunks, losing none; its output keeps each reply on one clock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import pytest
 from pipecat.frames.frames import InputAudioRawFrame
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
 
-from vivavoce.transports.pausable_websocket import DirectAudioWebsocketInputTransport
+from vivavoce.transports import pausable_websocket
+from vivavoce.transports.pausable_websocket import (
+    DirectAudioWebsocketInputTransport,
+    PausableWebsocketOutputTransport,
+)
 
 FRAME = 320  # 20 ms at 8 kHz, 16-bit
 
@@ -50,3 +54,60 @@ async def test_a_paused_input_drops_audio_and_does_not_hold_it() -> None:
     for frame in twenty_ms_frames(4):
         await transport.push_audio_frame(frame)
     assert pushed == [] and transport._held == []
+
+
+class FakeClock:
+    """Stands in for time.monotonic and asyncio.sleep: sleeping advances it, and nothing else does."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(round(seconds, 6))
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(pausable_websocket.time, "monotonic", fake.monotonic)
+    monkeypatch.setattr(pausable_websocket.asyncio, "sleep", fake.sleep)
+    return fake
+
+
+def output_transport() -> PausableWebsocketOutputTransport:
+    transport = PausableWebsocketOutputTransport(None, None, FastAPIWebsocketParams(audio_out_enabled=True))
+    transport._send_interval = 0.02
+    return transport
+
+
+async def send_times(transport: PausableWebsocketOutputTransport, clock: FakeClock, count: int, *, late: dict[int, float]) -> list[float]:
+    """When each of ``count`` frames goes out; before frame i the event loop wakes ``late[i]`` seconds late."""
+    times = []
+    for i in range(count):
+        clock.now += late.get(i, 0.0)
+        times.append(round(clock.now, 6))
+        await transport._write_audio_sleep()
+    return times
+
+
+async def test_a_late_frame_puts_the_next_ones_out_sooner_back_on_the_clock(clock: FakeClock) -> None:
+    transport = output_transport()
+    start = clock.now
+    times = await send_times(transport, clock, 6, late={2: 0.03})
+    # As in pipecat, the first two frames go out at once (the far end's 20 ms of lead), then one every
+    # 20 ms. Frame 2 went out 30 ms late, with frame 3 due by then; frames 4 and 5 are back on the
+    # clock (60, 80 ms), where pipecat's restarted clock would send them 10 ms late for good (70, 90 ms).
+    assert times == [round(start + t, 6) for t in (0, 0, 0.05, 0.05, 0.06, 0.08)]
+
+
+async def test_after_a_break_the_clock_starts_again(clock: FakeClock) -> None:
+    transport = output_transport()
+    first = await send_times(transport, clock, 4, late={})
+    clock.now += 1.0  # the reply ended; the next one starts a second later
+    second = await send_times(transport, clock, 4, late={})
+    assert [round(t - first[0], 6) for t in first] == [round(t - second[0], 6) for t in second] == [0, 0, 0.02, 0.04]
