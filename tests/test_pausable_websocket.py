@@ -48,6 +48,16 @@ async def test_audio_is_handed_on_in_chunks_in_order_and_whole(chunk_secs: float
     assert all(f.sample_rate == 8000 and f.num_channels == 1 for f in pushed)
 
 
+async def test_a_short_first_frame_does_not_shift_the_chunks() -> None:
+    """A stream resampler's first frame comes a few samples short; the chunks still pair Twilio's frames."""
+    transport, pushed = input_transport(0.04)
+    frames = twenty_ms_frames(6)
+    frames[0] = InputAudioRawFrame(audio=frames[0].audio[8:], sample_rate=8000, num_channels=1)
+    for frame in frames:
+        await transport.push_audio_frame(frame)
+    assert [len(f.audio) for f in pushed] == [2 * FRAME - 8, 2 * FRAME, 2 * FRAME]
+
+
 async def test_a_paused_input_drops_audio_and_does_not_hold_it() -> None:
     transport, pushed = input_transport(0.04)
     transport._paused = True

@@ -60,7 +60,8 @@ class DirectAudioWebsocketInputTransport(FastAPIWebsocketInputTransport):
             if self._chunk_secs > 0:
                 self._held.append(frame)
                 self._held_bytes += len(frame.audio)
-                if self._held_bytes < self._chunk_secs * frame.sample_rate * frame.num_channels * 2:
+                # Within 5 ms: a stream resampler's first frame comes a few samples short.
+                if self._held_bytes < (self._chunk_secs - 0.005) * frame.sample_rate * frame.num_channels * 2:
                     return
                 if len(self._held) > 1:
                     frame = InputAudioRawFrame(
