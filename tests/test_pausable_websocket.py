@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
-from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.frames.frames import InputAudioRawFrame, StopFrame
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
 
 from vivavoce.transports import pausable_websocket
@@ -58,12 +60,19 @@ async def test_a_short_first_frame_does_not_shift_the_chunks() -> None:
     assert [len(f.audio) for f in pushed] == [2 * FRAME - 8, 2 * FRAME, 2 * FRAME]
 
 
-async def test_a_paused_input_drops_audio_and_does_not_hold_it() -> None:
+async def test_a_paused_input_drops_audio_and_the_chunk_it_was_making(monkeypatch) -> None:
     transport, pushed = input_transport(0.04)
-    transport._paused = True
-    for frame in twenty_ms_frames(4):
+    # pipecat's pause restarts its queue task, which this transport (never started) does not have.
+    monkeypatch.setattr(transport, "_cancel_audio_task", lambda: asyncio.sleep(0))
+    monkeypatch.setattr(transport, "_create_audio_task", lambda: None)
+    frames = twenty_ms_frames(5)
+    await transport.push_audio_frame(frames[0])  # half a chunk, held
+    await transport.pause(StopFrame())
+    await transport.push_audio_frame(frames[1])  # dropped while paused
+    transport._paused = False
+    for frame in frames[2:]:
         await transport.push_audio_frame(frame)
-    assert pushed == [] and transport._held == []
+    assert [f.audio for f in pushed] == [frames[2].audio + frames[3].audio]
 
 
 class FakeClock:

@@ -24,7 +24,7 @@ import asyncio
 import time
 from typing import Any
 
-from pipecat.frames.frames import Frame, InputAudioRawFrame, InterruptionFrame, OutputAudioRawFrame
+from pipecat.frames.frames import Frame, InputAudioRawFrame, InterruptionFrame, OutputAudioRawFrame, StopFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.transports.websocket.fastapi import (
     FastAPIWebsocketInputTransport,
@@ -71,6 +71,11 @@ class DirectAudioWebsocketInputTransport(FastAPIWebsocketInputTransport):
                     )
                 self._held, self._held_bytes = [], 0
             await self.push_frame(frame)
+
+    async def pause(self, frame: StopFrame) -> None:
+        """Pause as pipecat does, which drops the audio queued so far: so does the chunk being made."""
+        self._held, self._held_bytes = [], 0
+        await super().pause(frame)
 
 
 class PausableWebsocketOutputTransport(FastAPIWebsocketOutputTransport):
