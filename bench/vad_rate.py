@@ -19,7 +19,8 @@ from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 
 from vivavoce.batched_vad import WINDOW_SAMPLES, BatchedSileroVADAnalyzer, SileroBatcher, SileroSlot, _Request
 from vivavoce.samples import conversation
-from vivavoce.testing.phone_line import FRAME_SECS, through_phone_line
+from vivavoce.testing.media_streams import FRAME_SECS
+from vivavoce.testing.phone_line import through_phone_line
 
 PARAMS = VADParams(confidence=0.7, start_secs=0.2, stop_secs=0.2, min_volume=0.0)
 

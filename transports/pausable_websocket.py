@@ -48,7 +48,6 @@ class DirectAudioWebsocketInputTransport(FastAPIWebsocketInputTransport):
         super().__init__(*args, **kwargs)
         self._chunk_secs = chunk_secs
         self._held: list[InputAudioRawFrame] = []
-        self._held_bytes = 0
 
     async def push_audio_frame(self, frame: InputAudioRawFrame) -> None:
         """Push ``frame`` downstream now, or with the next ones once they make a chunk; with an audio
@@ -59,9 +58,9 @@ class DirectAudioWebsocketInputTransport(FastAPIWebsocketInputTransport):
         elif params.audio_in_enabled and not self._paused:
             if self._chunk_secs > 0:
                 self._held.append(frame)
-                self._held_bytes += len(frame.audio)
+                held_bytes = sum(len(f.audio) for f in self._held)
                 # Within 5 ms: a stream resampler's first frame comes a few samples short.
-                if self._held_bytes < (self._chunk_secs - 0.005) * frame.sample_rate * frame.num_channels * 2:
+                if held_bytes < (self._chunk_secs - 0.005) * frame.sample_rate * frame.num_channels * 2:
                     return
                 if len(self._held) > 1:
                     frame = InputAudioRawFrame(
@@ -69,12 +68,12 @@ class DirectAudioWebsocketInputTransport(FastAPIWebsocketInputTransport):
                         sample_rate=frame.sample_rate,
                         num_channels=frame.num_channels,
                     )
-                self._held, self._held_bytes = [], 0
+                self._held = []
             await self.push_frame(frame)
 
     async def pause(self, frame: StopFrame) -> None:
         """Pause as pipecat does, which drops the audio queued so far: so does the chunk being made."""
-        self._held, self._held_bytes = [], 0
+        self._held = []
         await super().pause(frame)
 
 

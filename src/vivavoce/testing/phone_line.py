@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pipecat.audio.utils import create_stream_resampler, pcm_to_ulaw, ulaw_to_pcm
 
-FRAME_SECS = 0.02
+from vivavoce.testing.media_streams import FRAME_SECS
 
 
 async def through_phone_line(pcm_16k: np.ndarray) -> np.ndarray:
