@@ -80,7 +80,7 @@ def test_minimal_file_loads(tmp_path):
     assert bot.stage("s2s") is None
     # Defaults filled in.
     assert bot.spec.turn_taking.vad.confidence == 0.7
-    assert bot.spec.turn_taking.end_of_turn.model == "smart_turn_v3"
+    assert bot.spec.turn_taking.end_of_turn.model == "adaptive"
 
 
 def _dummy_environ(text: str) -> dict[str, str]:

