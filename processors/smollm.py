@@ -301,7 +301,14 @@ class SmolLMLLMService(LLMService):
             if m.get("role") in ("system", "user", "assistant") and _plain_text(m.get("content")).strip()
         ]
         system = [m for m in messages if m["role"] == "system"][:1]
-        history = [m for m in messages if m["role"] != "system"]
+        history: list[dict[str, str]] = []
+        for message in (m for m in messages if m["role"] != "system"):
+            if history and message["role"] == "user" and history[-1]["role"] == "user":
+                # The user went on before the answer to their first words was heard: one message, as
+                # it was one utterance (the small model answers only the last of two user messages).
+                history[-1] = {"role": "user", "content": f"{history[-1]['content']} {message['content']}"}
+            else:
+                history.append(message)
         return system + history[_window_start(len(history), assert_given(self._settings.history_messages)) :]
 
     async def _stream_reply(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:

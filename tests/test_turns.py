@@ -233,15 +233,34 @@ async def test_interruption_while_the_bot_speaks():
     assert second.bot_text.strip() == "OK."
 
 
-async def test_interruption_while_the_llm_is_still_thinking():
+async def test_speech_before_any_answer_is_heard_continues_the_turn():
+    # The user goes on while the LLM is still thinking: one turn, all of its words, answered once.
     conversation = Conversation()
     await conversation.user_says("what time is it", speech=(1.0, 2.0), turn_ends=2.5)
     await conversation.push(2.6, LLMFullResponseStartFrame(), conversation.llm)
-    await conversation.user_says("never mind", speech=(2.7, 3.2), turn_ends=3.6)
+    await conversation.push(2.65, LLMTextFrame(text="It is"), conversation.llm)
+    await conversation.user_says("in Paris", speech=(2.7, 3.2), turn_ends=3.6)
+    await conversation.push(3.61, LLMFullResponseEndFrame(), conversation.llm)
+    (turn,) = conversation.recorder.turns
+    assert turn.user_text.split() == ["what", "time", "is", "it", "in", "Paris"]
+    assert not turn.interrupted
+    assert turn.user_started_s == pytest.approx(1.0)
+    assert turn.user_stopped_s == pytest.approx(3.2)
+    assert turn.turn_ended_s == pytest.approx(3.6)
+    assert turn.first_token_s is None  # the cancelled answer's token is not this turn's answer
+    await conversation.bot_answers(["Noon."], first_token=3.8, first_audio=4.0, speaks=(4.1, 4.6))
+    assert turn.first_token_s == pytest.approx(3.8)
+    assert turn.voice_to_voice_ms == pytest.approx(900.0)
+
+
+async def test_speech_after_the_answer_was_heard_is_a_new_turn():
+    conversation = Conversation()
+    await conversation.user_says("what time is it", speech=(1.0, 2.0), turn_ends=2.5)
+    await conversation.bot_answers(["It", "is", "noon."], first_token=2.7, first_audio=2.9, speaks=(3.0, 6.0))
+    await conversation.user_says("never mind", speech=(3.5, 4.0), turn_ends=4.4)
     first, second = conversation.recorder.turns
-    assert first.interrupted
-    assert first.bot_started_s is None
-    assert not second.interrupted
+    assert second.user_text.strip() == "never mind"
+    assert first.bot_started_s == pytest.approx(3.0)
 
 
 async def test_interruption_after_the_answer_is_not_a_barge_in():

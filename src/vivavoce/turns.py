@@ -24,6 +24,7 @@ from pipecat.frames.frames import (
     TTSAudioRawFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
+    TTSTextFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
     VADUserStartedSpeakingFrame,
@@ -42,6 +43,12 @@ STAGES = ("vad_stop", "stt", "turn_decision", "llm_first_token", "tts_first_audi
 user stops -> VAD confirms the silence -> transcript -> end of turn decided (Smart Turn) -> first LLM token
 -> first TTS audio -> first audio frame leaves the transport. ``end_of_turn`` in reports is the first three.
 """
+
+
+def _duration(frame: Any) -> float:
+    """Seconds of audio in an audio frame."""
+    rate = frame.sample_rate or 0
+    return len(frame.audio) / 2 / (frame.num_channels or 1) / rate if rate else 0.0
 
 
 def _ms(start: float | None, end: float | None) -> float | None:
@@ -67,12 +74,73 @@ class BargeIn:
         }
 
 
+DEFAULT_CHARS_PER_SEC = 14.0
+"""Speaking rate assumed for audio whose text never came (Piper's voices speak 13-16 characters a second)."""
+
+
+@dataclass
+class SpokenText:
+    """Which words of a reply the user heard: the TTS's text pieces laid over the audio the output played.
+
+    A TTS without word timestamps pushes each piece's text after its audio, and pipecat's assistant
+    aggregator drops a piece cut off by an interruption: a reply that played for 5 s before the user cut
+    in was reported as its first three words. Here each piece covers the span of generated audio since the
+    previous one; what was played of a piece is its words in proportion to its characters.
+    """
+
+    pieces: list[tuple[float, float, str]] = field(default_factory=list)
+    """(start, end, text): seconds of the reply's generated audio that speak ``text``."""
+    generated_secs: float = 0.0
+    played_secs: float = 0.0
+    reply: str = ""
+    """The LLM's text of this reply (for audio cut off before its piece's text came)."""
+
+    def add_piece(self, text: str) -> None:
+        """The text of the audio generated since the previous piece."""
+        start = self.pieces[-1][1] if self.pieces else 0.0
+        self.pieces.append((start, self.generated_secs, text.strip()))
+
+    def heard(self) -> str:
+        """The words played, the last one included if any of it was."""
+        words: list[str] = []
+        for start, end, text in self.pieces:
+            if self.played_secs >= end - 0.02:
+                words += text.split()
+            elif self.played_secs > start:
+                words += _leading_words(text, (self.played_secs - start) / max(end - start, 1e-6))
+                return " ".join(words)
+            else:
+                return " ".join(words)
+        covered = self.pieces[-1][1] if self.pieces else 0.0
+        if self.played_secs > covered + 0.02:
+            # Audio whose piece's text never came: the reply's next words, at the rate spoken so far.
+            said = sum(len(text) for _, _, text in self.pieces)
+            rate = said / covered if covered > 0.5 and said else DEFAULT_CHARS_PER_SEC
+            rest = " ".join(self.reply.split()[len(words) :])
+            words += _leading_words(rest, (self.played_secs - covered) * rate / max(len(rest), 1))
+        return " ".join(words)
+
+
+def _leading_words(text: str, fraction: float) -> list[str]:
+    """The words of ``text`` that start within its first ``fraction`` (by characters)."""
+    limit = max(0.0, min(1.0, fraction)) * len(text)
+    words, position = [], 0
+    for word in text.split():
+        position = text.find(word, position)
+        if position >= limit:
+            break
+        words.append(word)
+        position += len(word)
+    return words
+
+
 @dataclass
 class Turn:
     """One user utterance and the bot's answer; times in seconds on the transport timeline."""
 
     user_text: str = ""
-    bot_text: str = ""
+    said_text: str = ""
+    """What the assistant aggregator added to the context (whole pieces only): used when no audio was traced."""
     user_started_s: float | None = None
     user_stopped_s: float | None = None
     bot_started_s: float | None = None
@@ -87,6 +155,14 @@ class Turn:
     first_token_s: float | None = None
     first_audio_s: float | None = None
     user_turn_open: bool = True
+    spoken: SpokenText = field(default_factory=SpokenText)
+
+    @property
+    def bot_text(self) -> str:
+        """What the user heard the bot say (up to where it stopped, if it was cut off)."""
+        if self.spoken.played_secs > 0 and (self.spoken.pieces or self.spoken.reply):
+            return self.spoken.heard()
+        return self.said_text
 
     @property
     def voice_to_voice_ms(self) -> float | None:
@@ -110,7 +186,9 @@ class Turn:
     def to_dict(self) -> dict[str, Any]:
         """The report's JSON form of this turn."""
         rounded = {
-            k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items() if k != "barge_in"
+            k: (round(v, 3) if isinstance(v, float) else v)
+            for k, v in asdict(self).items()
+            if k not in ("barge_in", "spoken")
         }
         return {
             "user_text": self.user_text.strip(),
@@ -200,11 +278,22 @@ class TurnRecorder(BaseObserver):
         self._vad_speaking = True
         self._vad_fired = (at, data.frame.start_secs)
         self._activity(at)
-        if self._current is None or not self._current.user_turn_open:
+        current = self._current
+        if current is not None and not current.user_turn_open and self._unheard(current):
+            # The user went on before hearing any answer: the same turn, which the answer will now
+            # follow (the answer begun for its first part is cancelled by this speech).
+            current.user_turn_open = True
+            current.first_token_s = current.first_audio_s = current.turn_ended_s = None
+            current.spoken = SpokenText()
+        elif current is None or not current.user_turn_open:
             # The previous turn's answer may still be interrupted by this speech: report it later.
             self._report_finished(keep_last=1)
             self._current = Turn(user_started_s=max(0.0, at - data.frame.start_secs))
             self.turns.append(self._current)
+
+    def _unheard(self, turn: Turn) -> bool:
+        """Whether no answer to ``turn`` has been heard (nor pipecat says the bot spoke)."""
+        return turn.bot_started_s is None and not turn.spoken.played_secs and turn.user_text.strip() != ""
 
     def _vad_stopped(self, data: FramePushed, at: float) -> None:
         self._vad_speaking = False
@@ -242,8 +331,10 @@ class TurnRecorder(BaseObserver):
 
     def _llm_text(self, data: FramePushed, at: float) -> None:
         self._activity(at)
-        if self._responding is not None and self._responding.first_token_s is None:
-            self._responding.first_token_s = at
+        if self._responding is not None:
+            if self._responding.first_token_s is None:
+                self._responding.first_token_s = at
+            self._responding.spoken.reply += data.frame.text
 
     def _tts_started(self, data: FramePushed, at: float) -> None:
         self._tts_open = True
@@ -260,8 +351,14 @@ class TurnRecorder(BaseObserver):
         self._activity(at)
         if self._barge is not None and isinstance(data.source, TTSService):
             self._barge.tts_last_s = at
-        if self._responding is not None and self._responding.first_audio_s is None:
-            self._responding.first_audio_s = at
+        if self._responding is not None:
+            if self._responding.first_audio_s is None:
+                self._responding.first_audio_s = at
+            self._responding.spoken.generated_secs += _duration(data.frame)
+
+    def _tts_text(self, data: FramePushed, at: float) -> None:
+        if self._responding is not None and not isinstance(data.source, BaseOutputTransport):
+            self._responding.spoken.add_piece(data.frame.text)
 
     def _tts_audio_or_output(self, data: FramePushed, at: float) -> None:
         if isinstance(data.source, BaseOutputTransport):
@@ -270,13 +367,13 @@ class TurnRecorder(BaseObserver):
             self._tts_audio(data, at)
 
     def follow(self, assistant: Any) -> None:
-        """Take what the bot actually said from the assistant aggregator (it drops what an
-        interruption cut off)."""
+        """Take what the assistant aggregator added to the context, for turns whose audio was not traced
+        (the played audio, when there is any, says better what was heard)."""
 
         @assistant.event_handler("on_assistant_turn_stopped")
         async def _spoken(_aggregator: Any, message: Any) -> None:
             if self._responding is not None and message.content:
-                self._responding.bot_text = (self._responding.bot_text + " " + message.content).strip()
+                self._responding.said_text = (self._responding.said_text + " " + message.content).strip()
 
     def _bot_started(self, data: FramePushed, at: float) -> None:
         self._bot_speaking = True
@@ -287,13 +384,19 @@ class TurnRecorder(BaseObserver):
     def _bot_stopped(self, data: FramePushed, at: float) -> None:
         self._bot_speaking = False
         self._activity(at)
-        if self._responding is not None:
-            self._responding.bot_stopped_s = at
+        if self._responding is not None and not self._responding.spoken.played_secs:
+            self._responding.bot_stopped_s = at  # no played audio traced: pipecat's own account
 
     def _interruption(self, data: FramePushed, at: float) -> None:
-        # Every user turn broadcasts one; it cuts the bot off only if an answer was under way.
+        # Every user turn broadcasts one; it cuts the bot off only if an answer was under way: still
+        # being written or spoken, or audio made but not yet played.
         answer = self._responding
-        if answer is not None and (self._bot_speaking or self._llm_open or self._tts_open or self._barge):
+        if answer is not None and answer is self._current and answer.user_turn_open:
+            return  # the user went on before any answer was heard: nothing was cut off
+        unplayed = answer is not None and answer.spoken.generated_secs > answer.spoken.played_secs + 0.03
+        traced = answer is not None and answer.spoken.played_secs > 0
+        speaking = unplayed if traced else self._bot_speaking
+        if answer is not None and (speaking or self._llm_open or self._tts_open or self._barge):
             answer.interrupted = True
             self._start_barge(answer)
             self._barge_interrupted = True
@@ -314,10 +417,17 @@ class TurnRecorder(BaseObserver):
         self._barge_turn = answer
 
     def _output_audio(self, data: FramePushed, at: float) -> None:
-        # Output transports push each audio frame on once it has been written (played).
-        frame = data.frame
-        if self._barge is not None and isinstance(data.source, BaseOutputTransport) and frame.sample_rate:
-            self._barge.audio_end_s = at + len(frame.audio) / 2 / frame.sample_rate
+        # Output transports push each audio frame on once it has started playing: the report's times and
+        # words are those of the audio the user heard.
+        end = at + _duration(data.frame)
+        if self._barge is not None:
+            self._barge.audio_end_s = end
+        answer = self._responding
+        if answer is not None:
+            if not answer.spoken.played_secs:
+                answer.bot_started_s = at
+            answer.spoken.played_secs += _duration(data.frame)
+            answer.bot_stopped_s = end
 
     def _metrics(self, data: FramePushed, at: float) -> None:
         target = self._responding or self._current
@@ -340,6 +450,7 @@ class TurnRecorder(BaseObserver):
         TTSStartedFrame: _tts_started,
         TTSStoppedFrame: _tts_stopped,
         TTSAudioRawFrame: _tts_audio_or_output,
+        TTSTextFrame: _tts_text,
         BotStartedSpeakingFrame: _bot_started,
         BotStoppedSpeakingFrame: _bot_stopped,
         InterruptionFrame: _interruption,
