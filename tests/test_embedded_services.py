@@ -53,6 +53,14 @@ async def test_first_phrase_goes_to_tts_before_the_sentence_ends():
     # a single word before a comma does not.
     assert await _aggregate(aggregator, "Sure thing, my friend. Bye.") == ["Sure thing,", "my friend.", "Bye."]
     assert (await _aggregate(aggregator, "Well, that is fine. Next."))[0] == "Well, that is"
+    # A long first sentence goes in growing pieces (3, 6, 12 words), so its rest is ready before the
+    # opening phrase has been heard: the reply does not stall after its first words.
+    long = "I'm sorry for any confusion you may have had earlier today about the hours and the prices of the shop."
+    assert await _aggregate(aggregator, long) == [
+        "I'm sorry for",
+        "any confusion you may have had",
+        "earlier today about the hours and the prices of the shop.",
+    ]
 
 
 def test_history_window_moves_in_steps_so_the_prompt_prefix_stays_cached():
