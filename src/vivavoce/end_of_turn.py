@@ -53,6 +53,7 @@ from pipecat.turns.types import ProcessFrameResult
 from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnStopStrategy
 
 from vivavoce.model_store import models
+from vivavoce.processors.smollm import PromptCache, load_packaged
 
 TEXT_THRESHOLD = 0.05
 """Sentence-end probability at which the words alone are neutral (finished sentences score 0.1-0.8,
@@ -106,6 +107,7 @@ class SentenceEndModel:
         if isinstance(end_of_message, int) and end_of_message >= 0:
             ends.append(end_of_message)
         self._end_ids = sorted(set(ends))
+        self._prompt_cache = PromptCache()
         # One per process, one thread: on two cores, two scorings at once would not finish sooner.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentence-end")
 
@@ -123,9 +125,16 @@ class SentenceEndModel:
         tokenizer = self._lm.tokenizer
         prompt = tokenizer.apply_chat_template(messages, tokenize=False)
         prompt = prompt[: prompt.rfind("<|im_end|>")]
-        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        ids = tokenizer(prompt)["input_ids"]
+        # The template's header and the bot's words repeat from pause to pause: only the user's words
+        # are new (~10 tokens instead of ~50).
+        cache = self._prompt_cache.prepare(self._lm.model, ids)
+        done = cache.get_seq_length()
         with torch.inference_mode():
-            logits = self._lm.model(ids).logits[0, -1].float()
+            logits = self._lm.model(
+                input_ids=torch.tensor([ids[done:]]), past_key_values=cache, use_cache=True
+            ).logits[0, -1].float()
+        self._prompt_cache.update(ids)
         return float(torch.softmax(logits, -1)[self._end_ids].sum())
 
     async def probability(self, user_text: str, bot_text: str | None = None) -> float:
@@ -136,8 +145,6 @@ class SentenceEndModel:
 
 def sentence_end_model() -> SentenceEndModel:
     """The process-wide sentence-end scorer over the bundled SmolLM2 (shared with a ``smollm`` LLM)."""
-    from vivavoce.processors.smollm import load_packaged
-
     lm = load_packaged("bfloat16", threads=1)
     return models.get(("sentence-end", id(lm)), lambda: SentenceEndModel(lm), label="sentence-end scorer")
 
