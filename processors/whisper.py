@@ -8,11 +8,14 @@ Two things make that slow for a short utterance on a CPU, and this service fixes
   is encoded in that window instead (~60 ms; transcripts checked identical on our speech samples), and
   decoded with a length cap so a short window cannot loop. Longer ones take faster-whisper's own path.
 - The VAD needs ``stop_secs`` of silence to call the end of speech. The service starts transcribing as
-  soon as the audio goes quiet and, if the pause was the end of the utterance, uses that result.
+  soon as the audio goes quiet and, if the pause was the end of the utterance, uses that result. That
+  early transcript is also pushed as an ``InterimTranscriptionFrame`` the moment it is ready, still inside
+  the VAD's silence window, so the end-of-turn strategy can read the words before the turn is due.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,9 +26,10 @@ from typing import Any
 import numpy as np
 from loguru import logger
 from faster_whisper import WhisperModel
-from pipecat.frames.frames import InputAudioRawFrame, VADUserStartedSpeakingFrame
+from pipecat.frames.frames import InputAudioRawFrame, InterimTranscriptionFrame, VADUserStartedSpeakingFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.whisper.stt import WhisperSTTService
+from pipecat.utils.time import time_now_iso8601
 
 from vivavoce.model_store import models
 from vivavoce.packaged_models import ModelNotFoundError, whisper_tiny_en
@@ -101,9 +105,11 @@ class SpeculativeTranscriber:
         """The model's languages (pipecat checks the configured one against them)."""
         return self._model.supported_languages
 
-    def speculate(self, audio: np.ndarray, **options: Any) -> None:
-        """Start transcribing ``audio`` in the background."""
-        self._pending = (audio, options, self._executor.submit(self._run, audio, options))
+    def speculate(self, audio: np.ndarray, **options: Any) -> Future:
+        """Start transcribing ``audio`` in the background; the future's result is ``transcribe``'s."""
+        future = self._executor.submit(self._run, audio, options)
+        self._pending = (audio, options, future)
+        return future
 
     def discard(self) -> None:
         """The user went on speaking: the speculation will not be used (nor run, if not started)."""
@@ -199,6 +205,7 @@ class SharedWhisperSTTService(WhisperSTTService):
         self._peak_rms = 0.0
         self._quiet_secs = 0.0
         self._speculated = False
+        self._speculation = 0  # counts speculations, so a stale one's transcript is never pushed
 
     def _load(self) -> None:
         shared = load_whisper(str(self._settings.model), self._device, self._compute_type)
@@ -212,6 +219,7 @@ class SharedWhisperSTTService(WhisperSTTService):
     async def _handle_user_started_speaking(self, frame: VADUserStartedSpeakingFrame) -> None:
         await super()._handle_user_started_speaking(frame)
         self._peak_rms, self._quiet_secs, self._speculated = 0.0, 0.0, False
+        self._speculation += 1
 
     async def process_audio_frame(self, frame: InputAudioRawFrame, direction: FrameDirection) -> None:
         """Buffer the audio as pipecat does, and start a transcription when the speaker pauses."""
@@ -229,6 +237,7 @@ class SharedWhisperSTTService(WhisperSTTService):
                 logger.debug(f"{self}: speech resumed, speculative transcription discarded")
                 self._model.discard()
                 self._speculated = False
+                self._speculation += 1
             return
         self._quiet_secs += len(samples) / frame.sample_rate
         if self._quiet_secs >= PAUSE_SECS and not self._speculated:
@@ -236,7 +245,26 @@ class SharedWhisperSTTService(WhisperSTTService):
             logger.debug(f"{self}: pause, transcribing speculatively")
             pcm = bytes(self._audio_buffer) + self._trailing_silence()
             audio = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
-            self._model.speculate(audio, **self._transcribe_options())
+            future = self._model.speculate(audio, **self._transcribe_options())
+            self._speculation += 1
+            speculation, loop = self._speculation, asyncio.get_running_loop()
+            future.add_done_callback(
+                lambda done: loop.call_soon_threadsafe(self._speculation_done, done, speculation)
+            )
+
+    def _speculation_done(self, future: Future, speculation: int) -> None:
+        """Push the early transcript while it still describes what the user has said."""
+        # Once the VAD has stopped, the final transcript is on its way: an interim after it would say
+        # that more is coming when nothing is.
+        stale = speculation != self._speculation or not self._user_speaking
+        if stale or future.cancelled() or future.exception() is not None:
+            return
+        segments, _info = future.result()
+        threshold = self._settings.no_speech_prob
+        text = " ".join(s.text.strip() for s in segments if threshold is None or s.no_speech_prob < threshold)
+        if text.strip():
+            frame = InterimTranscriptionFrame(text.strip(), self._user_id, time_now_iso8601())
+            self.create_task(self.push_frame(frame), name="whisper-interim")
 
     def _transcribe_options(self) -> dict[str, Any]:
         """The options pipecat's ``run_stt`` passes, so a speculation matches the final call."""

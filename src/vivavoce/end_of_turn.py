@@ -63,6 +63,9 @@ _FINAL_PUNCTUATION = re.compile(r"[\s.?!,;:…-]+$")
 _TRAILING_OPEN = re.compile(r"(,|;|:|-|\.\.\.|…)\s*$")
 
 
+SMART_TURN_STOP_SECS = 10.0
+
+
 class KeepingSmartTurn(LocalSmartTurnAnalyzerV3):
     """Smart Turn v3 that keeps the turn's audio after a verdict and has no silence fallback.
 
@@ -73,8 +76,9 @@ class KeepingSmartTurn(LocalSmartTurnAnalyzerV3):
 
     def __init__(self, **kwargs: Any):
         """Create the analyzer (the model file ships with pipecat)."""
-        # The silence fallback is the strategy's max_silence_secs; this one must never fire first.
-        super().__init__(params=SmartTurnParams(stop_secs=3600.0), **kwargs)
+        # The silence fallback is the strategy's max_silence_secs (at most 10 s); this one must never fire
+        # first. It also bounds the audio kept between turns (pre-speech + stop_secs + max duration).
+        super().__init__(params=SmartTurnParams(stop_secs=SMART_TURN_STOP_SECS), **kwargs)
 
     async def probability(self) -> tuple[float | None, MetricsData | None]:
         """The probability that the speech so far is a finished turn (None: no speech yet)."""
@@ -160,20 +164,29 @@ class Evidence:
 
     audio: float | None = None
     text: float | None = None
+    words: int = 0
     punctuation_open: bool = False
 
     def score(self) -> float:
-        """Log-odds that the user is done: > 0 finished, < 0 not (each source clipped, then summed)."""
+        """Log-odds that the user is done: > 0 finished, < 0 not (each source clipped, then summed).
+
+        The words can say "not finished" with full weight only from four words on: a short reply is
+        often a complete turn the model expects to go on ("No matter." -> "no matter what").
+        """
         total = 0.0
         if self.audio is not None:
             p = min(max(self.audio, 1e-4), 1 - 1e-4)
             total += AUDIO_WEIGHT * max(-3.0, min(3.0, math.log(p / (1 - p))))
         if self.text is not None:
-            total += max(-3.0, min(3.0, math.log(max(self.text, 1e-6) / TEXT_THRESHOLD)))
+            floor = -3.0 * min(1.0, self.words / FULL_WEIGHT_WORDS)
+            total += max(floor, min(3.0, math.log(max(self.text, 1e-6) / TEXT_THRESHOLD)))
         if self.punctuation_open:
             total -= 1.0
         return total
 
+
+FULL_WEIGHT_WORDS = 4
+"""Transcripts this long or longer can veto the audio's "finished" with full weight."""
 
 SURE_FINISHED = 1.0
 """Score from which the shortest pause ends the turn."""
@@ -234,6 +247,7 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         self._timer: asyncio.Task | None = None
         self._deadline: float | None = None
         self._fired = False
+        self._early: tuple[str, asyncio.Task] | None = None  # words read before the transcript was final
 
     @property
     def wait_for_transcript(self) -> bool:
@@ -269,6 +283,7 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def _reset(self) -> None:
         self._text = ""
+        self._early = None
         self._segments_pending = 0
         self._fired = False
         await self._new_pause()
@@ -295,9 +310,23 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
             await self._on_pause(frame)
         elif isinstance(frame, TranscriptionFrame):
             await self._on_transcript(frame)
-        elif isinstance(frame, InterimTranscriptionFrame) and self._speech_end is not None:
-            self._segments_pending = max(self._segments_pending, 1)
+        elif isinstance(frame, InterimTranscriptionFrame):
+            self._score_early(frame.text)
         return ProcessFrameResult.CONTINUE
+
+    def _score_early(self, interim: str) -> None:
+        """Read an early transcript of the words so far now, so the verdict is ready when the pause is."""
+        if self._sentence_end is None or not interim.strip():
+            return
+        text = f"{self._text} {' '.join(interim.split())}".strip()
+        if self._early is not None and self._early[0] == text:
+            return
+        logger.debug(f"{self}: reading the early transcript [{text}]")
+        self._early = (text, self.task_manager.create_task(self._text_probability(text), f"{self}::early_words"))
+
+    async def _text_probability(self, text: str) -> float:
+        assert self._sentence_end is not None
+        return await self._sentence_end.probability(text, self._last_bot_words())
 
     async def _on_pause(self, frame: VADUserStoppedSpeakingFrame) -> None:
         pause = self._pause
@@ -315,7 +344,7 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         await self._decide(pause)
 
     async def _on_transcript(self, frame: TranscriptionFrame) -> None:
-        text = frame.text.strip()
+        text = " ".join(frame.text.split())
         if text:
             self._text = f"{self._text} {text}".strip()
         self._segments_pending = max(0, self._segments_pending - 1)
@@ -328,10 +357,15 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
             self._schedule(self._speech_end + self._max_silence)
         pause = self._pause
         if self._sentence_end is not None and self._text and not self._segments_pending:
-            probability = await self._sentence_end.probability(self._text, self._last_bot_words())
+            early, self._early = self._early, None
+            if early is not None and early[0] == self._text:
+                probability = await early[1]  # read from the early transcript: the same words
+            else:
+                probability = await self._text_probability(self._text)
             if pause != self._pause:
                 return
             self._evidence.text = probability
+            self._evidence.words = len(self._text.split())
             self._evidence.punctuation_open = bool(_TRAILING_OPEN.search(self._text))
         await self._decide(pause)
 
@@ -365,8 +399,9 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         score = self._evidence.score()
         wait = silence_needed(score, self._min_silence, self._max_silence)
         logger.debug(
-            f"{self}: end-of-turn evidence audio={self._evidence.audio} text={self._evidence.text} "
-            f"open={self._evidence.punctuation_open} score={score:.2f} -> {wait:.2f}s of silence [{self._text}]"
+            f"{self}: end-of-turn evidence {(self._clock() - self._speech_end) * 1000:.0f} ms into the pause: "
+            f"audio={self._evidence.audio} text={self._evidence.text} open={self._evidence.punctuation_open} "
+            f"score={score:.2f} -> {wait:.2f}s of silence [{self._text}]"
         )
         self._schedule(self._speech_end + wait)
 

@@ -285,6 +285,7 @@ class TurnRecorder(BaseObserver):
             current.user_turn_open = True
             current.first_token_s = current.first_audio_s = current.turn_ended_s = None
             current.spoken = SpokenText()
+            current.interrupted, current.barge_in = False, None
         elif current is None or not current.user_turn_open:
             # The previous turn's answer may still be interrupted by this speech: report it later.
             self._report_finished(keep_last=1)
