@@ -172,15 +172,17 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any
     for number, group in enumerate(groups):
         pcm, parts = ce.session_audio(group, args.gap)
         wide.append((InputAudio(Path(f"conversation-{number:02d}.wav"), pcm, ce.RATE, 1), parts))
-    narrow: list[tuple[InputAudio, list[ce.Part]]] = []
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    runs = [(n.removesuffix("@phone"), n.endswith("@phone")) for n in names]
     if args.phone:
+        runs += [(n, True) for n in names if not n.endswith("@phone")]
+    narrow: list[tuple[InputAudio, list[ce.Part]]] = []
+    if any(phone for _, phone in runs):
         for audio, parts in wide:
             pcm = await ce.phone_audio(audio.pcm)
             narrow.append((InputAudio(audio.path.with_stem(audio.path.stem + "-phone"), pcm, 8000, 1), parts))
 
     audio_s = sum(a.duration_secs for a, _ in wide)
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    runs = [(n, False) for n in names] + ([(n, True) for n in names] if args.phone else [])
     console.log(f"{len(cases)} cases in {len(groups)} recordings, {audio_s:.0f} s each pass; "
                 f"{len(runs)} passes: ~{len(runs) * (audio_s + 3 * len(groups)) / 60:.0f} min")  # fmt: skip
 
@@ -209,7 +211,7 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any
     details: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         bots: dict[str, Bot | str] = {}
-        for name in names:
+        for name in dict.fromkeys(name for name, _ in runs):
             if name not in VARIANTS:
                 bots[name] = f"unknown variant (known: {', '.join(VARIANTS)})"
                 continue
@@ -237,7 +239,9 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bot", type=Path, default=REPO / "bots" / "local.yaml", help="the base bot file")
-    parser.add_argument("--variants", default="vivavoce,pipecat,livekit")
+    parser.add_argument(
+        "--variants", default="vivavoce,pipecat,livekit", help="comma-separated; NAME@phone: that variant on the phone path"
+    )
     parser.add_argument("--phone", action="store_true", help="also run every variant on the phone path (8 kHz mu-law)")
     parser.add_argument("--limit", type=int, default=None, help="keep the first N cases (stratified: every kind early)")
     parser.add_argument("--gap", type=float, default=7.0, help="silence after each case, seconds")

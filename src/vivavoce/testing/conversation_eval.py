@@ -278,6 +278,17 @@ def _cut(utterance: UtteranceLike, cuts: Sequence[tuple[int, int]], expects: Seq
     return pieces
 
 
+def split_after_words(utterance: UtteranceLike, counts: Sequence[int], *, words: WordsFn | None = None) -> list[Piece]:
+    """``utterance`` cut after each of ``counts`` reference words (at the silence between two words both
+    Whisper and the transcript agree on; the nearest such boundary), as pieces to lay out with pauses."""
+    heard = (words or whisper_words)(utterance.id, utterance.pcm)
+    boundaries = _boundaries(utterance, heard)
+    if not boundaries:
+        raise ValueError(f"{utterance.id}: no word boundary Whisper and the transcript agree on")
+    cuts = [min(boundaries, key=lambda cut, n=n: abs(cut[1] - n)) for n in counts]
+    return _cut(utterance, cuts, ["wait"] * len(cuts) + ["answer"], [0.0] * len(cuts))
+
+
 def _pick_cuts(utterance: UtteranceLike, words: list[Word], fractions: Sequence[float], *,
                prefer_punctuation: float = 0.0) -> list[tuple[int, int]] | None:
     """The agreed boundaries nearest to these fractions of the speech's duration, every piece >= 2 words.
