@@ -1,10 +1,10 @@
 """End of turn from what was heard and what was said: Smart Turn, the transcript, and the pause so far.
 
 pipecat's stock stop strategy asks Smart Turn (audio only) once the VAD stops; if Smart Turn says "not
-finished" the turn waits for its 3 s silence fallback. On speech we had never tuned on, Smart Turn called
-4 of 10 finished sentences unfinished (3.5 s of dead air each) and 2 of 4 mid-sentence pauses finished
-(the bot talked into the pause). Audio alone cannot tell "He was not an ill-disposed young man." from
-"He was not an ... [pause]" as well as the words can.
+finished" the turn waits for its 3 s silence fallback. On real speech it had never heard, Smart Turn
+called many finished sentences unfinished (dead air) and many sentences cut by a pause finished (the bot
+talked into the pause): bench/conversation.py measures both, bench/README.md has the figures. Audio alone
+cannot tell "He was not an ill-disposed young man." from "He was not an ... [pause]" as well as the words.
 
 :class:`AdaptiveTurnStopStrategy` weighs three pieces of evidence at each pause:
 
@@ -14,13 +14,13 @@ finished" the turn waits for its 3 s silence fallback. On speech we had never tu
   stripped first (Whisper puts a full stop at the end of almost every segment, finished or not); the model
   is asked for the probability that the next token ends the sentence (``.``, ``?``, ``!`` or the end of the
   message). LiveKit's open turn detector is a SmolLM2 fine-tuned for this; the instruct model already
-  separates finished sentences from cut ones well (see bench/README.md);
+  separates finished sentences from sentences cut at a word boundary (bench/README.md);
 - **the pause itself**: the surer the evidence that the user is not done, the longer the wait, up to
   ``max_silence_secs``; a confident "finished" ends the turn after ``min_silence_secs``.
 
-The wait never exceeds ``max_silence_secs`` (default 0.9 s: the bot then answers ~1.4 s after the user
-stopped, instead of pipecat's 3 s fallback), and a pause that ends before the bot's first audio costs
-nothing: the user's resumed speech interrupts the answer before it is heard, and the turn goes on.
+The wait never exceeds ``max_silence_secs`` (0.9 s by default, where pipecat's fallback is 3 s), and a
+pause that ends before the bot's first audio costs nothing: the user's resumed speech interrupts the
+answer before it is heard, and the turn goes on.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ from vivavoce.model_store import models
 from vivavoce.processors.smollm import PromptCache, load_packaged
 
 TEXT_THRESHOLD = 0.05
-"""Sentence-end probability at which the words alone are neutral (finished sentences score 0.1-0.8,
-sentences cut at a word boundary mostly below 0.03)."""
+"""Sentence-end probability at which the words alone are neutral: between what finished sentences and
+sentences cut at a word boundary score (bench/README.md)."""
 
 _FINAL_PUNCTUATION = re.compile(r"[\s.?!,;:…-]+$")
 _TRAILING_OPEN = re.compile(r"(,|;|:|-|\.\.\.|…)\s*$")
@@ -154,8 +154,8 @@ def sentence_end_model() -> SentenceEndModel:
 
 
 AUDIO_WEIGHT = 0.5
-"""Smart Turn's log-odds count half: on real speech it called 7 of 32 sentences cut in half "finished" with
-p > 0.9, where the words said otherwise (bench/README.md)."""
+"""Smart Turn's log-odds count half: on real speech it is often sure (p > 0.9) that half a sentence is
+finished where the words say otherwise (bench/README.md)."""
 
 
 @dataclass
@@ -329,19 +329,24 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         return await self._sentence_end.probability(text, self._last_bot_words())
 
     async def _on_pause(self, frame: VADUserStoppedSpeakingFrame) -> None:
-        pause = self._pause
         self._speech_end = frame.timestamp - frame.stop_secs
         if self._wait_for_transcript:
             self._segments_pending += 1
         self._schedule(self._speech_end + self._max_silence)  # the fallback, whatever the evidence says
         if self._audio is not None:
-            probability, metrics = await self._audio.probability()
-            if metrics is not None:
-                await self.push_frame(MetricsFrame(data=[metrics]))
-            if pause != self._pause:
-                return
+            # Off the aggregator's frame path: its VAD must go on hearing the user meanwhile.
+            self.task_manager.create_task(self._hear(self._pause), f"{self}::hear_pause")
+        else:
+            await self._decide(self._pause)
+
+    async def _hear(self, pause: int) -> None:
+        assert self._audio is not None
+        probability, metrics = await self._audio.probability()
+        if metrics is not None:
+            await self.push_frame(MetricsFrame(data=[metrics]))
+        if pause == self._pause:
             self._evidence.audio = probability
-        await self._decide(pause)
+            await self._decide(pause)
 
     async def _on_transcript(self, frame: TranscriptionFrame) -> None:
         text = " ".join(frame.text.split())
@@ -355,18 +360,22 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
             # pause is taken to start now.
             self._speech_end = self._clock()
             self._schedule(self._speech_end + self._max_silence)
-        pause = self._pause
         if self._sentence_end is not None and self._text and not self._segments_pending:
-            early, self._early = self._early, None
-            if early is not None and early[0] == self._text:
-                probability = await early[1]  # read from the early transcript: the same words
-            else:
-                probability = await self._text_probability(self._text)
-            if pause != self._pause:
-                return
-            self._evidence.text = probability
-            self._evidence.words = len(self._text.split())
-            self._evidence.punctuation_open = bool(_TRAILING_OPEN.search(self._text))
+            self.task_manager.create_task(self._read(self._pause, self._text), f"{self}::read_words")
+        else:
+            await self._decide(self._pause)
+
+    async def _read(self, pause: int, text: str) -> None:
+        early, self._early = self._early, None
+        if early is not None and early[0] == text:
+            probability = await early[1]  # read from the early transcript: the same words
+        else:
+            probability = await self._text_probability(text)
+        if pause != self._pause or text != self._text:
+            return  # the user went on, or more words came: a later reading decides
+        self._evidence.text = probability
+        self._evidence.words = len(text.split())
+        self._evidence.punctuation_open = bool(_TRAILING_OPEN.search(text))
         await self._decide(pause)
 
     def _last_bot_words(self) -> str | None:

@@ -1,0 +1,174 @@
+"""The adaptive end of turn: how evidence becomes a wait, and the strategy's life through a turn.
+
+The models are stand-ins here (fixed probabilities); tests/test_conversation_real_speech.py runs the real
+ones on real speech.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from pipecat.frames.frames import (
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.utils.asyncio.task_manager import TaskManager, TaskManagerParams
+
+from vivavoce.end_of_turn import AdaptiveTurnStopStrategy, Evidence, sentence_end_model, silence_needed
+
+
+def test_sure_verdicts_wait_the_shortest_and_the_longest_pause():
+    assert silence_needed(5.0, 0.2, 0.9) == 0.2
+    assert silence_needed(-5.0, 0.2, 0.9) == 0.9
+    waits = [silence_needed(score, 0.2, 0.9) for score in (1.0, 0.5, 0.0, -0.5, -1.0, -1.5)]
+    assert waits == sorted(waits) and waits[0] == 0.2 and waits[-1] == 0.9
+    assert 0.2 < silence_needed(0.0, 0.2, 0.9) < 0.9  # unsure: in between
+
+
+def test_words_outweigh_an_overconfident_smart_turn_from_four_words_on():
+    half_sentence = Evidence(audio=0.97, text=0.002, words=5)  # "The difference in the rainbow depends"
+    assert half_sentence.score() < -1.0
+    finished = Evidence(audio=0.04, text=0.58, words=6)  # "I didn't know he was there." (phone audio)
+    assert finished.score() > 0.0
+    # A short reply a language model expects to go on ("No matter." -> "no matter what") is not vetoed.
+    short = Evidence(audio=0.98, text=0.0001, words=2)
+    assert short.score() > Evidence(audio=0.98, text=0.0001, words=6).score()
+    assert short.score() > -1.5
+    # A transcript that ends open ("...", a comma) counts against the end.
+    assert Evidence(audio=0.5, text=0.05, punctuation_open=True).score() < Evidence(audio=0.5, text=0.05).score()
+
+
+class FakeAudio:
+    def __init__(self, probability: float):
+        self.probability_value = probability
+        self.cleared = 0
+
+    async def probability(self):
+        return self.probability_value, None
+
+    def append_audio(self, audio: bytes, is_speech: bool) -> None:
+        pass
+
+    def update_vad_start_secs(self, secs: float) -> None:
+        pass
+
+    def set_sample_rate(self, rate: int) -> None:
+        pass
+
+    def clear(self) -> None:
+        self.cleared += 1
+
+    async def cleanup(self) -> None:
+        pass
+
+
+class FakeWords:
+    def __init__(self, probability: float):
+        self.probability_value = probability
+        self.read: list[str] = []
+
+    async def probability(self, text: str, bot_text: str | None = None) -> float:
+        self.read.append(text)
+        return self.probability_value
+
+
+async def _strategy(audio: float, words: float, **kwargs) -> tuple[AdaptiveTurnStopStrategy, list, FakeWords]:
+    manager = TaskManager()
+    manager.setup(TaskManagerParams(loop=asyncio.get_running_loop()))
+    reader = FakeWords(words)
+    strategy = AdaptiveTurnStopStrategy(audio=FakeAudio(audio), sentence_end=reader, **kwargs)
+    await strategy.setup(SimpleNamespace(task_manager=manager, audio_in_sample_rate=16000))
+    stopped: list = []
+
+    @strategy.event_handler("on_user_turn_stopped")
+    async def _stopped(_strategy, params):
+        stopped.append(params)
+
+    @strategy.event_handler("on_user_turn_inference_triggered")
+    async def _inference(_strategy, speculation):
+        pass
+
+    @strategy.event_handler("on_push_frame")
+    async def _push(_strategy, frame, direction):
+        pass
+
+    await strategy.handle_user_turn_started()
+    return strategy, stopped, reader
+
+
+def _transcript(text: str) -> TranscriptionFrame:
+    return TranscriptionFrame(text=text, user_id="user", timestamp="t")
+
+
+async def test_a_finished_sentence_ends_the_turn_once_its_words_are_read():
+    strategy, stopped, reader = await _strategy(audio=0.9, words=0.5, min_silence_secs=0.0, max_silence_secs=5.0)
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await asyncio.sleep(0.05)
+    assert not stopped  # no words yet: the turn waits for them
+    await strategy.process_frame(_transcript(" It was the age of foolishness. "))
+    for _ in range(50):
+        if stopped:
+            break
+        await asyncio.sleep(0.01)
+    assert len(stopped) == 1
+    assert reader.read == ["It was the age of foolishness."]
+
+
+async def test_speech_that_resumes_within_the_wait_keeps_the_turn_open():
+    strategy, stopped, _ = await _strategy(audio=0.9, words=0.001, min_silence_secs=0.0, max_silence_secs=0.3)
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.0))
+    await strategy.process_frame(_transcript("The difference in the rainbow depends"))
+    await asyncio.sleep(0.05)
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))  # the user goes on
+    await asyncio.sleep(0.5)
+    assert not stopped
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.0))
+    await strategy.process_frame(_transcript("considerably upon the size of the drops."))
+    for _ in range(100):
+        if stopped:
+            break
+        await asyncio.sleep(0.01)
+    assert len(stopped) == 1
+
+
+async def test_the_longest_pause_ends_the_turn_whatever_the_words():
+    strategy, stopped, _ = await _strategy(audio=0.01, words=0.0001, min_silence_secs=0.0, max_silence_secs=0.2)
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.0))
+    await strategy.process_frame(_transcript("And you always want to see it in"))
+    for _ in range(100):
+        if stopped:
+            break
+        await asyncio.sleep(0.01)
+    assert len(stopped) == 1
+
+
+async def test_an_early_transcript_is_read_once_and_reused():
+    strategy, stopped, reader = await _strategy(audio=0.9, words=0.5, min_silence_secs=0.0, max_silence_secs=5.0)
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+    await strategy.process_frame(InterimTranscriptionFrame(text="Fail better.", user_id="user", timestamp="t"))
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await strategy.process_frame(_transcript(" Fail better. "))
+    for _ in range(50):
+        if stopped:
+            break
+        await asyncio.sleep(0.01)
+    assert len(stopped) == 1
+    assert reader.read == ["Fail better."]
+
+
+@pytest.mark.e2e
+def test_the_bundled_model_tells_finished_sentences_from_cut_ones():
+    model = sentence_end_model()
+    bot = "What would you like to talk about?"
+    finished = ["He turned sharply and faced Gregson across the table.", "It was the age of foolishness."]
+    cut = ["He turned sharply and faced", "It was the age of"]
+    assert min(model.probability_sync(t, bot) for t in finished) > 5 * max(model.probability_sync(t, bot) for t in cut)
+    # Whisper's full stop on a cut sentence changes nothing: the model reads the words, not the stop.
+    assert model.probability_sync("It was the age of.", bot) == pytest.approx(model.probability_sync("It was the age of", bot))
