@@ -41,8 +41,6 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame
 from pipecat.workers.runner import WorkerRunner
 
-from vivavoce.botfile import load_bot
-from vivavoce.builder import load_models
 from vivavoce.frames import BotOutputPauseFrame
 from vivavoce.processors.barge_in import BargeInController, is_backchannel
 
@@ -278,13 +276,6 @@ async def test_a_backchannel_transcript_without_a_vad_pause_still_stays_out_of_t
 
 FIRST_ANSWER_SECS = 0.8  # "Ever tried." ends -> the bot starts answering, about (bench/local_latency.py)
 INTO_ANSWER_SECS = 1.2  # where the user talks over the answer
-
-
-@pytest.fixture(scope="module")
-def local_bot():
-    bot = load_bot(REPO / "bots" / "local.yaml")
-    load_models(bot)
-    return bot
 
 
 def over_the_answer(speech) -> tuple[Script, tuple[float, float], tuple[float, float]]:

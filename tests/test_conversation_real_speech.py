@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vivavoce.botfile import load_bot
-from vivavoce.builder import load_models
 from vivavoce.file_session import FileRunResult, run_on_recording
 from vivavoce.testing.conversation_eval import heard_segments, normalise_words, split_after_words, voiced_bounds
 from vivavoce.testing.real_speech import utterances
@@ -25,13 +23,6 @@ from vivavoce.transports.file import InputAudio
 REPO = Path(__file__).resolve().parents[1]
 RATE = 16000
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def local_bot():
-    bot = load_bot(REPO / "bots" / "local.yaml")
-    load_models(bot)
-    return bot
 
 
 @pytest.fixture(scope="module")

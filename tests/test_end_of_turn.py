@@ -100,6 +100,13 @@ async def _strategy(audio: float, words: float, **kwargs) -> tuple[AdaptiveTurnS
     return strategy, stopped, reader
 
 
+async def _until(stopped: list, secs: float = 1.0) -> None:
+    for _ in range(int(secs / 0.01)):
+        if stopped:
+            return
+        await asyncio.sleep(0.01)
+
+
 def _transcript(text: str) -> TranscriptionFrame:
     return TranscriptionFrame(text=text, user_id="user", timestamp="t")
 
@@ -111,10 +118,7 @@ async def test_a_finished_sentence_ends_the_turn_once_its_words_are_read():
     await asyncio.sleep(0.05)
     assert not stopped  # no words yet: the turn waits for them
     await strategy.process_frame(_transcript(" It was the age of foolishness. "))
-    for _ in range(50):
-        if stopped:
-            break
-        await asyncio.sleep(0.01)
+    await _until(stopped, 0.5)
     assert len(stopped) == 1
     assert reader.read == ["It was the age of foolishness."]
 
@@ -130,10 +134,7 @@ async def test_speech_that_resumes_within_the_wait_keeps_the_turn_open():
     assert not stopped
     await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.0))
     await strategy.process_frame(_transcript("considerably upon the size of the drops."))
-    for _ in range(100):
-        if stopped:
-            break
-        await asyncio.sleep(0.01)
+    await _until(stopped, 1.0)
     assert len(stopped) == 1
 
 
@@ -142,10 +143,7 @@ async def test_the_longest_pause_ends_the_turn_whatever_the_words():
     await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
     await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.0))
     await strategy.process_frame(_transcript("And you always want to see it in"))
-    for _ in range(100):
-        if stopped:
-            break
-        await asyncio.sleep(0.01)
+    await _until(stopped, 1.0)
     assert len(stopped) == 1
 
 
@@ -155,10 +153,7 @@ async def test_an_early_transcript_is_read_once_and_reused():
     await strategy.process_frame(InterimTranscriptionFrame(text="Fail better.", user_id="user", timestamp="t"))
     await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
     await strategy.process_frame(_transcript(" Fail better. "))
-    for _ in range(50):
-        if stopped:
-            break
-        await asyncio.sleep(0.01)
+    await _until(stopped, 0.5)
     assert len(stopped) == 1
     assert reader.read == ["Fail better."]
 

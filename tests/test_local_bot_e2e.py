@@ -11,20 +11,12 @@ import numpy as np
 import pytest
 
 from vivavoce.botfile import load_bot
-from vivavoce.builder import load_models
 from vivavoce.file_session import run_on_recording
 from vivavoce.samples import conversation
 from vivavoce.transports.file import InputAudio, read_wav, write_wav
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def local_bot():
-    bot = load_bot(REPO / "bots" / "local.yaml")
-    load_models(bot)
-    return bot
 
 
 def _rms(pcm: np.ndarray) -> float:
