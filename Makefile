@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.setup-done
 OUT ?= out
 
-.PHONY: setup browser demo test bench check clean worker-csm worker-chatterbox worker-moshi
+.PHONY: setup browser demo test lint bench check clean worker-csm worker-chatterbox worker-moshi
 
 setup: $(STAMP)
 
@@ -31,7 +31,12 @@ demo: setup
 		--output $(OUT)/demo.wav --report $(OUT)/demo.json
 
 test: setup browser worker-csm worker-moshi
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# ruff (pyflakes, pycodestyle, isort, bugbear; configured in pyproject.toml), also run first by `make test`.
+lint: setup
+	$(VENV)/bin/ruff check .
 
 # Headless Chromium (+ its WebDriver) and Firefox for the playground's browser tests (Debian packages; root).
 browser:

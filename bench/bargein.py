@@ -45,7 +45,6 @@ import numpy as np  # noqa: E402
 import soxr  # noqa: E402
 import yaml  # noqa: E402
 
-
 from vivavoce.botfile import Bot, load_bot  # noqa: E402
 from vivavoce.builder import load_models  # noqa: E402
 from vivavoce.file_session import FileRunResult, run_on_recording  # noqa: E402

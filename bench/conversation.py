@@ -74,7 +74,7 @@ def _livekit(data: dict[str, Any]) -> None:
     turn_taking = data.setdefault("turn_taking", {})
     turn_taking["end_of_turn"] = {
         "model": "adaptive", "min_silence_secs": 0.5, "max_silence_secs": 3.0,
-        "audio_model": "none", "text_model": "smollm2",
+        "audio_model": "none", "text_model": "smollm2", "early_answer": False,
     }  # fmt: skip
     turn_taking.setdefault("interruptions", {}).update(mode="immediate", min_words=0)
 
@@ -240,7 +240,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bot", type=Path, default=REPO / "bots" / "local.yaml", help="the base bot file")
     parser.add_argument(
-        "--variants", default="vivavoce,pipecat,livekit", help="comma-separated; NAME@phone: that variant on the phone path"
+        "--variants",
+        default="vivavoce,pipecat,livekit",
+        help="comma-separated; NAME@phone: that variant on the phone path",
     )
     parser.add_argument("--phone", action="store_true", help="also run every variant on the phone path (8 kHz mu-law)")
     parser.add_argument("--limit", type=int, default=None, help="keep the first N cases (stratified: every kind early)")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_latency import REPO, latency  # noqa: E402
-from twilio_load import phone_voice_to_voice  # noqa: E402
+from local_latency import REPO, latency
+from twilio_load import phone_voice_to_voice
 
 
 def main() -> None:

@@ -74,7 +74,9 @@ async def latency(bot_path: Path, runs: int) -> dict:
         "interrupted_turns": sum(t.interrupted for t in turns),
         "voice_to_voice_ms": summary["voice_to_voice_ms"],
         "stages_ms": summary["stages_ms"],
-        "per_turn": [{"user": t.user_text.strip(), "voice_to_voice_ms": t.voice_to_voice_ms, **t.stages_ms()} for t in turns],
+        "per_turn": [
+            {"user": t.user_text.strip(), "voice_to_voice_ms": t.voice_to_voice_ms, **t.stages_ms()} for t in turns
+        ],
     }
 
 

@@ -33,9 +33,9 @@ import uvloop
 
 from vivavoce.packaged_models import speech_sample
 from vivavoce.samples import conversation, find_phrases
-from vivavoce.transports.file import read_wav
 from vivavoce.testing.media_streams import FRAME_SECS, MediaStreamsCaller, call_sid
 from vivavoce.testing.processes import free_port, serving
+from vivavoce.transports.file import read_wav
 
 REPO = Path(__file__).resolve().parents[1]
 BOT = REPO / "bots" / "twilio_load.yaml"
@@ -136,7 +136,7 @@ async def one_call(base: str, ws: str, phrase: np.ndarray, rounds: int, reply_fr
             frames = [t for t, _ in caller.received.frames if spoke_at <= t <= mark_at]
             if frames:
                 counts.append(len(frames))
-                gaps += [(b - a) * 1000 for a, b in zip(frames, frames[1:])]
+                gaps += [(b - a) * 1000 for a, b in zip(frames, frames[1:], strict=False)]
                 dropped += max(0, reply_frames - len(frames))
     return {"gaps": gaps, "dropped": dropped, "replies": len(counts), "frames": counts}
 
@@ -224,7 +224,7 @@ async def main_async(levels: list[int], rounds: int, bargein_runs: int, v2v_turn
         for calls in levels:
             peak = [idle_rss]
 
-            async def sample_memory() -> None:
+            async def sample_memory(peak: list[float] = peak) -> None:
                 while True:
                     peak[0] = max(peak[0], rss_mb(server.pid))
                     await asyncio.sleep(0.25)
@@ -260,7 +260,9 @@ async def main_async(levels: list[int], rounds: int, bargein_runs: int, v2v_turn
             results.append(result)
             print(json.dumps(result), file=sys.stderr)
         # One call at a time: a latency figure, not a load one.
-        bargein = [ms for _ in range(bargein_runs) if (ms := await bargein_run(base, ws, phrase, speech_offset)) is not None]
+        bargein = [
+            ms for _ in range(bargein_runs) if (ms := await bargein_run(base, ws, phrase, speech_offset)) is not None
+        ]
     passing = [r["calls"] for r in results if r["ok"]]
     v2v = await phone_voice_to_voice(v2v_turns) if v2v_turns else None
     return {
@@ -292,7 +294,11 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(x) for x in args.calls.split(",")]
     # The callers share the machine with the server: the cheaper their event loop, the truer the figures.
-    print(json.dumps(uvloop.run(main_async(levels, args.rounds, args.bargein_runs, args.v2v_turns, args.workers)), indent=2))
+    print(
+        json.dumps(
+            uvloop.run(main_async(levels, args.rounds, args.bargein_runs, args.v2v_turns, args.workers)), indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

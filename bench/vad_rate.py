@@ -40,7 +40,10 @@ def cost_us_per_window(batch: int, rate: int, repeats: int = 300) -> float:
 async def speaking_states(pcm: np.ndarray, model_sample_rate: int) -> list[bool]:
     """Per 20 ms frame: is pipecat's VAD in the speaking state."""
     analyzer = BatchedSileroVADAnalyzer(
-        params=PARAMS, model_sample_rate=model_sample_rate, narrowband_input=True, batcher=SileroBatcher(max_wait_secs=0)
+        params=PARAMS,
+        model_sample_rate=model_sample_rate,
+        narrowband_input=True,
+        batcher=SileroBatcher(max_wait_secs=0),
     )
     analyzer.set_sample_rate(16000)
     step = int(16000 * FRAME_SECS)
@@ -67,7 +70,7 @@ async def agreement() -> dict:
         line = await through_phone_line(pcm)
         wide, narrow = await speaking_states(line, 16000), await speaking_states(line, 8000)
         a, b = onsets(wide), onsets(narrow)
-        moved = [abs(x - y) * 1000 for x, y in zip(a, b)]
+        moved = [abs(x - y) * 1000 for x, y in zip(a, b, strict=False)]
         report[name] = {
             "frames_agreeing": round(float(np.mean(np.equal(wide, narrow))), 3),
             "onsets_16k": len(a),
@@ -83,7 +86,11 @@ def main() -> None:
         f"batch_{batch}": {f"{rate}_hz": round(cost_us_per_window(batch, rate), 1) for rate in (16000, 8000)}
         for batch in (1, 8, 25)
     }
-    print(json.dumps({"benchmark": "vad_rate", "cpu_us_per_window": costs, "agreement": asyncio.run(agreement())}, indent=2))
+    print(
+        json.dumps(
+            {"benchmark": "vad_rate", "cpu_us_per_window": costs, "agreement": asyncio.run(agreement())}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -89,7 +89,12 @@ async def peer_voice_to_voice(url: str, turns: int) -> dict:
             await asyncio.sleep(7.0)
         measured = peer.server_messages("turn-latency")
     v2v = [t["voice_to_voice_ms"] for t in measured]
-    return {"turns": len(v2v), "p50_ms": pct(v2v, 50), "max_ms": pct(v2v, 100), "stages_p50_ms": stage_medians(measured)}
+    return {
+        "turns": len(v2v),
+        "p50_ms": pct(v2v, 50),
+        "max_ms": pct(v2v, 100),
+        "stages_p50_ms": stage_medians(measured),
+    }
 
 
 async def session_setup(url: str, setups: int) -> dict:

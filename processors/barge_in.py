@@ -69,7 +69,7 @@ def _mentions(text: str, phrases: tuple[str, ...]) -> bool:
     return any(re.search(rf"(?<![\w-]){re.escape(p)}(?![\w-])", joined) for p in phrases)
 
 
-def is_backchannel(text: str, backchannels: tuple[str, ...] = BACKCHANNELS) -> bool:  # noqa: D417
+def is_backchannel(text: str, backchannels: tuple[str, ...] = BACKCHANNELS) -> bool:
     """Whether ``text`` is only acknowledgements ("yeah, okay." counts; "yeah but wait" does not)."""
     words = re.sub(r"[^\w\s'-]", " ", text.lower()).split()
     if not words:

@@ -143,7 +143,9 @@ class MoshiConfig(ProcessorConfig):
 
     kind: Literal["moshi"]
     url: str = Field(pattern=r"^wss?://", description="The worker's chat endpoint, e.g. ws://localhost:8998/api/chat")
-    api_key: SecretStr | None = Field(None, description="Write ${VIVAVOCE_WORKER_API_KEY}; none for a --no-auth worker.")
+    api_key: SecretStr | None = Field(
+        None, description="Write ${VIVAVOCE_WORKER_API_KEY}; none for a --no-auth worker."
+    )
     gate: bool = Field(True, description="Turn gating in the worker: Moshi stays silent while the user speaks.")
     gate_silence_ms: int = Field(480, ge=0, le=10_000, description="User silence after which Moshi may speak.")
     gate_threshold_db: float = Field(-40.0, ge=-120, le=0, description="User level (dBFS) counted as speech.")

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from piper import PiperVoice
 from pipecat.services.piper.tts import PiperTTSService
 from pipecat.services.tts_service import TTSService
+from piper import PiperVoice
 
 from vivavoce.model_store import models
-from vivavoce.processors.first_phrase import FirstPhraseTextAggregator
 from vivavoce.packaged_models import piper_voice
+from vivavoce.processors.first_phrase import FirstPhraseTextAggregator
 
 
 def load_voice(voice: str) -> PiperVoice:

@@ -21,10 +21,10 @@ from typing import Any
 from loguru import logger
 from pipecat.frames.frames import (
     Frame,
-    StartFrame,
     LLMContextFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
+    StartFrame,
 )
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
@@ -146,7 +146,7 @@ class PromptCache:
         if self._cache is None:
             self._cache = DynamicCache(config=model.config)
         common = 0
-        for cached, new in zip(self._tokens, prompt):
+        for cached, new in zip(self._tokens, prompt, strict=False):
             if cached != new:
                 break
             common += 1
@@ -326,7 +326,7 @@ class SmolLMLLMService(LLMService):
         stop = threading.Event()
 
         class _Stop(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs) -> bool:  # noqa: ARG002
+            def __call__(self, input_ids, scores, **kwargs) -> bool:
                 return stop.is_set()
 
         streamer = TokenTextStreamer(tokenizer, asyncio.get_running_loop())

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from loguru import logger
 from faster_whisper import WhisperModel
+from loguru import logger
 from pipecat.frames.frames import InputAudioRawFrame, InterimTranscriptionFrame, VADUserStartedSpeakingFrame
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.whisper.stt import WhisperSTTService
@@ -125,7 +125,11 @@ class SpeculativeTranscriber:
             # The speculation was padded with silence; compare only the audio it really heard.
             heard = len(spoken) - _padding(spoken)
             same_start = len(audio) >= heard and np.array_equal(audio[:heard], spoken[:heard])
-            if options == spoken_options and same_start and _is_quiet(audio[heard : len(audio) - _padding(audio)], spoken[:heard]):
+            if (
+                options == spoken_options
+                and same_start
+                and _is_quiet(audio[heard : len(audio) - _padding(audio)], spoken[:heard])
+            ):
                 self.reused += 1
                 logger.debug(f"Reusing the speculative transcription (done: {future.done()})")
                 return future.result()
@@ -135,7 +139,11 @@ class SpeculativeTranscriber:
     def _run(self, audio: np.ndarray, options: dict[str, Any]) -> tuple[list[Any], Any]:
         started = time.perf_counter()
         seconds = len(audio) / SAMPLE_RATE
-        short = seconds + 0.5 <= self._window_frames / 100 < 30 and not options.get("initial_prompt") and not options.get("hotwords")
+        short = (
+            seconds + 0.5 <= self._window_frames / 100 < 30
+            and not options.get("initial_prompt")
+            and not options.get("hotwords")
+        )
         if short:
             result: list[Any] = [self._transcribe_short(audio, options.get("language"))]
             info = None
@@ -156,7 +164,9 @@ class SpeculativeTranscriber:
         model = self._model
         features = pad_or_trim(model.feature_extractor(audio), self._window_frames)
         encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
-        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language or "en")
+        tokenizer = Tokenizer(
+            model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language or "en"
+        )
         result = model.model.generate(
             encoded,
             [[*tokenizer.sot_sequence, tokenizer.no_timestamps]],
@@ -167,7 +177,9 @@ class SpeculativeTranscriber:
             suppress_blank=True,
             suppress_tokens=[-1],
         )[0]
-        return Utterance(text=" " + tokenizer.decode(result.sequences_ids[0]).strip(), no_speech_prob=result.no_speech_prob)
+        return Utterance(
+            text=" " + tokenizer.decode(result.sequences_ids[0]).strip(), no_speech_prob=result.no_speech_prob
+        )
 
     def close(self) -> None:
         """Stop the background thread (after the speculation in flight)."""

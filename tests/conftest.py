@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from vivavoce.botfile import Bot, load_bot
 from vivavoce.builder import load_models
+from worker_support import csm_python, worker_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,3 +21,20 @@ def local_bot() -> Bot:
     bot = load_bot(REPO / "bots" / "local.yaml")
     load_models(bot)
     return bot
+
+
+@pytest.fixture(scope="session")
+def tiny_csm(tmp_path_factory) -> Path:
+    """A tiny random CSM checkpoint saved from the real classes (once per test session)."""
+    out = tmp_path_factory.mktemp("tiny-csm")
+    subprocess.run([str(csm_python()), "-m", "vivavoce_csm.tiny", str(out)], check=True, cwd=REPO,
+                   stdout=subprocess.DEVNULL)
+    return out
+
+
+@pytest.fixture(scope="session")
+def csm_worker(tiny_csm, tmp_path_factory) -> Iterator[str]:
+    """A CSM worker process (API key required) on the tiny checkpoint."""
+    log = tmp_path_factory.mktemp("csm-worker") / "worker.log"
+    with worker_process(["-m", "vivavoce_csm", "--model", str(tiny_csm)], log=log) as url:
+        yield url

@@ -24,7 +24,9 @@ from vivavoce_worker.protocol import ContextTurn
 def streamed_vs_one_shot(engine: CsmEngine) -> dict:
     session = engine.new_session()
     chunks: list[np.ndarray] = []
-    engine.generate(SynthesisRequest(id="s", text="Hello there, how are you?", max_audio_ms=2000), session, chunks.append)
+    engine.generate(
+        SynthesisRequest(id="s", text="Hello there, how are you?", max_audio_ms=2000), session, chunks.append
+    )
     codes = session.generated["s"]  # [frames, codebooks]
     with torch.no_grad():
         one_shot = engine.model.codec_model.decode(codes.T[None]).audio_values.reshape(-1).float().numpy()
@@ -83,7 +85,9 @@ def context_matches_chat_template(engine: CsmEngine) -> dict:
 def trimming(engine: CsmEngine) -> dict:
     long_text = "word " * 300
     context = [ContextTurn(speaker=i % 2, text=long_text) for i in range(12)]
-    embeds, used = engine.prompt_embeds(SynthesisRequest(id="t", text="Short.", context=context), engine.new_session(), 100)
+    embeds, used = engine.prompt_embeds(
+        SynthesisRequest(id="t", text="Short.", context=context), engine.new_session(), 100
+    )
     return {"turns_given": len(context), "turns_used": used, "positions": embeds.shape[1],
             "limit": engine.max_positions - 100}
 

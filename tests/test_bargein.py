@@ -13,16 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from bargein_support import (
-    Script,
-    backchannel,
-    bot_variant,
-    joined,
-    loud_frames,
-    loud_secs,
-    phrases,
-    run_with_pauses,
-)
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
@@ -41,6 +31,16 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame
 from pipecat.workers.runner import WorkerRunner
 
+from bargein_support import (
+    Script,
+    backchannel,
+    bot_variant,
+    joined,
+    loud_frames,
+    loud_secs,
+    phrases,
+    run_with_pauses,
+)
 from vivavoce.frames import BotOutputPauseFrame
 from vivavoce.processors.barge_in import BargeInController, is_backchannel
 

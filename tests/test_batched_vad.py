@@ -55,7 +55,10 @@ async def test_scores_match_pipecat_window_by_window() -> None:
     """Confidences equal pipecat's (float tolerance), including across its periodic model resets."""
     sample_rate = 16000
     chunks = frames(speech(sample_rate), sample_rate)
-    reference, batched = SileroVADAnalyzer(params=PARAMS), BatchedSileroVADAnalyzer(params=PARAMS, batcher=SileroBatcher())
+    reference, batched = (
+        SileroVADAnalyzer(params=PARAMS),
+        BatchedSileroVADAnalyzer(params=PARAMS, batcher=SileroBatcher()),
+    )
     scores: dict[str, list[float]] = {"ref": [], "batched": []}
     for name, analyzer in (("ref", reference), ("batched", batched)):
         original = analyzer.voice_confidence
@@ -77,7 +80,9 @@ async def test_sessions_batched_together_do_not_mix() -> None:
     base = speech(sample_rate)
     inputs = [np.roll(base, shift) for shift in (0, 7000, 23000)]
     alone = [
-        await decisions(BatchedSileroVADAnalyzer(params=PARAMS, batcher=SileroBatcher()), frames(p, sample_rate), sample_rate)
+        await decisions(
+            BatchedSileroVADAnalyzer(params=PARAMS, batcher=SileroBatcher()), frames(p, sample_rate), sample_rate
+        )
         for p in inputs
     ]
     batcher = SileroBatcher(max_wait_secs=0.05)
@@ -90,7 +95,10 @@ async def test_sessions_batched_together_do_not_mix() -> None:
 
     batcher._infer = counting
     together = await asyncio.gather(
-        *[decisions(BatchedSileroVADAnalyzer(params=PARAMS, batcher=batcher), frames(p, sample_rate), sample_rate) for p in inputs]
+        *[
+            decisions(BatchedSileroVADAnalyzer(params=PARAMS, batcher=batcher), frames(p, sample_rate), sample_rate)
+            for p in inputs
+        ]
     )
     assert [[s for s, _ in d] for d in together] == [[s for s, _ in d] for d in alone]
     assert max(batch_sizes) == 3  # they really were scored together
@@ -109,7 +117,9 @@ async def test_volume_gate_still_applies() -> None:
     sample_rate = 16000
     quiet = (speech(sample_rate).astype(np.float32) * 0.002).astype(np.int16)
     gated = VADParams(confidence=0.0, start_secs=0.2, stop_secs=0.2, min_volume=0.6)
-    got = await decisions(BatchedSileroVADAnalyzer(params=gated, batcher=SileroBatcher()), frames(quiet, sample_rate), sample_rate)
+    got = await decisions(
+        BatchedSileroVADAnalyzer(params=gated, batcher=SileroBatcher()), frames(quiet, sample_rate), sample_rate
+    )
     assert VADState.SPEAKING not in {s for s, _ in got}
 
 
@@ -127,18 +137,23 @@ async def test_phone_audio_scored_at_8k_decides_as_at_16k() -> None:
     """On a call's audio, scoring every second sample at 8 kHz finds the same speech, within a window or two."""
     chunks = frames(await through_phone_line(speech(16000)), 16000)
     at_16k = await decisions(BatchedSileroVADAnalyzer(params=PARAMS, batcher=SileroBatcher()), chunks, 16000)
-    phone = BatchedSileroVADAnalyzer(params=PARAMS, model_sample_rate=8000, narrowband_input=True, batcher=SileroBatcher())
+    phone = BatchedSileroVADAnalyzer(
+        params=PARAMS, model_sample_rate=8000, narrowband_input=True, batcher=SileroBatcher()
+    )
     at_8k = await decisions(phone, chunks, 16000)
     assert phone.scoring_sample_rate == 8000
     wide, narrow = speech_onsets([s for s, _ in at_16k]), speech_onsets([s for s, _ in at_8k])
     assert len(wide) >= 4 and len(narrow) == len(wide)
-    assert max(abs(a - b) for a, b in zip(wide, narrow)) <= 0.064
-    speaking = [(a == VADState.SPEAKING) == (b == VADState.SPEAKING) for (a, _), (b, _) in zip(at_16k, at_8k)]
+    assert max(abs(a - b) for a, b in zip(wide, narrow, strict=True)) <= 0.064
+    speaking = [
+        (a == VADState.SPEAKING) == (b == VADState.SPEAKING) for (a, _), (b, _) in zip(at_16k, at_8k, strict=True)
+    ]
     assert np.mean(speaking) >= 0.95
 
 
 async def test_wideband_audio_scored_at_8k_is_low_passed_first() -> None:
-    """model_sample_rate 8000 on 16 kHz audio: speech still found as at 16 kHz; a 6 kHz tone does not fold into the band."""
+    """model_sample_rate 8000 on 16 kHz audio: speech still found as at 16 kHz; a 6 kHz tone does not fold into
+    the band."""
     chunks = frames(speech(16000), 16000)
     at_16k = await decisions(BatchedSileroVADAnalyzer(params=PARAMS, batcher=SileroBatcher()), chunks, 16000)
     at_8k = await decisions(

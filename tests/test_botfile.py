@@ -303,8 +303,16 @@ turn_taking:
     ("snippet", "key", "bound"),
     [
         ("turn_taking:\n  vad:\n    confidence: 1.5\n", "turn_taking.vad.confidence", "less than or equal to 1"),
-        ("turn_taking:\n  end_of_turn:\n    silence_secs: 0\n", "turn_taking.end_of_turn.silence_secs", "greater than 0"),
-        ("turn_taking:\n  vad:\n    model_sample_rate: 11025\n", "turn_taking.vad.model_sample_rate", "'auto', 8000 or 16000"),
+        (
+            "turn_taking:\n  end_of_turn:\n    silence_secs: 0\n",
+            "turn_taking.end_of_turn.silence_secs",
+            "greater than 0",
+        ),
+        (
+            "turn_taking:\n  vad:\n    model_sample_rate: 11025\n",
+            "turn_taking.vad.model_sample_rate",
+            "'auto', 8000 or 16000",
+        ),
     ],
 )
 def test_out_of_range_turn_taking_value(tmp_path, snippet, key, bound):

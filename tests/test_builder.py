@@ -57,7 +57,9 @@ def steps_of(tmp_path: Path, pipeline: str) -> tuple[list[FrameProcessor], Stand
     path = tmp_path / "bot.yaml"
     path.write_text(HEADER + textwrap.dedent(pipeline), encoding="utf-8")
     transport = StandInTransport()
-    conversation = build_conversation(load_bot(path, environ={"DEEPGRAM_API_KEY": "not-used"}), transport, audio_out_sample_rate=16000)
+    conversation = build_conversation(
+        load_bot(path, environ={"DEEPGRAM_API_KEY": "not-used"}), transport, audio_out_sample_rate=16000
+    )
     return conversation.pipeline.processors, transport
 
 
@@ -92,7 +94,9 @@ def test_bot_audio_ends_after_the_output_transport(tmp_path):
 @pytest.mark.parametrize("direction", [FrameDirection.DOWNSTREAM, FrameDirection.UPSTREAM])
 async def test_audio_end_consumes_only_its_type_downstream(direction):
     frames = [InputAudioRawFrame(b"\0\0" * 160, 8000, 1), OutputAudioRawFrame(b"\0\0" * 160, 8000, 1)]
-    passed = [OutputAudioRawFrame] if direction == FrameDirection.DOWNSTREAM else [InputAudioRawFrame, OutputAudioRawFrame]
+    passed = (
+        [OutputAudioRawFrame] if direction == FrameDirection.DOWNSTREAM else [InputAudioRawFrame, OutputAudioRawFrame]
+    )
     down, up = await run_test(
         AudioEnd(InputAudioRawFrame),
         frames_to_send=frames,

@@ -113,7 +113,7 @@ async def test_a_pause_inside_a_sentence_is_not_answered(local_bot, corpus):
     result = await run_on_recording(local_bot, timeline.audio())
     heard = heard_segments(result.output_pcm, result.output_sample_rate)
 
-    for (before, after), (first, second) in zip(pauses, halves):
+    for (before, after), (first, second) in zip(pauses, halves, strict=True):
         cut_in = [start for start, _ in heard if before.end <= start < after.start]
         assert not cut_in, f"the bot spoke {cut_in[0] - before.end:.2f}s into the pause after {first!r}"
         assert _first_audio_after(heard, after.end) is not None, f"no answer after {second!r}"
@@ -140,7 +140,7 @@ async def test_the_report_says_what_the_user_heard(local_bot, corpus):
     assert len(turns) == 3, [t.to_dict() for t in result.turns]
 
     speech_rates = []
-    for turn, (spoken, following) in zip(turns, [(first, barge), (barge, last), (last, None)]):
+    for turn, (spoken, following) in zip(turns, [(first, barge), (barge, last), (last, None)], strict=True):
         report = turn.to_dict()
         # Heard audio of this answer: from its first segment until the next user speech (or the end).
         until = following.start if following is not None else len(result.output_pcm) / RATE

@@ -13,7 +13,7 @@ from pipecat.frames.frames import (
     TTSSpeakFrame,
     UserSpeakingFrame,
 )
-from pipecat.observers.base_observer import BaseObserver, FramePushed, FrameProcessed
+from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import IdleFrameObserver
 from pipecat.pipeline.worker_observer import Proxy

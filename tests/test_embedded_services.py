@@ -66,7 +66,7 @@ async def test_first_phrase_goes_to_tts_before_the_sentence_ends():
 def test_history_window_moves_in_steps_so_the_prompt_prefix_stays_cached():
     starts = [_window_start(count, 8) for count in range(1, 18)]
     assert starts[:8] == [0] * 8
-    assert all(count - start <= 8 for count, start in zip(range(1, 18), starts))
+    assert all(count - start <= 8 for count, start in zip(range(1, 18), starts, strict=True))
     assert len(set(starts)) < len(starts) / 2  # moves rarely
 
 

@@ -12,13 +12,18 @@ from types import SimpleNamespace
 import pytest
 from pipecat.frames.frames import (
     InterimTranscriptionFrame,
+    InterruptionFrame,
     TranscriptionFrame,
+    TTSAudioRawFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
+from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.utils.asyncio.task_manager import TaskManager, TaskManagerParams
 
 from vivavoce.end_of_turn import AdaptiveTurnStopStrategy, Evidence, sentence_end_model, silence_needed
+from vivavoce.frames import AnswerGateFrame
+from vivavoce.processors.answer_gate import AnswerGate
 
 
 def test_sure_verdicts_wait_the_shortest_and_the_longest_pause():
@@ -166,4 +171,59 @@ def test_the_bundled_model_tells_finished_sentences_from_cut_ones():
     cut = ["He turned sharply and faced", "It was the age of"]
     assert min(model.probability_sync(t, bot) for t in finished) > 5 * max(model.probability_sync(t, bot) for t in cut)
     # Whisper's full stop on a cut sentence changes nothing: the model reads the words, not the stop.
-    assert model.probability_sync("It was the age of.", bot) == pytest.approx(model.probability_sync("It was the age of", bot))
+    assert model.probability_sync("It was the age of.", bot) == pytest.approx(
+        model.probability_sync("It was the age of", bot)
+    )
+
+
+async def test_an_early_answer_starts_at_the_words_and_is_released_by_the_verdict():
+    strategy, stopped, _ = await _strategy(
+        audio=0.2, words=0.001, min_silence_secs=0.2, max_silence_secs=5.0, early_answer=True
+    )
+    pushed: list = []
+
+    @strategy.event_handler("on_push_frame")
+    async def _push(_strategy, frame, direction):
+        pushed.append(frame)
+
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+    pause = VADUserStoppedSpeakingFrame(stop_secs=0.2)
+    await strategy.process_frame(pause)
+    await strategy.process_frame(_transcript("He turned sharply and faced"))
+    assert len(stopped) == 1  # the answer is being written already...
+    assert [(f.hold, f.not_before) for f in pushed if isinstance(f, AnswerGateFrame)] == [(True, None)]
+    await strategy.handle_user_turn_stopped()  # as pipecat's controller does
+    for _ in range(100):
+        if len(pushed) > 1:
+            break
+        await asyncio.sleep(0.01)
+    release = pushed[-1]
+    # ...and may be heard only after the longest pause (the evidence says "not finished") and the time
+    # the VAD needs to hear the user go on.
+    assert isinstance(release, AnswerGateFrame) and not release.hold
+    assert release.answer == pushed[0].answer
+    assert release.not_before == pytest.approx(pause.timestamp - 0.2 + 5.0 + 0.2)
+
+
+async def _through_gate(frames):
+    down, _ = await run_test(AnswerGate(), frames_to_send=frames)
+    return [f for f in down if isinstance(f, TTSAudioRawFrame)]
+
+
+async def test_the_gate_holds_an_early_answer_until_released_and_drops_it_on_an_interruption():
+    audio = TTSAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1)
+    released = await _through_gate(
+        [AnswerGateFrame(answer=1), audio, SleepFrame(0.1), AnswerGateFrame(answer=1, hold=False, not_before=0.0)]
+    )
+    assert released == [audio]
+    audio = TTSAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1)
+    dropped = await _through_gate([AnswerGateFrame(answer=2), audio, SleepFrame(0.1), InterruptionFrame()])
+    assert dropped == []
+    # A release for another answer does not open the gate; an open gate lets audio through at once.
+    audio = TTSAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1)
+    stale = await _through_gate(
+        [AnswerGateFrame(answer=3), AnswerGateFrame(answer=2, hold=False, not_before=0.0), audio,
+         SleepFrame(0.1), InterruptionFrame()]
+    )  # fmt: skip
+    assert stale == []
+    assert await _through_gate([audio]) == [audio]

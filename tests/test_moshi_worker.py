@@ -23,7 +23,6 @@ from moshi_support import (
     make_tiny_checkpoint,
     moshi_worker,
     noise_audio,
-    pcm16,
     worker_env,
 )
 
@@ -73,7 +72,7 @@ async def test_batched_conversations_equal_solo_runs(worker, solo):
         return await chat_pcm(worker.chat_url, noise_audio(SECONDS, seed), chunk_frames=chunk, realtime=True)
 
     results = await asyncio.gather(late(1, 0, 1), late(2, 0.3, 3), late(3, 0.7, 2))
-    for seed, batched in zip((1, 2, 3), results):
+    for seed, batched in zip((1, 2, 3), results, strict=True):
         reference = solo[seed]
         assert len(batched.frames) == len(reference.frames)
         assert np.abs(batched.pcm().astype(int) - reference.pcm().astype(int)).max() <= 2  # float rounding
@@ -171,7 +170,9 @@ async def test_turn_gating_holds_moshi_while_the_user_speaks(worker):
     loud = noise_audio(1.2, 5, level=0.2)
     quiet = noise_audio(2.4, 6, level=0.0005)
     audio = np.concatenate([loud, quiet])
-    gated = await chat_pcm(worker.chat_url, audio, query="codec=pcm16&gate=on&gate_silence_ms=480&gate_threshold_db=-40")
+    gated = await chat_pcm(
+        worker.chat_url, audio, query="codec=pcm16&gate=on&gate_silence_ms=480&gate_threshold_db=-40"
+    )
     free = await chat_pcm(worker.chat_url, audio, query="codec=pcm16&gate=off")
     out = gated.pcm().reshape(-1, FRAME)
     # Output frame i answers input frame i + 1. Speech: input frames 0-14; the gate opens 6 quiet frames later.

@@ -104,7 +104,9 @@ def output_transport() -> PausableWebsocketOutputTransport:
     return transport
 
 
-async def send_times(transport: PausableWebsocketOutputTransport, clock: FakeClock, count: int, *, late: dict[int, float]) -> list[float]:
+async def send_times(
+    transport: PausableWebsocketOutputTransport, clock: FakeClock, count: int, *, late: dict[int, float]
+) -> list[float]:
     """When each of ``count`` frames goes out; before frame i the event loop wakes ``late[i]`` seconds late."""
     times = []
     for i in range(count):

@@ -263,7 +263,10 @@ def test_cli_check_accepts_the_shipped_bot(cli):
 
 def test_cli_check_rejects_a_bad_file(cli, tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: test\ntransport:\n  kind: file\npipeline:\n  - kind: whisper\n  - kind: smollm\n    max_tokns: 3\n  - kind: piper\n")
+    bad.write_text(
+        "name: test\ntransport:\n  kind: file\n"
+        "pipeline:\n  - kind: whisper\n  - kind: smollm\n    max_tokns: 3\n  - kind: piper\n"
+    )
     result = cli.invoke(app, ["check", str(REPO / "bots" / "local.yaml"), str(bad)])
     assert result.exit_code != 0
     assert f"{bad}:7:" in result.output
@@ -329,7 +332,9 @@ def test_cli_check_prints_brackets_literally(cli, tmp_path, where):
     folder.mkdir()
     bot = folder / "bot.yaml"
     name = "a[/]b" if where == "name" else "plain"
-    bot.write_text(f'name: "{name}"\ntransport:\n  kind: file\npipeline:\n  - kind: whisper\n  - kind: smollm\n  - kind: piper\n')
+    bot.write_text(
+        f'name: "{name}"\ntransport:\n  kind: file\npipeline:\n  - kind: whisper\n  - kind: smollm\n  - kind: piper\n'
+    )
     result = cli.invoke(app, ["check", str(bot)])
     assert result.exit_code == 0, result.output
     assert name in result.output

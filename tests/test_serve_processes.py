@@ -28,7 +28,6 @@ from vivavoce.samples import conversation
 from vivavoce.testing.media_streams import MediaStreamsCaller, call_sid
 from vivavoce.testing.processes import free_port, serving
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -123,7 +122,9 @@ async def healths(base: str, n: int) -> list[dict]:
 async def test_calls_are_served_and_counted_across_processes(two_processes: str) -> None:
     base, ws = two_processes, two_processes.replace("http", "ws") + "/twilio/ws"
     speech = speech_8k()
-    callers = [MediaStreamsCaller(ws, token=await stream_token(base, sid), call=sid) for sid in (call_sid() for _ in range(4))]
+    callers = [
+        MediaStreamsCaller(ws, token=await stream_token(base, sid), call=sid) for sid in (call_sid() for _ in range(4))
+    ]
     async with contextlib.AsyncExitStack() as stack:
         for caller in callers:
             await stack.enter_async_context(caller)
@@ -176,8 +177,18 @@ def test_a_port_in_use_is_a_clear_error() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "vivavoce.cli", "serve", str(REPO / "bots" / "twilio_load.yaml"), "--port", str(port),
-             "--workers", "2", "--insecure-skip-signature"],
+            [
+                sys.executable,
+                "-m",
+                "vivavoce.cli",
+                "serve",
+                str(REPO / "bots" / "twilio_load.yaml"),
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--insecure-skip-signature",
+            ],
             env={**os.environ, "TWILIO_AUTH_TOKEN": ""},
             capture_output=True,
             text=True,

@@ -92,7 +92,9 @@ class Conversation:
         await self.push(stop + 0.3, TranscriptionFrame(text=f" {text} ", user_id="user", timestamp="t"), self.stt)
         await self.push(turn_ends, UserStoppedSpeakingFrame())
 
-    async def bot_answers(self, words: list[str], *, first_token: float, first_audio: float, speaks: tuple[float, float]):
+    async def bot_answers(
+        self, words: list[str], *, first_token: float, first_audio: float, speaks: tuple[float, float]
+    ):
         await self.push(first_token - 0.05, LLMFullResponseStartFrame(), self.llm)
         await self.push(first_token, LLMTextFrame(text=words[0]), self.llm)
         for word in words[1:]:
@@ -100,7 +102,9 @@ class Conversation:
         await self.push(first_token + 0.02, LLMFullResponseEndFrame(), self.llm)
         await self.push(first_token + 0.03, TTSStartedFrame(), self.tts)
         await self.push(first_audio, TTSAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1), self.tts)
-        await self.push(first_audio + 0.02, TTSAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1), self.tts)
+        await self.push(
+            first_audio + 0.02, TTSAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1), self.tts
+        )
         await self.push(speaks[0], BotStartedSpeakingFrame(), self.output)
         await self.push(first_audio + 0.1, TTSStoppedFrame(), self.tts)
         await self.push(speaks[1], BotStoppedSpeakingFrame(), self.output)
@@ -204,7 +208,9 @@ async def test_interruption_while_the_bot_speaks():
     await conversation.user_says("tell me a story", speech=(1.0, 2.0), turn_ends=2.5)
     await conversation.push(2.6, LLMFullResponseStartFrame(), conversation.llm)
     await conversation.push(2.7, LLMTextFrame(text="Once"), conversation.llm)
-    await conversation.push(2.9, TTSAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1), conversation.tts)
+    await conversation.push(
+        2.9, TTSAudioRawFrame(audio=bytes(640), sample_rate=16000, num_channels=1), conversation.tts
+    )
     await conversation.push(3.0, BotStartedSpeakingFrame(), conversation.output)
 
     # The user talks over the bot: a new turn starts and interrupts the answer.

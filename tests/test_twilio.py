@@ -113,7 +113,9 @@ async def health(running) -> dict:
 
 
 def hang_ups(sid):
-    return lambda r: r.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{sid}.json" and r.form.get("Status") == "completed"
+    return lambda r: (
+        r.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{sid}.json" and r.form.get("Status") == "completed"
+    )
 
 
 # --- The voice webhook's signatures (no models: create_app builds no pipeline) -------------------------------------
@@ -153,8 +155,12 @@ async def test_the_signature_covers_the_query_string_of_the_public_url(webhook):
     _, client = webhook
     params = voice_params(call_sid())
     signature = sign(params, url=WEBHOOK_URL + "?tenant=a")
-    assert (await client.post("/twilio/voice?tenant=a", data=params, headers={"X-Twilio-Signature": signature})).status_code == 200
-    assert (await client.post("/twilio/voice?tenant=b", data=params, headers={"X-Twilio-Signature": signature})).status_code == 403
+    assert (
+        await client.post("/twilio/voice?tenant=a", data=params, headers={"X-Twilio-Signature": signature})
+    ).status_code == 200
+    assert (
+        await client.post("/twilio/voice?tenant=b", data=params, headers={"X-Twilio-Signature": signature})
+    ).status_code == 403
 
 
 def _tampered(params: dict) -> dict:
@@ -168,10 +174,16 @@ def _tampered(params: dict) -> dict:
         pytest.param(lambda p: {"X-Twilio-Signature": ""}, id="empty"),
         pytest.param(lambda p: {"X-Twilio-Signature": "bm9wZQ=="}, id="wrong"),
         pytest.param(lambda p: {"X-Twilio-Signature": sign(_tampered(p))}, id="over-other-params"),
-        pytest.param(lambda p: {"X-Twilio-Signature": sign({k: v for k, v in p.items() if k != "To"})}, id="over-fewer-params"),
+        pytest.param(
+            lambda p: {"X-Twilio-Signature": sign({k: v for k, v in p.items() if k != "To"})}, id="over-fewer-params"
+        ),
         pytest.param(lambda p: {"X-Twilio-Signature": sign(p, token="another-auth-token")}, id="other-auth-token"),
-        pytest.param(lambda p: {"X-Twilio-Signature": sign(p, url="http://127.0.0.1/twilio/voice")}, id="over-local-url"),
-        pytest.param(lambda p: {"X-Twilio-Signature": sign(p, url="https://evil.test/twilio/voice")}, id="over-other-host"),
+        pytest.param(
+            lambda p: {"X-Twilio-Signature": sign(p, url="http://127.0.0.1/twilio/voice")}, id="over-local-url"
+        ),
+        pytest.param(
+            lambda p: {"X-Twilio-Signature": sign(p, url="https://evil.test/twilio/voice")}, id="over-other-host"
+        ),
     ],
 )
 async def test_a_webhook_without_a_valid_signature_is_refused(webhook, headers):
@@ -226,7 +238,9 @@ async def test_the_public_url_argument_sets_the_stream_url_and_the_signed_url():
             data=params,
             headers={"X-Twilio-Signature": sign(params, url="https://calls.example.org/twilio/voice")},
         )
-        stale = await client.post(f"{running.http}/twilio/voice", data=params, headers={"X-Twilio-Signature": sign(params)})
+        stale = await client.post(
+            f"{running.http}/twilio/voice", data=params, headers={"X-Twilio-Signature": sign(params)}
+        )
     assert ok.status_code == 200
     assert 'url="wss://calls.example.org/twilio/ws"' in ok.text
     assert stale.status_code == 403
@@ -461,7 +475,11 @@ MALFORMED = [
     ("unknown-event", json.dumps({"event": "bogus", "bogus": {}}), "unknown event 'bogus'"),
     ("no-event", json.dumps({"streamSid": "MZ"}), "unknown event None"),
     ("oversized-frame", _media("A" * 100_000), "oversized message"),
-    ("second-start", json.dumps({"event": "start", "start": {"streamSid": "MZ2", "callSid": "CA2"}}), "a second start on a started stream"),
+    (
+        "second-start",
+        json.dumps({"event": "start", "start": {"streamSid": "MZ2", "callSid": "CA2"}}),
+        "a second start on a started stream",
+    ),
     ("dtmf-without-digit", json.dumps({"event": "dtmf", "dtmf": {}}), "dtmf without a digit"),
     ("mark-without-name", json.dumps({"event": "mark", "mark": {"name": 3}}), "mark without a name"),
 ]
@@ -586,7 +604,10 @@ async def test_a_frame_over_the_servers_limit_closes_only_that_call(light_server
     "before_start",
     [
         pytest.param([_media(base64.b64encode(b"\xff" * FRAME_BYTES).decode())] * 3, id="media-before-start"),
-        pytest.param(["{not json", "[]", json.dumps({"event": "bogus"}), json.dumps({"event": "mark"})], id="garbage-before-start"),
+        pytest.param(
+            ["{not json", "[]", json.dumps({"event": "bogus"}), json.dumps({"event": "mark"})],
+            id="garbage-before-start",
+        ),
         pytest.param([b"\x00\x01binary", "[" * 20_000], id="binary-and-nested-json-before-start"),
     ],
 )
@@ -623,7 +644,11 @@ async def test_each_call_hears_only_itself(light_server):
 async def test_transfer_redirects_the_call_with_dial_twiml(api):
     sid = call_sid()
     control = TwilioCallControl(
-        account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, call_sid=sid, api_base_url=api.url + "/", transfer_to="+15557654321"
+        account_sid=ACCOUNT_SID,
+        auth_token=AUTH_TOKEN,
+        call_sid=sid,
+        api_base_url=api.url + "/",
+        transfer_to="+15557654321",
     )
     await control.transfer()
     await control.transfer("+15550001111")
@@ -639,7 +664,9 @@ async def test_transfer_redirects_the_call_with_dial_twiml(api):
 
 
 async def test_transfer_without_a_number_fails_before_any_request(api):
-    control = TwilioCallControl(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, call_sid=call_sid(), api_base_url=api.url)
+    control = TwilioCallControl(
+        account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, call_sid=call_sid(), api_base_url=api.url
+    )
     with pytest.raises(ValueError, match="transfer_to"):
         await control.transfer()
     assert api.requests == []
@@ -647,7 +674,9 @@ async def test_transfer_without_a_number_fails_before_any_request(api):
 
 async def test_hang_up_completes_the_call(api):
     sid = call_sid()
-    await TwilioCallControl(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, call_sid=sid, api_base_url=api.url).hang_up()
+    await TwilioCallControl(
+        account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, call_sid=sid, api_base_url=api.url
+    ).hang_up()
     (request,) = api.requests
     assert request.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{sid}.json"
     assert request.form == {"Status": "completed"}
@@ -711,7 +740,10 @@ async def test_dtmf_digits_reach_the_llm_context(light_bot, built):
             for digit in "12#":
                 await caller.send_dtmf(digit)
             await caller.send_raw(json.dumps({"event": "dtmf", "dtmf": {"digit": "x"}}))  # no such key: ignored
-            texts = lambda: [m.get("content") for m in conversation.context.get_messages() if m.get("role") == "user"]
+
+            def texts() -> list:
+                return [m.get("content") for m in conversation.context.get_messages() if m.get("role") == "user"]
+
             await wait_until(lambda: any("DTMF: 12" in str(t) for t in texts()), 10, "the digits in the context")
             assert texts() == ["DTMF: 12#"]
             assert [f.text for _, f in log.of(TranscriptionFrame)] == ["DTMF: 12#"]
@@ -725,7 +757,10 @@ async def test_dtmf_digits_without_pound_are_flushed_after_a_pause(light_server,
         (conversation,) = built
         for digit in "34":
             await caller.send_dtmf(digit)
-        users = lambda: [m.get("content") for m in conversation.context.get_messages() if m.get("role") == "user"]
+
+        def users() -> list:
+            return [m.get("content") for m in conversation.context.get_messages() if m.get("role") == "user"]
+
         await wait_until(lambda: users(), 10, "the digits in the context")
         assert users() == ["DTMF: 34"]
 
@@ -808,7 +843,9 @@ async def test_a_phone_call_with_the_embedded_bot(embedded_models, phrases, tmp_
             onset, _ = await line.say(phrases[2])  # "No matter."
             # pause_resume (the default): the bot pauses at once (Twilio gets 'clear'), then "No matter"
             # (a stop word) makes it an interruption.
-            cleared = await wait_until(lambda: caller.first_event("clear", after=onset), 10, "a clear after the barge-in")
+            cleared = await wait_until(
+                lambda: caller.first_event("clear", after=onset), 10, "a clear after the barge-in"
+            )
             assert _speaking_at(log, cleared), "the bot was speaking when the caller talked over it"
             await wait_until(
                 lambda: [t for t, _ in log.of(InterruptionFrame) if t >= onset], 10, "the interruption"
@@ -843,7 +880,9 @@ async def test_a_phone_call_with_the_embedded_bot(embedded_models, phrases, tmp_
 @pytest.mark.e2e
 async def test_the_llm_can_transfer_and_end_the_call(embedded_models, tmp_path, api, built):
     """The tools offered to the LLM, called as the LLM calls them (run_function_calls), one per call."""
-    bot = load_bot(embedded_bot_file(tmp_path, api_base_url=api.url, transfer_to="+15550102030"), environ=twilio_environ())
+    bot = load_bot(
+        embedded_bot_file(tmp_path, api_base_url=api.url, transfer_to="+15550102030"), environ=twilio_environ()
+    )
     async with serving(create_app(bot)) as running:
         for tool in ("transfer_call", "end_call"):
             async with await _open_call(running) as caller, Line(caller):
@@ -854,7 +893,9 @@ async def test_the_llm_can_transfer_and_end_the_call(embedded_models, tmp_path, 
                 await llm.run_function_calls([FunctionCallFromLLM(tool, "tool-1", {}, conversation.context)])
                 call_url = f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{caller.call_sid}.json"
                 if tool == "transfer_call":
-                    request = await api.wait_for(lambda r: r.path == call_url and "Twiml" in r.form, 10)
+                    request = await api.wait_for(
+                        lambda r, call_url=call_url: r.path == call_url and "Twiml" in r.form, 10
+                    )
                     assert re.search(r"<Response><Dial>\+15550102030</Dial></Response>", request.form["Twiml"])
                 else:
                     # The bot first says its reply to the tool's result, then the pipeline ends and hangs up.

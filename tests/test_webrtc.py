@@ -15,10 +15,9 @@ import time
 import httpx
 import numpy as np
 import pytest
-from pydantic import SecretStr
-
 from fastapi import FastAPI
 from pipecat.frames.frames import InterruptionFrame
+from pydantic import SecretStr
 
 from twilio_support import REPO, FrameLog, echo_bot_file, serving, wait_until
 from vivavoce.botfile import BotFileError, load_bot
@@ -95,7 +94,9 @@ async def test_trickled_candidates_reach_a_live_session(light_server):
             "sdp_mline_index": 0,
         }
         end_of_candidates = {"candidate": "", "sdp_mid": "0", "sdp_mline_index": 0}  # Firefox sends these
-        response = await peer.post("/api/offer", {"pc_id": peer.pc_id, "candidates": [candidate, end_of_candidates]}, "PATCH")
+        response = await peer.post(
+            "/api/offer", {"pc_id": peer.pc_id, "candidates": [candidate, end_of_candidates]}, "PATCH"
+        )
         assert response.status_code == 200, response.text
 
 
@@ -109,7 +110,8 @@ BAD_OFFERS = [
     pytest.param(b'["sdp"]', "application/json", 400, "invalid request", id="not-an-object"),
     pytest.param(b'{"sdp": "hello", "type": "offer"}', "application/json", 400, "no audio", id="sdp-without-media"),
     pytest.param(
-        b'{"sdp": "v=0\\r\\no=- 1 1 IN IP4 0.0.0.0\\r\\ns=-\\r\\nt=0 0\\r\\nm=audio x UDP/TLS/RTP/SAVPF 111\\r\\n", "type": "offer"}',
+        b'{"sdp": "v=0\\r\\no=- 1 1 IN IP4 0.0.0.0\\r\\ns=-\\r\\nt=0 0\\r\\n'
+        b'm=audio x UDP/TLS/RTP/SAVPF 111\\r\\n", "type": "offer"}',
         "application/json",
         400,
         "malformed SDP",
@@ -159,7 +161,9 @@ async def test_an_oversized_body_is_refused_before_it_is_read(light_server, phra
 BAD_PATCHES = [
     pytest.param({"pc_id": "SmallWebRTCConnection#0-nobody", "candidates": []}, 404, "no session", id="unknown-pc-id"),
     pytest.param({"candidates": []}, 400, "pc_id", id="no-pc-id"),
-    pytest.param({"pc_id": "LIVE", "candidates": [{"candidate": "candidate:x"}]}, 400, "sdp_mid", id="incomplete-candidate"),
+    pytest.param(
+        {"pc_id": "LIVE", "candidates": [{"candidate": "candidate:x"}]}, 400, "sdp_mid", id="incomplete-candidate"
+    ),
     pytest.param(
         {"pc_id": "LIVE", "candidates": [{"candidate": "candidate:garbage", "sdp_mid": "0", "sdp_mline_index": 0}]},
         400,
@@ -170,7 +174,9 @@ BAD_PATCHES = [
 
 
 @pytest.mark.parametrize("body, status, message", BAD_PATCHES)
-async def test_a_bad_patch_gets_a_4xx_with_a_message_and_the_session_goes_on(light_server, phrases, body, status, message):
+async def test_a_bad_patch_gets_a_4xx_with_a_message_and_the_session_goes_on(
+    light_server, phrases, body, status, message
+):
     async with WebRTCPeer(light_server.http) as peer:
         if body.get("pc_id") == "LIVE":
             body = {**body, "pc_id": peer.pc_id}
@@ -257,7 +263,9 @@ def test_ice_server_urls_and_inline_credentials_are_checked(tmp_path):
     bad_url = light_bot_file(tmp_path, "kind: webrtc\n  ice_servers: [{urls: 'http://stun.example.com'}]")
     with pytest.raises(BotFileError, match="stun:, stuns:, turn: or turns:"):
         load_bot(bad_url, environ={})
-    inline = light_bot_file(tmp_path, "kind: webrtc\n  ice_servers: [{urls: 'turn:t.example.com', username: u, credential: hunter2}]")
+    inline = light_bot_file(
+        tmp_path, "kind: webrtc\n  ice_servers: [{urls: 'turn:t.example.com', username: u, credential: hunter2}]"
+    )
     with pytest.raises(BotFileError, match="secrets are never written in a bot file") as error:
         load_bot(inline, environ={})
     assert "hunter2" not in str(error.value)
@@ -383,7 +391,9 @@ async def test_talking_over_the_bot_pauses_then_interrupts_its_audio(embedded_mo
         long_speech = np.concatenate([phrases[1], phrases[2], phrases[3]])  # well over min_speech_secs
         onset = time.monotonic()
         spoken = peer.say(long_speech, RECORD_RATE)
-        paused = await wait_until(lambda: [t for t, f in log.of(BotOutputPauseFrame) if t > onset and f.paused], 10, "the pause")
+        paused = await wait_until(
+            lambda: [t for t, f in log.of(BotOutputPauseFrame) if t > onset and f.paused], 10, "the pause"
+        )
         await wait_until(lambda: [t for t, _ in log.of(InterruptionFrame) if t > paused[0]], 10, "the interruption")
         await wait_until(lambda: peer.rtvi("bot-interrupted", onset), 10, "RTVI bot-interrupted")
         await asyncio.sleep(max(0.0, spoken - time.monotonic()))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import wave
 
 import httpx
@@ -19,10 +18,10 @@ import websockets
 from pipecat.frames.frames import InterruptionFrame, TTSAudioRawFrame, TTSSpeakFrame, TTSStoppedFrame
 from pipecat.pipeline.worker import PipelineParams
 from pipecat.tests.utils import SleepFrame, run_test
-from test_workers_csm import AUTH, speak, ws_url
-from worker_support import API_KEY, REPO, worker_process
 
+from test_workers_csm import AUTH, speak, ws_url
 from vivavoce.processors.chatterbox import ChatterboxTTSService
+from worker_support import API_KEY, REPO, worker_process
 
 RATE = 24000
 

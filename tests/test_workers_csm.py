@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
-from worker_support import API_KEY, REPO, csm_python, csm_worker, tiny_csm, worker_process  # noqa: F401
+
+from worker_support import API_KEY, REPO, csm_python, worker_process
 
 FRAME = 1920  # 80 ms at 24 kHz
 AUTH = {"X-API-Key": API_KEY}
@@ -123,7 +124,9 @@ async def test_malformed_messages_get_errors_and_nothing_else_breaks(csm_worker)
         await ws.send(b"\x00\x01")
         assert (await next_json(ws))["code"] == "binary_not_expected"
         # Bad context audio is refused by the engine for that request only.
-        start, frames, reply = await speak(ws, "badaudio", context=[{"text": "b", "audio": "%%%", "sample_rate": 16000}])
+        start, frames, reply = await speak(
+            ws, "badaudio", context=[{"text": "b", "audio": "%%%", "sample_rate": 16000}]
+        )
         assert reply["type"] == "error" and reply["code"] == "bad_request" and "base64" in reply["message"]
         # The same socket and another session still work.
         for sock in (ws, other):
@@ -153,7 +156,9 @@ async def test_duplicate_ids_and_queued_cancel(csm_worker):
 
 async def test_cancel_stops_generation_within_a_frame(csm_worker):
     async with websockets.connect(ws_url(csm_worker), additional_headers=AUTH) as ws:
-        await ws.send(json.dumps({"type": "synthesize", "id": "c", "text": "Talk for a while.", "max_audio_ms": 20_000}))
+        await ws.send(
+            json.dumps({"type": "synthesize", "id": "c", "text": "Talk for a while.", "max_audio_ms": 20_000})
+        )
         received = 0
         while received < 3:
             if isinstance(await asyncio.wait_for(ws.recv(), 60), bytes):

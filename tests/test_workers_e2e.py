@@ -10,7 +10,6 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from bargein_support import joined, phrases
 from pipecat.frames.frames import (
     InputAudioRawFrame,
     LLMContextUserTurnFrame,
@@ -21,15 +20,16 @@ from pipecat.frames.frames import (
 )
 from pipecat.pipeline.worker import PipelineParams
 from pipecat.tests.utils import SleepFrame, run_test
-from test_workers_csm import ws_url
-from worker_support import API_KEY, REPO, csm_worker, tiny_csm  # noqa: F401
 
+from bargein_support import joined, phrases
+from test_workers_csm import ws_url
 from vivavoce.botfile import load_bot
 from vivavoce.builder import load_models
 from vivavoce.file_session import run_on_recording
 from vivavoce.processors.csm import CSMTTSService, load_voice_prompt
 from vivavoce.samples import conversation
 from vivavoce.transports.file import InputAudio, write_wav
+from worker_support import API_KEY, REPO
 
 pytestmark = pytest.mark.e2e
 RATE = 16000

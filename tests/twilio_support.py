@@ -69,7 +69,7 @@ class TwilioApiStandIn:
             def log_message(self, *args: Any) -> None:  # keep pytest's output clean
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:  # http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
                 form = {key: values[-1] for key, values in parse_qs(body, keep_blank_values=True).items()}
                 auth = None
@@ -146,7 +146,8 @@ def embedded_bot_file(tmp_path: Path, *, api_base_url: str, transfer_to: str | N
     text = (REPO / "bots" / "twilio.yaml").read_text()
     text = text.replace(
         "  transfer_to: ${TRANSFER_TO:-+15550100000}\n",
-        f"  transfer_to: {json.dumps(transfer_to) if transfer_to else '${TRANSFER_TO:-+15550100000}'}\n  api_base_url: {api_base_url}\n",
+        f"  transfer_to: {json.dumps(transfer_to) if transfer_to else '${TRANSFER_TO:-+15550100000}'}\n"
+        f"  api_base_url: {api_base_url}\n",
     )
     assert "api_base_url" in text, "bots/twilio.yaml changed: update embedded_bot_file()"
     path = tmp_path / "twilio-embedded.yaml"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 from vivavoce.testing.processes import free_port, serving
 
-__all__ = ["API_KEY", "REPO", "csm_python", "csm_worker", "free_port", "tiny_csm", "worker_process"]
+__all__ = ["API_KEY", "REPO", "csm_python", "free_port", "worker_process"]
 
 REPO = Path(__file__).resolve().parents[1]
 CSM_PYTHON = REPO / "workers" / "csm" / ".venv" / "bin" / "python"
@@ -38,21 +37,4 @@ def worker_process(args: list[str], *, log: Path, auth: bool = True, env: dict[s
     url = f"http://127.0.0.1:{port}"
     with serving(command, health=f"{url}/health", env=full_env, cwd=REPO, log=log, ready_secs=ready_secs,
                  stop_secs=20):
-        yield url
-
-
-@pytest.fixture(scope="session")
-def tiny_csm(tmp_path_factory) -> Path:
-    """A tiny random CSM checkpoint saved from the real classes (once per test session)."""
-    out = tmp_path_factory.mktemp("tiny-csm")
-    subprocess.run([str(csm_python()), "-m", "vivavoce_csm.tiny", str(out)], check=True, cwd=REPO,
-                   stdout=subprocess.DEVNULL)
-    return out
-
-
-@pytest.fixture(scope="session")
-def csm_worker(tiny_csm, tmp_path_factory) -> Iterator[str]:
-    """A CSM worker process (API key required) on the tiny checkpoint."""
-    log = tmp_path_factory.mktemp("csm-worker") / "worker.log"
-    with worker_process(["-m", "vivavoce_csm", "--model", str(tiny_csm)], log=log) as url:
         yield url

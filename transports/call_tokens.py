@@ -25,7 +25,8 @@ class CallTokens:
     """Issues and verifies stream tokens with one secret (random per process unless given)."""
 
     def __init__(self, secret: bytes | None = None, ttl_secs: float = 60.0):
-        """Tokens signed with ``secret`` (else $VIVAVOCE_STREAM_TOKEN_SECRET, else random) and valid for ``ttl_secs``."""
+        """Tokens signed with ``secret`` (else $VIVAVOCE_STREAM_TOKEN_SECRET, else random) and valid for
+        ``ttl_secs``."""
         shared = os.environ.get(SHARED_SECRET_ENV)
         self._secret = secret or (shared.encode() if shared else secrets.token_bytes(32))
         self._ttl = ttl_secs

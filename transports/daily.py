@@ -24,7 +24,9 @@ def create_daily_transport(config: DailyTransportConfig) -> BaseTransport:
     try:
         from pipecat.transports.daily.transport import DailyParams, DailyTransport
     except ModuleNotFoundError as e:
-        raise MissingDependencyError(f"the daily transport needs daily-python ({e}): pip install 'vivavoce[daily]'") from e
+        raise MissingDependencyError(
+            f"the daily transport needs daily-python ({e}): pip install 'vivavoce[daily]'"
+        ) from e
     token = config.token.get_secret_value() if config.token else ""
     return DailyTransport(
         config.room_url,

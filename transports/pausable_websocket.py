@@ -34,7 +34,6 @@ from pipecat.transports.websocket.fastapi import (
 
 from vivavoce.transports.output_pause import OutputPause
 
-
 RESTART_CLOCK_AFTER_SECS = 0.1
 """An output this far behind its clock has had a break, not a late wake-up: it starts a new clock."""
 

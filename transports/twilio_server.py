@@ -31,8 +31,8 @@ from vivavoce.live_sessions import LiveSessions
 from vivavoce.transports.call_tokens import CallTokens, InvalidCallToken
 from vivavoce.transports.pausable_websocket import PausableFastAPIWebsocketTransport
 from vivavoce.transports.twilio_call_control import TwilioCallControl
-from vivavoce.turns import Turn, TurnRecorder
 from vivavoce.transports.twilio_stream import MAX_MESSAGE_BYTES, PlayoutMarks, TwilioStreamSerializer, parse_message
+from vivavoce.turns import Turn, TurnRecorder
 
 TWILIO_SAMPLE_RATE = 8000
 HANDSHAKE_TIMEOUT_SECS = 10.0
@@ -54,7 +54,9 @@ class TwilioServerSettings:
     input_chunk_ms: int = 40
 
     @classmethod
-    def from_bot(cls, config: TwilioTransportConfig, *, public_url: str | None, skip_signature: bool) -> TwilioServerSettings:
+    def from_bot(
+        cls, config: TwilioTransportConfig, *, public_url: str | None, skip_signature: bool
+    ) -> TwilioServerSettings:
         """Settings from the bot file's transport section, with the command line's overrides."""
         url = public_url or config.public_url
         if not url:

@@ -139,7 +139,11 @@ class PlayoutMarks(FrameProcessor):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Forward everything; follow each TTSStoppedFrame with a mark; note mark echoes."""
         await super().process_frame(frame, direction)
-        if isinstance(frame, InputTransportMessageFrame) and isinstance(frame.message, dict) and "mark" in frame.message:
+        if (
+            isinstance(frame, InputTransportMessageFrame)
+            and isinstance(frame.message, dict)
+            and "mark" in frame.message
+        ):
             self.heard[frame.message["mark"]] = frame.message.get("at", time.monotonic())
         await self.push_frame(frame, direction)
         if isinstance(frame, TTSStoppedFrame) and direction == FrameDirection.DOWNSTREAM:

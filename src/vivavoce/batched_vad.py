@@ -145,7 +145,7 @@ class SileroBatcher:
                 if not request.future.done():
                     request.future.set_exception(e)
             return
-        for request, score in zip(batch, scores):
+        for request, score in zip(batch, scores, strict=True):
             if not request.future.done():
                 request.future.set_result(score)
 

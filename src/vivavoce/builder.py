@@ -30,14 +30,15 @@ from pipecat.turns.user_start import (
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy, TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
+from vivavoce.batched_vad import BatchedSileroVADAnalyzer
 from vivavoce.botfile import Bot, Stage
 from vivavoce.botfile.schema import TurnTakingConfig
-from vivavoce.batched_vad import BatchedSileroVADAnalyzer
 from vivavoce.build_context import BuildContext
 from vivavoce.conversation_worker import ConversationWorker
 from vivavoce.end_of_turn import AdaptiveTurnStopStrategy, KeepingSmartTurn, sentence_end_model
-from vivavoce.processors.barge_in import BargeInController
+from vivavoce.processors.answer_gate import AnswerGate
 from vivavoce.processors.audio_end import AudioEnd
+from vivavoce.processors.barge_in import BargeInController
 
 PIPELINE_SAMPLE_RATE = 16000
 """Every input is resampled once, at the transport, to this rate for VAD, Smart Turn and STT."""
@@ -90,6 +91,7 @@ def turn_strategies(
                 min_silence_secs=end.min_silence_secs,
                 max_silence_secs=end.max_silence_secs,
                 wait_for_transcript=has_stt,
+                early_answer=end.early_answer and has_stt,
             )
         ]
     elif end.model == "smart_turn_v3":
@@ -194,6 +196,9 @@ def build_conversation(
         if stage.hears_input_audio:
             listening = len(steps)
     steps.insert(listening, AudioEnd(InputAudioRawFrame))
+    end = bot.spec.turn_taking.end_of_turn
+    if end.model == "adaptive" and end.early_answer and bot.stage("stt") is not None:
+        steps.append(AnswerGate())  # holds an answer begun early until the end-of-turn verdict
     steps += [*before_output, transport.output(), AudioEnd(OutputAudioRawFrame), aggregators.assistant()]
     pipeline = Pipeline(steps)
 

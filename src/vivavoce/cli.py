@@ -15,7 +15,6 @@ from rich.markup import escape
 from vivavoce.log_setup import configure_logging as _configure_logging
 from vivavoce.realtime_env import apply_realtime_env
 
-
 # Before pipecat is first imported (below), so its INFO banner does not greet every command;
 # and before torch and CTranslate2 load, which read the OpenMP settings once.
 _configure_logging(verbose=False)
@@ -61,8 +60,12 @@ def _load_models(bot: Bot, done: str = "is listening") -> None:
 @app.command()
 def run(
     bot_file: Annotated[Path, typer.Argument(help="The bot file (YAML).")],
-    input: Annotated[Path | None, typer.Option("--input", "-i", help="A WAV to play to the bot instead of the microphone.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the bot's audio here, aligned with the input.")] = None,
+    input: Annotated[
+        Path | None, typer.Option("--input", "-i", help="A WAV to play to the bot instead of the microphone.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the bot's audio here, aligned with the input.")
+    ] = None,
     report: Annotated[Path | None, typer.Option("--report", "-r", help="Write the per-turn JSON report here.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show pipecat's debug log.")] = False,
 ) -> None:
@@ -165,7 +168,13 @@ def serve(
         print_error(str(e))
         raise typer.Exit(EXIT_MISSING) from None
     # Twilio's media is base64 audio: compressing it costs a quarter of a call's CPU and saves nothing.
-    options = {"host": host, "port": port, "log_level": "warning", "ws_max_size": 256 * 1024, "ws_per_message_deflate": False}
+    options = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "ws_max_size": 256 * 1024,
+        "ws_per_message_deflate": False,
+    }
     if workers == 1:
         from vivavoce.gc_tuning import settle_after_startup
 
@@ -219,7 +228,9 @@ def _serve_processes(
 def call(
     bot_file: Annotated[Path, typer.Argument(help="The bot file (transport: twilio) whose server takes the call.")],
     to: Annotated[str, typer.Option("--to", help="Number to call, E.164 (+15551234567).")],
-    from_number: Annotated[str | None, typer.Option("--from", help="Caller ID (default: transport.from_number).")] = None,
+    from_number: Annotated[
+        str | None, typer.Option("--from", help="Caller ID (default: transport.from_number).")
+    ] = None,
     public_url: Annotated[str | None, typer.Option(help="Public base URL of the running `vivavoce serve`.")] = None,
 ) -> None:
     """Place an outbound call: Twilio dials --to and fetches TwiML from the server's /twilio/voice."""
@@ -233,7 +244,16 @@ def call(
         raise typer.Exit(EXIT_USER_ERROR)
     url = public_url or os.environ.get(PUBLIC_URL_ENV) or transport.public_url
     caller = from_number or transport.from_number
-    missing = [name for name, value in (("--public-url", url), ("--from", caller), ("transport.account_sid", transport.account_sid), ("transport.auth_token", transport.auth_token)) if not value]
+    missing = [
+        name
+        for name, value in (
+            ("--public-url", url),
+            ("--from", caller),
+            ("transport.account_sid", transport.account_sid),
+            ("transport.auth_token", transport.auth_token),
+        )
+        if not value
+    ]
     if missing:
         print_error(f"cannot place the call: missing {', '.join(missing)}")
         raise typer.Exit(EXIT_USER_ERROR)

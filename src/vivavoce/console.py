@@ -76,7 +76,9 @@ def transcript_lines(turns: list[Turn]) -> list[str]:
         if turn.bot_started_s is not None or turn.bot_text.strip():
             bot_at = "" if turn.bot_started_s is None else f"{turn.bot_started_s:6.1f}s"
             cut = " [yellow](interrupted)" if turn.interrupted else ""
-            lines.append(f"[dim]{bot_at:>7}[/]  [magenta]bot[/] {escape(turn.bot_text.strip()) or '[dim](silent)'}{cut}")
+            lines.append(
+                f"[dim]{bot_at:>7}[/]  [magenta]bot[/] {escape(turn.bot_text.strip()) or '[dim](silent)'}{cut}"
+            )
     return lines
 
 
@@ -95,7 +97,10 @@ def latency_table(turns: list[Turn]) -> Table:
         stage_p50 = [summary["stages_ms"][s]["p50"] if summary["stages_ms"][s] else None for s in STAGES]
         table.add_section()
         table.add_row("p50", _fmt_ms(summary["voice_to_voice_ms"]["p50"]), *(_fmt_ms(v) for v in stage_p50))
-    table.caption = "vad: silence the VAD waits for · stt: transcript · turn: end-of-turn decision · llm: first token · tts: first audio · out: leaves the transport"
+    table.caption = (
+        "vad: silence the VAD waits for · stt: transcript · turn: end-of-turn decision · llm: first token"
+        " · tts: first audio · out: leaves the transport"
+    )
     return table
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipecat.frames.frames import Frame, StartFrame
-from pipecat.observers.base_observer import BaseObserver, FramePushed, FrameProcessed
+from pipecat.observers.base_observer import BaseObserver, FrameProcessed, FramePushed
 from pipecat.pipeline.worker import IdleFrameObserver, PipelineWorker
 from pipecat.pipeline.worker_observer import WorkerObserver
 

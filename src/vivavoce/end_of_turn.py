@@ -52,6 +52,7 @@ from pipecat.processors.frame_processor import FrameProcessorSetup
 from pipecat.turns.types import ProcessFrameResult
 from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnStopStrategy
 
+from vivavoce.frames import AnswerGateFrame
 from vivavoce.model_store import models
 from vivavoce.processors.smollm import PromptCache, load_packaged
 
@@ -215,6 +216,12 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
     ``audio``: Smart Turn v3 or None; ``sentence_end``: a :class:`SentenceEndModel` or None;
     ``context``: the conversation (the bot's last words help judge the user's); ``wait_for_transcript``:
     False where no STT runs (the turn then ends on audio and the pause alone).
+
+    ``early_answer``: end the turn as soon as the pause's words are transcribed, so the LLM and the TTS
+    work while the evidence is weighed, and hold the answer's audio (``AnswerGateFrame``, honoured by
+    :class:`vivavoce.processors.answer_gate.AnswerGate` before the output) until the pause has lasted as
+    long as the verdict asks, plus the time the VAD needs to hear the user resume. The wait is then no
+    longer added to the answer's latency; a user who goes on interrupts an answer nobody heard.
     """
 
     def __init__(
@@ -226,11 +233,16 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         min_silence_secs: float = 0.2,
         max_silence_secs: float = 0.9,
         wait_for_transcript: bool = True,
+        early_answer: bool = False,
         clock: Callable[[], float] = time.time,
         **kwargs: Any,
     ):
         """Create the strategy; see the class docstring."""
         super().__init__(**kwargs)
+        self._early_answer = early_answer
+        self._answer = 0  # numbers the answers started early
+        self._releasing: int | None = None  # the early answer waiting for this pause's verdict
+        self._resume_secs = 0.2  # how long the VAD takes to hear speech resume (its start_secs)
         self._audio = audio
         self._sentence_end = sentence_end
         self._context = context
@@ -272,14 +284,20 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
             await self._audio.cleanup()
 
     async def handle_user_turn_started(self) -> None:
-        """A new turn: forget the last one's words and evidence."""
+        """A new turn: forget the last one's words and evidence (an answer held for it was interrupted)."""
+        self._releasing = None
         await self._reset()
 
     async def handle_user_turn_stopped(self) -> None:
-        """The turn ended (here or elsewhere): forget its audio too."""
-        await self._reset()
+        """The turn ended (here or elsewhere): forget its audio too.
+
+        An answer started early keeps this pause's evidence coming: its verdict releases the answer.
+        """
         if self._audio is not None:
             self._audio.clear()
+        if self._releasing is not None:
+            return
+        await self._reset()
 
     async def _reset(self) -> None:
         self._text = ""
@@ -302,6 +320,7 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
                 self._audio.append_audio(frame.audio, self._vad_speaking)
         elif isinstance(frame, VADUserStartedSpeakingFrame):
             self._vad_speaking = True
+            self._resume_secs = frame.start_secs
             if self._audio is not None:
                 self._audio.update_vad_start_secs(frame.start_secs)
             await self._new_pause()
@@ -360,10 +379,26 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
             # pause is taken to start now.
             self._speech_end = self._clock()
             self._schedule(self._speech_end + self._max_silence)
+        if self._early_answer and self._text and not self._segments_pending and not self._fired:
+            await self._start_answer()
         if self._sentence_end is not None and self._text and not self._segments_pending:
             self.task_manager.create_task(self._read(self._pause, self._text), f"{self}::read_words")
         else:
             await self._decide(self._pause)
+
+    async def _start_answer(self) -> None:
+        """End the turn now, the answer held until this pause's verdict (see ``early_answer``)."""
+        self._answer += 1
+        self._releasing = self._answer
+        self._fired = True
+        logger.debug(f"{self}: answering early, held until the verdict [{self._text}]")
+        await self.push_frame(AnswerGateFrame(answer=self._answer, hold=True))
+        await self.trigger_user_turn_stopped()
+
+    async def _release(self, at: float) -> None:
+        answer, self._releasing = self._releasing, None
+        if answer is not None:
+            await self.push_frame(AnswerGateFrame(answer=answer, hold=False, not_before=at))
 
     async def _read(self, pause: int, text: str) -> None:
         early, self._early = self._early, None
@@ -412,6 +447,12 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
             f"audio={self._evidence.audio} text={self._evidence.text} open={self._evidence.punctuation_open} "
             f"score={score:.2f} -> {wait:.2f}s of silence [{self._text}]"
         )
+        if self._releasing is not None:
+            # Speech resuming after `wait` is heard by the VAD only `resume_secs` later: an answer released
+            # before then could be heard over the user's next words.
+            guard = self._resume_secs if wait > self._min_silence else 0.0
+            await self._release(self._speech_end + wait + guard)
+            return
         self._schedule(self._speech_end + wait)
 
     def _schedule(self, at: float) -> None:
@@ -426,7 +467,13 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         await asyncio.sleep(max(0.0, at - self._clock()))
         self._timer = None
         self._deadline = None
-        if pause != self._pause or self._vad_speaking or self._fired:
+        if pause != self._pause or self._vad_speaking:
+            return
+        if self._releasing is not None:
+            # The evidence never came: the longest pause is over (and the VAD would have heard the user).
+            await self._release(self._clock() + self._resume_secs)
+            return
+        if self._fired:
             return
         if self._wait_for_transcript and not self._text:
             # Nothing was said (or the words are late): a transcript arriving later re-decides.

@@ -16,3 +16,17 @@ class BotOutputPauseFrame(SystemFrame):
     """
 
     paused: bool = True
+
+
+@dataclass
+class AnswerGateFrame(SystemFrame):
+    """Hold the next answer's audio before the output (:class:`vivavoce.processors.answer_gate.AnswerGate`).
+
+    The end-of-turn strategy starts writing an answer when the user pauses, before it knows whether they
+    are done: ``hold=True`` holds the answer ``answer`` until a later frame for the same ``answer`` gives
+    ``not_before`` (wall-clock seconds, ``time.time()``) when it may play. An interruption drops it.
+    """
+
+    answer: int = 0
+    hold: bool = True
+    not_before: float | None = None

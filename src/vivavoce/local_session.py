@@ -15,7 +15,11 @@ SPEAKER_SAMPLE_RATE = 24000
 
 async def run_with_microphone(bot: Bot) -> list[Turn]:
     """Run until Ctrl-C; returns the turns, timed from the start of the session."""
-    config = bot.spec.transport if isinstance(bot.spec.transport, LocalTransportConfig) else LocalTransportConfig(kind="local")
+    config = (
+        bot.spec.transport
+        if isinstance(bot.spec.transport, LocalTransportConfig)
+        else LocalTransportConfig(kind="local")
+    )
     transport = create_local_transport(config, sample_rate=SPEAKER_SAMPLE_RATE)
     recorder = TurnRecorder(timeline=lambda clock_ns: clock_ns / 1e9)
     conversation = build_conversation(

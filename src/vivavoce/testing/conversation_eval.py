@@ -369,7 +369,9 @@ class _Dealer:
         self.used: set[str] = set()
         self.reusing = False
 
-    def candidates(self, accept: Callable[[UtteranceLike], bool], speaker: str | None = None) -> Iterable[UtteranceLike]:
+    def candidates(
+        self, accept: Callable[[UtteranceLike], bool], speaker: str | None = None
+    ) -> Iterable[UtteranceLike]:
         """Unused utterances that ``accept``, taking speakers in turn (only ``speaker``'s if given)."""
         if speaker is not None:
             yield from (u for u in self._by_speaker[speaker] if u.id not in self.used and accept(u))
@@ -514,8 +516,13 @@ def build_cases(
         if utterance is None:
             break
         after = round(rng.uniform(*BACKCHANNEL_AFTER_SECS), 3)
-        pieces = [whole(utterance, "speak_over"), Piece(word.pcm, word.text, word.speaker, word.source, "ignore", after)]
-        cases["backchannel"].append(Case(f"backchannel-{number:02d}", "backchannel", pieces, tail_s=BACKCHANNEL_TAIL_SECS))
+        pieces = [
+            whole(utterance, "speak_over"),
+            Piece(word.pcm, word.text, word.speaker, word.source, "ignore", after),
+        ]
+        cases["backchannel"].append(
+            Case(f"backchannel-{number:02d}", "backchannel", pieces, tail_s=BACKCHANNEL_TAIL_SECS)
+        )
     for number in range(mix["barge_in"]):
         first = dealer.take(lambda u: _word_count(u) >= 2)
         if first is None:
@@ -539,7 +546,9 @@ def stratified(cases: Sequence[Case]) -> list[Case]:
     for case in cases:
         keyed.append((case, counts[case.kind]))
         counts[case.kind] += 1
-    return [case for case, k in sorted(keyed, key=lambda c: (c[1] / counts[c[0].kind], _ORDER_PRIORITY.get(c[0].kind, 9)))]
+    return [
+        case for case, k in sorted(keyed, key=lambda c: (c[1] / counts[c[0].kind], _ORDER_PRIORITY.get(c[0].kind, 9)))
+    ]
 
 
 def sessions(cases: Sequence[Case], per_session: int = 8) -> list[list[Case]]:
@@ -609,7 +618,9 @@ def _starts(segments: Sequence[tuple[float, float]], lo: float, hi: float) -> li
     return [(s, e) for s, e in segments if lo <= s < hi]
 
 
-def audible_stop(segments: Sequence[tuple[float, float]], onset: float, quiet: float = BARGE_QUIET_SECS) -> float | None:
+def audible_stop(
+    segments: Sequence[tuple[float, float]], onset: float, quiet: float = BARGE_QUIET_SECS
+) -> float | None:
     """When the bot's audio sounding at ``onset`` (or ending within 0.2 s before it) ends: the end of its
     last frame before ``quiet`` seconds of silence. None if the bot was not sounding then."""
     current = next(((s, e) for s, e in segments if s < onset and e > onset - 0.2), None)
@@ -654,7 +665,9 @@ def _percentiles(values: Sequence[float], *keys: str) -> dict[str, float | None]
     return out
 
 
-def score_session(parts: Sequence[Part], turns: Sequence[Turn], output_pcm: np.ndarray, rate: int) -> list[dict[str, Any]]:
+def score_session(
+    parts: Sequence[Part], turns: Sequence[Turn], output_pcm: np.ndarray, rate: int
+) -> list[dict[str, Any]]:
     """One record per case of a session: what the user heard, scored (see the module docstring and
     ``bench/README.md`` for each figure's definition)."""
     segments = heard_segments(output_pcm, rate)
@@ -689,7 +702,7 @@ def score_session(parts: Sequence[Part], turns: Sequence[Turn], output_pcm: np.n
     # Report turns, checked against the WAV and given to the case they began in.
     starts_s = sorted(t.bot_started_s for t in turns if t.bot_started_s is not None)
     turn_rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for k, turn in enumerate(turns):
+    for turn in turns:
         row: dict[str, Any] = {
             "user_text": turn.user_text.strip(),
             "bot_text": turn.bot_text.strip(),
@@ -771,7 +784,7 @@ def score_session(parts: Sequence[Part], turns: Sequence[Turn], output_pcm: np.n
         # Cut-ins: bot audio that starts in a mid-utterance pause, or after the user resumed but before that
         # part ends (an answer to the unfinished utterance the pipeline did not hold back in time).
         pauses = []
-        for before, after in zip(case_parts, case_parts[1:]):
+        for before, after in zip(case_parts, case_parts[1:], strict=False):
             if before.expect != "wait":
                 continue
             starts = _starts(segments, before.end_s, after.end_s)
@@ -841,7 +854,9 @@ def score_session(parts: Sequence[Part], turns: Sequence[Turn], output_pcm: np.n
             flags.append("talk_over")
         # The reply was still playing when the next case began: the gap was too short for it.
         following = next((q for q in ordered if q.start_s > case_parts[-1].start_s and q.case_id != cid), None)
-        record["overran_gap"] = following is not None and _sounding(segments, following.start_s - 0.1, following.start_s)
+        record["overran_gap"] = following is not None and _sounding(
+            segments, following.start_s - 0.1, following.start_s
+        )
         if record["overran_gap"]:
             flags.append("overran_gap")
 

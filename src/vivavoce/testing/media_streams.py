@@ -52,7 +52,7 @@ class ReceivedAudio:
     def gaps_ms(self) -> list[float]:
         """Time between consecutive media messages (within and between utterances)."""
         times = [t for t, _ in self.frames]
-        return [(b - a) * 1000 for a, b in zip(times, times[1:])]
+        return [(b - a) * 1000 for a, b in zip(times, times[1:], strict=False)]
 
 
 class MediaStreamsCaller:
@@ -115,7 +115,9 @@ class MediaStreamsCaller:
     async def __aexit__(self, *exc: Any) -> None:
         """Send ``stop`` and hang up."""
         try:
-            await self._socket.send(self._message("stop", stop={"accountSid": self.account_sid, "callSid": self.call_sid}))
+            await self._socket.send(
+                self._message("stop", stop={"accountSid": self.account_sid, "callSid": self.call_sid})
+            )
         except websockets.ConnectionClosed:
             pass
         await self._socket.close()

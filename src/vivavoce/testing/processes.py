@@ -99,7 +99,8 @@ def serving(
                     pass
                 if time.monotonic() - started > ready_secs:
                     raise RuntimeError(
-                        f"`{what}` was not ready after {ready_secs:.0f} s{f' (log: {log})' if log else ''}:\n{_tail(out)}"
+                        f"`{what}` was not ready after {ready_secs:.0f} s"
+                        f"{f' (log: {log})' if log else ''}:\n{_tail(out)}"
                     )
                 time.sleep(poll_secs)
             logger.debug("`{}` ready after {:.1f} s", what, time.monotonic() - started)

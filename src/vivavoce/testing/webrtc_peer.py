@@ -81,7 +81,7 @@ class ReceivedAudio:
     def gaps_ms(self, since: float = 0.0) -> list[float]:
         """Time between consecutive received frames (one frame's duration, 20 ms, when on time)."""
         times = [t for t in self.arrivals if t >= since]
-        return [(b - a) * 1000 for a, b in zip(times, times[1:])]
+        return [(b - a) * 1000 for a, b in zip(times, times[1:], strict=False)]
 
 
 class WebRTCPeer:

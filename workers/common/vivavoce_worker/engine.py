@@ -2,8 +2,8 @@
 
 An engine generates audio synchronously in a generation thread; the model computes for one request
 at a time (one model, many sessions) and ``GenerationQueue.stream`` turns that into an async iterator
-of PCM16 chunks for the server. Cancel is cooperative: ``emit`` raises ``Cancelled`` once the request is cancelled, and engines
-call it once per frame, so generation stops within one frame.
+of PCM16 chunks for the server. Cancel is cooperative: ``emit`` raises ``Cancelled`` once the request is
+cancelled, and engines call it once per frame, so generation stops within one frame.
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ class Engine(ABC):
 
     def warmup(self) -> None:
         """Run one short generation so that the first request does not pay for lazy initialisation."""
-        self.generate(SynthesisRequest(id="warmup", text="Hello.", max_audio_ms=400), self.new_session(), lambda _: None)
+        self.generate(
+            SynthesisRequest(id="warmup", text="Hello.", max_audio_ms=400), self.new_session(), lambda _: None
+        )
 
     def new_session(self) -> Any:
         """Per-session state (conversation context, caches); None when the family keeps none."""

@@ -126,7 +126,9 @@ def create_app(frame_loop: FrameLoop, auth: ApiKeyAuth, *, device: str, gate: Ga
 
     app = FastAPI(title="vivavoce Moshi worker", lifespan=lifespan)
     app.include_router(
-        health_router(model=frame_loop.engine.name, device=device, extra=lambda: {"family": "moshi"} | frame_loop.stats())
+        health_router(
+            model=frame_loop.engine.name, device=device, extra=lambda: {"family": "moshi"} | frame_loop.stats()
+        )
     )
 
     @app.websocket("/api/chat")
