@@ -21,7 +21,13 @@ from pipecat.frames.frames import (
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.utils.asyncio.task_manager import TaskManager, TaskManagerParams
 
-from vivavoce.end_of_turn import AdaptiveTurnStopStrategy, Evidence, sentence_end_model, silence_needed
+from vivavoce.end_of_turn import (
+    RESUME_MARGIN_SECS,
+    AdaptiveTurnStopStrategy,
+    Evidence,
+    sentence_end_model,
+    silence_needed,
+)
 from vivavoce.frames import AnswerGateFrame
 from vivavoce.processors.answer_gate import AnswerGate
 
@@ -202,7 +208,7 @@ async def test_an_early_answer_starts_at_the_words_and_is_released_by_the_verdic
     # the VAD needs to hear the user go on.
     assert isinstance(release, AnswerGateFrame) and not release.hold
     assert release.answer == pushed[0].answer
-    assert release.not_before == pytest.approx(pause.timestamp - 0.2 + 5.0 + 0.2)
+    assert release.not_before == pytest.approx(pause.timestamp - 0.2 + 5.0 + 0.2 + RESUME_MARGIN_SECS)
 
 
 async def _through_gate(frames):

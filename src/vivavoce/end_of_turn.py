@@ -186,6 +186,10 @@ class Evidence:
         return total
 
 
+RESUME_MARGIN_SECS = 0.3
+"""Beyond the VAD's start_secs, how late it can report speech that resumed in a pause (an early answer is
+held this long after its verdict's pause, unless the verdict was "finished")."""
+
 FULL_WEIGHT_WORDS = 4
 """Transcripts this long or longer can veto the audio's "finished" with full weight."""
 
@@ -448,9 +452,10 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
             f"score={score:.2f} -> {wait:.2f}s of silence [{self._text}]"
         )
         if self._releasing is not None:
-            # Speech resuming after `wait` is heard by the VAD only `resume_secs` later: an answer released
-            # before then could be heard over the user's next words.
-            guard = self._resume_secs if wait > self._min_silence else 0.0
+            # Speech resuming after `wait` is heard by the VAD only some time later (its start_secs, plus
+            # Silero's rise and the audio chunking): an answer released before then would be heard over
+            # the user's next words.
+            guard = self._resume_secs + RESUME_MARGIN_SECS if wait > self._min_silence else 0.0
             await self._release(self._speech_end + wait + guard)
             return
         self._schedule(self._speech_end + wait)
@@ -471,7 +476,7 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
             return
         if self._releasing is not None:
             # The evidence never came: the longest pause is over (and the VAD would have heard the user).
-            await self._release(self._clock() + self._resume_secs)
+            await self._release(self._clock() + self._resume_secs + RESUME_MARGIN_SECS)
             return
         if self._fired:
             return

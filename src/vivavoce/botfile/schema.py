@@ -76,10 +76,10 @@ class EndOfTurnConfig(StrictModel):
     )
 
     early_answer: bool = Field(
-        True,
-        description="adaptive: start writing the answer as soon as the pause's words are transcribed and "
-        "hold its audio until the evidence says the user is done (the wait no longer adds to the latency; "
-        "an answer the user talks into is dropped unheard).",
+        False,
+        description="adaptive: start writing the answer as soon as the pause's words are transcribed and hold "
+        "its audio until the verdict (plus the time the VAD needs to hear the user go on): answers come "
+        "~150 ms sooner, but a user who resumes softly can be talked over (bench/README.md).",
     )
 
     @model_validator(mode="after")
