@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipecat.audio.utils import is_silence
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
@@ -428,7 +429,8 @@ class TurnRecorder(BaseObserver):
             if not answer.spoken.played_secs:
                 answer.bot_started_s = at
             answer.spoken.played_secs += _duration(data.frame)
-            answer.bot_stopped_s = end
+            if not is_silence(data.frame.audio):  # the silence TTS services pad an answer with is not heard
+                answer.bot_stopped_s = end
 
     def _metrics(self, data: FramePushed, at: float) -> None:
         target = self._responding or self._current
