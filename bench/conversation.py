@@ -170,6 +170,9 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any
     started = time.perf_counter()
     cases = ce.build_cases(corpus, seed=args.seed)
     built_s = time.perf_counter() - started
+    if args.kinds:
+        kinds = {k.strip() for k in args.kinds.split(",")}
+        cases = [case for case in cases if case.kind in kinds]
     if args.limit is not None:
         cases = cases[: args.limit]
     groups = ce.sessions(cases, PER_SESSION)
@@ -251,6 +254,7 @@ def main() -> None:
     )
     parser.add_argument("--phone", action="store_true", help="also run every variant on the phone path (8 kHz mu-law)")
     parser.add_argument("--limit", type=int, default=None, help="keep the first N cases (stratified: every kind early)")
+    parser.add_argument("--kinds", default=None, help="keep only these kinds of case (e.g. split,list)")
     parser.add_argument("--gap", type=float, default=7.0, help="silence after each case, seconds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--details", type=Path, default=None, help="write per-case records here (JSON)")

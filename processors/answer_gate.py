@@ -25,14 +25,21 @@ MAX_HOLD_SECS = 5.0
 
 
 class AnswerGate(FrameProcessor):
-    """Holds the bot's audio (and what follows it, in order) while an early answer awaits its verdict."""
+    """Holds the bot's audio (and what follows it, in order) while an answer awaits its verdict.
+
+    Each answer is numbered by the end-of-turn strategy. ``AnswerGateFrame(answer, hold=True)`` holds it;
+    ``hold=False`` gives the time it may play (an answer never held is "armed": open, but it can still be
+    held until its first audio has passed, e.g. when the user is heard going on). Once an answer's first
+    audio has passed, frames about it are ignored: an answer is never cut in the middle here.
+    """
 
     def __init__(self, **kwargs: Any):
         """Create the gate (open)."""
         super().__init__(**kwargs)
-        self._answer: int | None = None  # the answer being held
-        self._not_before: float | None = None
+        self._answer: int | None = None  # the answer the gate applies to (held or armed)
+        self._not_before: float | None = None  # None: held until told
         self._held_since = 0.0
+        self._passed = -1  # the last answer whose audio has passed
         self._changed = asyncio.Event()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
@@ -42,16 +49,22 @@ class AnswerGate(FrameProcessor):
             self._update(frame)
             return
         if isinstance(frame, InterruptionFrame):
-            self._answer = None  # the held answer is dropped with the queue
+            if self._answer is not None:  # the held answer is dropped with the queue: done with it
+                self._passed, self._answer = max(self._passed, self._answer), None
             self._changed.set()
         elif isinstance(frame, OutputAudioRawFrame) and direction == FrameDirection.DOWNSTREAM:
             await self._wait_for_release()
+            if self._answer is not None:
+                self._passed, self._answer = self._answer, None
         await self.push_frame(frame, direction)
 
     def _update(self, frame: AnswerGateFrame) -> None:
-        if frame.hold and frame.not_before is None:
+        if frame.answer <= self._passed or (self._answer is not None and frame.answer < self._answer):
+            return  # already playing or dropped, or superseded by a later answer
+        if frame.hold:
             self._answer, self._not_before, self._held_since = frame.answer, None, time.time()
-        elif frame.answer == self._answer:
+        else:
+            self._answer = frame.answer
             self._not_before = frame.not_before if frame.not_before is not None else time.time()
         self._changed.set()
 
@@ -62,7 +75,6 @@ class AnswerGate(FrameProcessor):
             if delay <= 0:
                 if self._not_before is None:
                     logger.warning(f"{self}: no verdict for answer {self._answer} in {MAX_HOLD_SECS}s; playing it")
-                self._answer = None
                 return
             self._changed.clear()
             try:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from pipecat.frames.frames import (
+    InputAudioRawFrame,
     InterimTranscriptionFrame,
     InterruptionFrame,
     TranscriptionFrame,
@@ -184,7 +186,7 @@ def test_the_bundled_model_tells_finished_sentences_from_cut_ones():
 
 async def test_an_early_answer_starts_at_the_words_and_is_released_by_the_verdict():
     strategy, stopped, _ = await _strategy(
-        audio=0.2, words=0.001, min_silence_secs=0.2, max_silence_secs=5.0, early_answer=True
+        audio=0.2, words=0.001, min_silence_secs=0.2, max_silence_secs=5.0, early_answer=True, gate=True
     )
     pushed: list = []
 
@@ -233,3 +235,40 @@ async def test_the_gate_holds_an_early_answer_until_released_and_drops_it_on_an_
     )  # fmt: skip
     assert stale == []
     assert await _through_gate([audio]) == [audio]
+
+
+def _audio(level: int, secs: float = 0.02) -> InputAudioRawFrame:
+    samples = np.full(int(16000 * secs), level, dtype=np.int16)
+    return InputAudioRawFrame(audio=samples.tobytes(), sample_rate=16000, num_channels=1)
+
+
+async def test_an_answer_not_heard_yet_is_held_when_the_user_is_heard_going_on(monkeypatch):
+    monkeypatch.setattr("vivavoce.end_of_turn.ONSET_HOLD_SECS", 0.1)
+    strategy, stopped, _ = await _strategy(audio=0.9, words=0.5, min_silence_secs=0.0, max_silence_secs=5.0, gate=True)
+    pushed: list = []
+
+    @strategy.event_handler("on_push_frame")
+    async def _push(_strategy, frame, direction):
+        pushed.append(frame)
+
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+    for _ in range(5):
+        await strategy.process_frame(_audio(3000))  # the user's speech sets the level
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await strategy.process_frame(_transcript("It was the age of foolishness."))
+    await _until(stopped)
+    armed = [f for f in pushed if isinstance(f, AnswerGateFrame)]
+    assert [(f.hold, f.not_before) for f in armed] == [(False, 0.0)]  # open, but watched
+    await strategy.process_frame(_audio(40))  # the room: nothing
+    assert len([f for f in pushed if isinstance(f, AnswerGateFrame)]) == 1
+    for _ in range(3):
+        await strategy.process_frame(_audio(2500))  # the user goes on, before the VAD can say so
+    holds = [f for f in pushed if isinstance(f, AnswerGateFrame)][1:]
+    assert [(f.answer, f.hold) for f in holds] == [(armed[0].answer, True)]
+    # No VAD start came (a cough): the answer plays after all.
+    for _ in range(50):
+        if len([f for f in pushed if isinstance(f, AnswerGateFrame)]) > 2:
+            break
+        await asyncio.sleep(0.01)
+    release = [f for f in pushed if isinstance(f, AnswerGateFrame)][-1]
+    assert release.answer == armed[0].answer and not release.hold

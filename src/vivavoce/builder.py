@@ -91,7 +91,8 @@ def turn_strategies(
                 min_silence_secs=end.min_silence_secs,
                 max_silence_secs=end.max_silence_secs,
                 wait_for_transcript=has_stt,
-                early_answer=end.early_answer and has_stt,
+                early_answer=end.early_answer,
+                gate=has_stt,
             )
         ]
     elif end.model == "smart_turn_v3":
@@ -197,8 +198,8 @@ def build_conversation(
             listening = len(steps)
     steps.insert(listening, AudioEnd(InputAudioRawFrame))
     end = bot.spec.turn_taking.end_of_turn
-    if end.model == "adaptive" and end.early_answer and bot.stage("stt") is not None:
-        steps.append(AnswerGate())  # holds an answer begun early until the end-of-turn verdict
+    if end.model == "adaptive" and bot.stage("stt") is not None:
+        steps.append(AnswerGate())  # holds an answer not heard yet: see vivavoce.end_of_turn
     steps += [*before_output, transport.output(), AudioEnd(OutputAudioRawFrame), aggregators.assistant()]
     pipeline = Pipeline(steps)
 

@@ -34,10 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from loguru import logger
 from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
     Frame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
@@ -186,6 +188,15 @@ class Evidence:
         return total
 
 
+ONSET_RATIO = 0.25
+"""Input this close to the turn's loudest speech (RMS, -12 dB) is the user going on, not the room."""
+ONSET_FLOOR_RMS = 150.0
+"""...and never quieter than this (int16 RMS, about -47 dBFS)."""
+ONSET_SECS = 0.04
+"""Loud input this long holds an answer not heard yet."""
+ONSET_HOLD_SECS = 0.5
+"""An answer held on loud input plays this much later if the VAD does not confirm speech meanwhile."""
+
 RESUME_MARGIN_SECS = 0.3
 """Beyond the VAD's start_secs, how late it can report speech that resumed in a pause (an early answer is
 held this long after its verdict's pause, unless the verdict was "finished")."""
@@ -221,11 +232,15 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
     ``context``: the conversation (the bot's last words help judge the user's); ``wait_for_transcript``:
     False where no STT runs (the turn then ends on audio and the pause alone).
 
-    ``early_answer``: end the turn as soon as the pause's words are transcribed, so the LLM and the TTS
-    work while the evidence is weighed, and hold the answer's audio (``AnswerGateFrame``, honoured by
-    :class:`vivavoce.processors.answer_gate.AnswerGate` before the output) until the pause has lasted as
-    long as the verdict asks, plus the time the VAD needs to hear the user resume. The wait is then no
-    longer added to the answer's latency; a user who goes on interrupts an answer nobody heard.
+    ``gate``: an :class:`vivavoce.processors.answer_gate.AnswerGate` sits before the output. Until an answer
+    is heard, the input is then watched: speech resuming (the caller's level back near their speech's, for
+    40 ms) holds the answer at the gate at once, where the VAD confirms speech only ``start_secs`` (or more,
+    on a soft word) later. The VAD's start then interrupts the answer unheard; if it never comes (a
+    cough), the answer plays ``ONSET_HOLD_SECS`` later.
+
+    ``early_answer`` (needs ``gate``): end the turn as soon as the pause's words are transcribed, so the LLM
+    and the TTS work while the evidence is weighed, and hold the answer's audio until the pause has
+    lasted as long as the verdict asks, plus the time the VAD needs to hear the user resume.
     """
 
     def __init__(
@@ -238,13 +253,20 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         max_silence_secs: float = 0.9,
         wait_for_transcript: bool = True,
         early_answer: bool = False,
+        gate: bool = False,
         clock: Callable[[], float] = time.time,
         **kwargs: Any,
     ):
         """Create the strategy; see the class docstring."""
         super().__init__(**kwargs)
-        self._early_answer = early_answer
-        self._answer = 0  # numbers the answers started early
+        self._early_answer = early_answer and gate
+        self._gate = gate
+        self._answer = 0  # numbers the answers, for the AnswerGate
+        self._watching: int | None = None  # the answer not heard yet, held if the user is heard going on
+        self._watch_not_before = 0.0
+        self._speech_rms = 0.0  # loudest 20 ms of the turn's speech
+        self._loud_secs = 0.0
+        self._reheld = False
         self._releasing: int | None = None  # the early answer waiting for this pause's verdict
         self._resume_secs = 0.2  # how long the VAD takes to hear speech resume (its start_secs)
         self._audio = audio
@@ -290,6 +312,8 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
     async def handle_user_turn_started(self) -> None:
         """A new turn: forget the last one's words and evidence (an answer held for it was interrupted)."""
         self._releasing = None
+        self._watching = None
+        self._speech_rms = 0.0
         await self._reset()
 
     async def handle_user_turn_stopped(self) -> None:
@@ -322,8 +346,11 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         if isinstance(frame, InputAudioRawFrame):
             if self._audio is not None:
                 self._audio.append_audio(frame.audio, self._vad_speaking)
+            if self._gate:
+                await self._watch(frame)
         elif isinstance(frame, VADUserStartedSpeakingFrame):
             self._vad_speaking = True
+            self._watching = None  # the VAD heard the user: its start interrupts an answer not heard
             self._resume_secs = frame.start_secs
             if self._audio is not None:
                 self._audio.update_vad_start_secs(frame.start_secs)
@@ -335,7 +362,48 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
             await self._on_transcript(frame)
         elif isinstance(frame, InterimTranscriptionFrame):
             self._score_early(frame.text)
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            self._watching = None  # heard: from here barge-in decides
         return ProcessFrameResult.CONTINUE
+
+    async def _watch(self, frame: InputAudioRawFrame) -> None:
+        """Follow the caller's level; hold the answer not heard yet when they are heard going on."""
+        samples = np.frombuffer(frame.audio, dtype=np.int16).astype(np.float32)
+        if not len(samples):
+            return
+        rms = float(np.sqrt(np.mean(samples * samples)))
+        if self._vad_speaking:
+            self._speech_rms = max(self._speech_rms, rms)
+            return
+        if self._watching is None or self._reheld:
+            return
+        if rms < max(ONSET_FLOOR_RMS, ONSET_RATIO * self._speech_rms):
+            self._loud_secs = 0.0
+            return
+        self._loud_secs += len(samples) / (frame.sample_rate or 16000)
+        if self._loud_secs >= ONSET_SECS:
+            self._reheld = True
+            answer = self._watching
+            logger.debug(f"{self}: the user is heard going on: answer {answer} held")
+            await self.push_frame(AnswerGateFrame(answer=answer, hold=True))
+            self.task_manager.create_task(self._unhold(answer), f"{self}::unhold")
+
+    async def _unhold(self, answer: int) -> None:
+        """The VAD never confirmed the speech: play the held answer after all."""
+        await asyncio.sleep(ONSET_HOLD_SECS)
+        if self._watching == answer and self._releasing != answer:
+            await self.push_frame(
+                AnswerGateFrame(answer=answer, hold=False, not_before=max(self._clock(), self._watch_not_before))
+            )
+
+    async def _arm(self, *, hold: bool) -> None:
+        """Number the answer about to be written and tell the gate (held, or open but watched)."""
+        self._answer += 1
+        self._watching, self._reheld, self._loud_secs = self._answer, False, 0.0
+        self._watch_not_before = 0.0
+        if hold:
+            self._releasing = self._answer
+        await self.push_frame(AnswerGateFrame(answer=self._answer, hold=hold, not_before=None if hold else 0.0))
 
     def _score_early(self, interim: str) -> None:
         """Read an early transcript of the words so far now, so the verdict is ready when the pause is."""
@@ -392,16 +460,15 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def _start_answer(self) -> None:
         """End the turn now, the answer held until this pause's verdict (see ``early_answer``)."""
-        self._answer += 1
-        self._releasing = self._answer
         self._fired = True
         logger.debug(f"{self}: answering early, held until the verdict [{self._text}]")
-        await self.push_frame(AnswerGateFrame(answer=self._answer, hold=True))
+        await self._arm(hold=True)
         await self.trigger_user_turn_stopped()
 
     async def _release(self, at: float) -> None:
         answer, self._releasing = self._releasing, None
         if answer is not None:
+            self._watch_not_before = at
             await self.push_frame(AnswerGateFrame(answer=answer, hold=False, not_before=at))
 
     async def _read(self, pause: int, text: str) -> None:
@@ -484,6 +551,8 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
             # Nothing was said (or the words are late): a transcript arriving later re-decides.
             return
         self._fired = True
+        if self._gate:
+            await self._arm(hold=False)
         await self.trigger_user_turn_stopped()
 
     async def _cancel_timer(self) -> None:
