@@ -368,14 +368,14 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def _watch(self, frame: InputAudioRawFrame) -> None:
         """Follow the caller's level; hold the answer not heard yet when they are heard going on."""
+        if not self._vad_speaking and (self._watching is None or self._reheld):
+            return  # most frames of a call: nothing to measure
         samples = np.frombuffer(frame.audio, dtype=np.int16).astype(np.float32)
         if not len(samples):
             return
         rms = float(np.sqrt(np.mean(samples * samples)))
         if self._vad_speaking:
             self._speech_rms = max(self._speech_rms, rms)
-            return
-        if self._watching is None or self._reheld:
             return
         if rms < max(ONSET_FLOOR_RMS, ONSET_RATIO * self._speech_rms):
             self._loud_secs = 0.0
