@@ -14,6 +14,11 @@ at the output transport as soon as the VAD fires, so the caller hears it stop ju
 - still undecided ``resume_within_secs`` after the pause: an interruption if the user is still speaking,
   otherwise noise (no words came), and the bot resumes.
 
+Speech in a gap inside a reply (its next phrase still being synthesized) counts as speech over the bot:
+pipecat's ``BotStoppedSpeakingFrame`` fires in such a gap, but the reply only ends when the assistant
+aggregator broadcasts its ``LLMContextAssistantTurnFrame``. Without this, an "mm-hm" said in a 1 s gap on a
+loaded machine cut off the rest of the answer. Speech after the reply ended is the user's turn, at once.
+
 A real interruption is pipecat's: an ``InterruptionFrame`` both ways, which drops the paused audio.
 """
 
@@ -29,6 +34,7 @@ from pipecat.frames.frames import (
     BotStoppedSpeakingFrame,
     Frame,
     InterruptionFrame,
+    LLMContextAssistantTurnFrame,
     TranscriptionFrame,
     UserBackchannelFrame,
     VADUserStartedSpeakingFrame,
@@ -51,7 +57,15 @@ STOP_WORDS = (
 )  # fmt: skip
 
 
+MID_REPLY_GAP_SECS = 3.0
+"""A reply whose end never came (no assistant text to aggregate) counts as over after this much silence."""
+
+
 FILLERS = ("and", "the", "a", "an", "so", "well", "uh", "um", "er", "eh", "like", "i", "it")
+
+
+HUM = re.compile(r"(?:[mh]+-?)+a?|u+h+|a+h+")
+"""Hums as a small STT spells them: "mm", "mmm", "hmm", "mm-hmm", "m-m-h-m", "mma", "uhh", "ahh"."""
 
 
 def content_words(text: str) -> list[str]:
@@ -59,9 +73,7 @@ def content_words(text: str) -> list[str]:
     remaining = re.sub(r"[^\w\s'-]", " ", text.lower())
     for phrase in sorted(BACKCHANNELS, key=len, reverse=True):
         remaining = re.sub(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", " ", remaining)
-    # Hums as a small STT spells them: "mm", "mmm", "hmm", "mm-hmm", "mma", "uhh", "ahh".
-    hum = re.compile(r"(?:[mh]+-?)+a?|u+h+|a+h+")
-    return [w for w in remaining.split() if w not in FILLERS and not hum.fullmatch(w)]
+    return [w for w in remaining.split() if w not in FILLERS and not HUM.fullmatch(w)]
 
 
 def _mentions(text: str, phrases: tuple[str, ...]) -> bool:
@@ -77,7 +89,7 @@ def is_backchannel(text: str, backchannels: tuple[str, ...] = BACKCHANNELS) -> b
     joined = " ".join(words)
     for phrase in sorted(backchannels, key=len, reverse=True):
         joined = re.sub(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", " ", joined)
-    return not joined.split()
+    return all(HUM.fullmatch(w) for w in joined.split())
 
 
 class BargeInController(FrameProcessor):
@@ -111,6 +123,8 @@ class BargeInController(FrameProcessor):
         self._stop_words = stop_words
         self._has_stt = has_stt
         self._bot_speaking = False
+        self._reply_open = False  # from the bot's first sound until the assistant aggregator ends the reply
+        self._bot_stopped_at = 0.0
         self._user_speaking = False
         self._paused = False
         self._resumed_at: float | None = None
@@ -123,10 +137,14 @@ class BargeInController(FrameProcessor):
         """Watch the VAD, the bot and the transcripts; forward everything but backchannel transcripts."""
         await super().process_frame(frame, direction)
         if isinstance(frame, BotStartedSpeakingFrame):
-            self._bot_speaking = True
+            self._bot_speaking = self._reply_open = True
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._bot_speaking = False
+            self._bot_stopped_at = asyncio.get_running_loop().time()
+        elif isinstance(frame, LLMContextAssistantTurnFrame):
+            self._reply_open = False
         elif isinstance(frame, InterruptionFrame):
+            self._reply_open = False
             self._end_pause()
         elif isinstance(frame, VADUserStartedSpeakingFrame) and not self._user_speaking:
             self._user_speaking = True
@@ -147,14 +165,21 @@ class BargeInController(FrameProcessor):
                 await self._resume(f"backchannel {text!r}")
                 await self.push_frame(UserBackchannelFrame(frame.text, frame.user_id, frame.timestamp), direction)
                 return
-        elif isinstance(frame, TranscriptionFrame) and self._bot_speaking and is_backchannel(frame.text):
+        elif isinstance(frame, TranscriptionFrame) and self._over_the_bot() and is_backchannel(frame.text):
             # A backchannel heard while the bot speaks (e.g. in a gap between its sentences).
             await self.push_frame(UserBackchannelFrame(frame.text, frame.user_id, frame.timestamp), direction)
             return
         await self.push_frame(frame, direction)
 
+    def _over_the_bot(self) -> bool:
+        """Whether the bot is speaking, or is in a gap inside a reply that has more to say."""
+        if self._bot_speaking:
+            return True
+        gap = asyncio.get_running_loop().time() - self._bot_stopped_at
+        return self._reply_open and gap < MID_REPLY_GAP_SECS
+
     async def _on_speech_started(self) -> None:
-        if not self._bot_speaking:
+        if not self._over_the_bot():
             # Nothing is playing: stop whatever the bot is preparing, as pipecat does on every turn.
             await self.broadcast_interruption()
             return
