@@ -5,16 +5,13 @@ Daily is a hosted service; the bot's models run in this process and the room's m
 
 from __future__ import annotations
 
-from typing import Any
-
 from pipecat.transports.base_transport import BaseTransport
-from pipecat.workers.runner import WorkerRunner
 
 from vivavoce.botfile import Bot
 from vivavoce.botfile.schema import DailyTransportConfig
-from vivavoce.builder import build_conversation
 from vivavoce.registry import MissingDependencyError
-from vivavoce.turns import Turn, TurnRecorder
+from vivavoce.session import Session
+from vivavoce.turns import Turn
 
 OUTPUT_SAMPLE_RATE = 24000
 
@@ -40,18 +37,6 @@ async def run_in_daily_room(bot: Bot) -> list[Turn]:
     """Join the room and talk until a participant leaves (one person per room, as pipecat's examples) or Ctrl-C."""
     assert isinstance(bot.spec.transport, DailyTransportConfig)
     transport = create_daily_transport(bot.spec.transport)
-    recorder = TurnRecorder(timeline=lambda clock_ns: clock_ns / 1e9)
-    conversation = build_conversation(
-        bot, transport, audio_out_sample_rate=OUTPUT_SAMPLE_RATE, observers=[recorder], enable_rtvi=True
-    )
-    recorder.roles = conversation.processor_roles()
-    recorder.follow(conversation.assistant_aggregator)
-
-    @transport.event_handler("on_participant_left")
-    async def _left(_transport: Any, _participant: Any, _reason: Any) -> None:
-        await conversation.worker.cancel()
-
-    runner = WorkerRunner(handle_sigint=True)
-    await runner.add_workers(conversation.worker)
-    await runner.run()
-    return recorder.completed_turns()
+    session = Session(bot, transport, audio_out_sample_rate=OUTPUT_SAMPLE_RATE, enable_rtvi=True)
+    session.end_when("on_participant_left")
+    return await session.run(handle_sigint=True)

@@ -20,19 +20,18 @@ from loguru import logger
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
-from pipecat.workers.runner import WorkerRunner
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from vivavoce.botfile import Bot
 from vivavoce.botfile.schema import TwilioTransportConfig
-from vivavoce.builder import build_conversation
 from vivavoce.live_sessions import LiveSessions
+from vivavoce.session import Session
 from vivavoce.transports.call_tokens import CallTokens, InvalidCallToken
 from vivavoce.transports.pausable_websocket import PausableFastAPIWebsocketTransport
 from vivavoce.transports.twilio_call_control import TwilioCallControl
 from vivavoce.transports.twilio_stream import MAX_MESSAGE_BYTES, PlayoutMarks, TwilioStreamSerializer, parse_message
-from vivavoce.turns import Turn, TurnRecorder
+from vivavoce.turns import Turn
 
 TWILIO_SAMPLE_RATE = 8000
 HANDSHAKE_TIMEOUT_SECS = 10.0
@@ -86,7 +85,7 @@ class TwilioServerSettings:
 
 @dataclass
 class CallRecord:
-    """A live call, for /health and the metrics."""
+    """A live call: its stream, what its serializer dropped, and its playout marks (logs and tests read them)."""
 
     call_sid: str
     stream_sid: str
@@ -244,18 +243,16 @@ class TwilioCalls:
         )
         marks = PlayoutMarks(stream_sid)
         record = CallRecord(call_sid=call_sid, stream_sid=stream_sid, serializer=serializer, marks=marks)
-        recorder = TurnRecorder(timeline=lambda clock_ns: clock_ns / 1e9, on_turn=self._on_turn)
-        conversation = build_conversation(
+        session = Session(
             self.bot,
             transport,
             audio_out_sample_rate=TWILIO_SAMPLE_RATE,
-            observers=[recorder, *(self._observers(record) if self._observers else ())],
+            observers=self._observers(record) if self._observers else (),
+            on_turn=self._on_turn,
             after_input=[DTMFAggregator(enable_direct_mode=True)],
             before_output=[marks],
             narrowband_input=True,
         )
-        recorder.roles = conversation.processor_roles()
-        recorder.follow(conversation.assistant_aggregator)
         if can_hang_up:
             TwilioCallControl(
                 account_sid=settings.account_sid or "",
@@ -263,22 +260,15 @@ class TwilioCalls:
                 call_sid=call_sid,
                 api_base_url=settings.api_base_url,
                 transfer_to=settings.transfer_to,
-            ).offer_tools(conversation)
-        runner = WorkerRunner(handle_sigint=False)
-
-        @transport.event_handler("on_client_disconnected")
-        async def _hung_up(_transport: Any, _client: Any) -> None:
-            await conversation.worker.cancel()
-
+            ).offer_tools(session.conversation)
+        session.end_when("on_client_disconnected")
         self.calls[call_sid] = record
         logger.info(f"Call {call_sid}: stream {stream_sid} started")
         try:
-            await runner.add_workers(conversation.worker)
-            await runner.run()
+            await session.run()
         except Exception as e:  # one call's failure ends that call only
             logger.exception(f"Call {call_sid} failed: {e}")
         finally:
-            recorder.finish()
             if self.calls.get(call_sid) is record:
                 del self.calls[call_sid]
             if sum(serializer.rejected.values()):

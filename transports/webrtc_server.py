@@ -32,16 +32,14 @@ from pipecat.transports.smallwebrtc.request_handler import (
     SmallWebRTCRequest,
     SmallWebRTCRequestHandler,
 )
-from pipecat.workers.runner import WorkerRunner
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vivavoce.botfile import Bot
 from vivavoce.botfile.schema import WebRTCTransportConfig
-from vivavoce.builder import build_conversation
 from vivavoce.live_sessions import LiveSessions
-from vivavoce.transports.webrtc_feed import TurnFeed
+from vivavoce.session import Session
 from vivavoce.transports.webrtc_pausable import PausableSmallWebRTCTransport
-from vivavoce.turns import Turn, TurnRecorder
+from vivavoce.turns import Turn
 
 OUTPUT_SAMPLE_RATE = 48000
 """Opus runs at 48 kHz: the TTS resamples once to it and the encoder takes it as is."""
@@ -231,49 +229,39 @@ class WebRTCSessions:
             raise
 
     def _run_session(self, connection: SmallWebRTCConnection, started: float) -> None:
-        session = WebRTCSession(pc_id=connection.pc_id, connection=connection, started=started)
+        peer = WebRTCSession(pc_id=connection.pc_id, connection=connection, started=started)
         transport = PausableSmallWebRTCTransport(
             connection, TransportParams(audio_in_enabled=True, audio_out_enabled=True)
         )
-        recorder = TurnRecorder(timeline=lambda clock_ns: clock_ns / 1e9, on_turn=self._on_turn)
-        feed = TurnFeed(recorder)
-        conversation = build_conversation(
+        session = Session(
             self.bot,
             transport,
             audio_out_sample_rate=OUTPUT_SAMPLE_RATE,
-            observers=[feed, *(self._observers(session) if self._observers else ())],
+            observers=self._observers(peer) if self._observers else (),
+            on_turn=self._on_turn,
             enable_rtvi=True,
         )
-        recorder.roles = conversation.processor_roles()
-        recorder.follow(conversation.assistant_aggregator)
-        feed.attach(conversation.worker.rtvi)
 
         @transport.event_handler("on_client_connected")
         async def _connected(_transport: Any, _client: Any) -> None:
-            session.connected_s = time.perf_counter() - started
-            logger.info(f"WebRTC session {session.pc_id}: connected in {session.connected_s * 1000:.0f} ms")
+            peer.connected_s = time.perf_counter() - started
+            logger.info(f"WebRTC session {peer.pc_id}: connected in {peer.connected_s * 1000:.0f} ms")
 
-        @transport.event_handler("on_client_disconnected")
-        async def _left(_transport: Any, _client: Any) -> None:
-            await conversation.worker.cancel()
+        session.end_when("on_client_disconnected")
+        self.live.claim(peer.live_id)  # ids are unique: the claim only counts the session
+        self.sessions[peer.pc_id] = peer
+        peer.task = asyncio.create_task(self._run(peer, session))
 
-        self.live.claim(session.live_id)  # ids are unique: the claim only counts the session
-        self.sessions[session.pc_id] = session
-        session.task = asyncio.create_task(self._run(session, conversation.worker, recorder))
-
-    async def _run(self, session: WebRTCSession, worker: Any, recorder: TurnRecorder) -> None:
-        runner = WorkerRunner(handle_sigint=False)
+    async def _run(self, peer: WebRTCSession, session: Session) -> None:
         try:
-            await runner.add_workers(worker)
-            await runner.run()
+            await session.run()
         except Exception as e:  # one session's failure ends that session only
-            logger.exception(f"WebRTC session {session.pc_id} failed: {e}")
+            logger.exception(f"WebRTC session {peer.pc_id} failed: {e}")
         finally:
-            recorder.finish()
-            self.sessions.pop(session.pc_id, None)
-            self.live.release(session.live_id)
-            await session.connection.disconnect()
-            logger.info(f"WebRTC session {session.pc_id} ended")
+            self.sessions.pop(peer.pc_id, None)
+            self.live.release(peer.live_id)
+            await peer.connection.disconnect()
+            logger.info(f"WebRTC session {peer.pc_id} ended")
 
     async def close(self) -> None:
         """End every session (server shutdown)."""

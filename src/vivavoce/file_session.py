@@ -11,12 +11,11 @@ from typing import Any
 import numpy as np
 from loguru import logger
 from pipecat.frames.frames import EndFrame
-from pipecat.workers.runner import WorkerRunner
 
 from vivavoce.botfile import Bot
-from vivavoce.builder import build_conversation
+from vivavoce.session import Session
 from vivavoce.transports.file import FileTransport, InputAudio, write_wav
-from vivavoce.turns import Turn, TurnRecorder, summarize
+from vivavoce.turns import Turn, summarize
 
 SETTLE_SECS = 2.0
 """Quiet time after the recording ends, with nothing in flight, before the run ends."""
@@ -69,18 +68,16 @@ async def run_on_recording(
 ) -> FileRunResult:
     """Play ``audio`` to ``bot`` in real time; end once it is consumed and the bot has finished."""
     transport = FileTransport(audio)
-    recorder = TurnRecorder(timeline=transport.timeline_secs, speech_onset=transport.speech_onset)
-    conversation = build_conversation(
+    session = Session(
         bot,
         transport,
         audio_out_sample_rate=transport.output_sample_rate,
-        observers=[recorder],
+        timeline=transport.timeline_secs,
+        speech_onset=transport.speech_onset,
         idle_timeout_secs=None,
         narrowband_input=audio.sample_rate <= 8000,
     )
-    recorder.roles = conversation.processor_roles()
-    recorder.follow(conversation.assistant_aggregator)
-    worker = conversation.worker
+    recorder, worker = session.recorder, session.worker
 
     async def end_when_settled() -> None:
         await transport.input_consumed.wait()
@@ -95,20 +92,18 @@ async def run_on_recording(
                 break
         await worker.queue_frame(EndFrame())
 
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
     loop = asyncio.get_running_loop()
     started = loop.time()
     # Independent of the pipeline's event handlers, so the run always ends, even if one of them fails.
     ending = asyncio.create_task(end_when_settled())
     try:
-        await runner.run()
+        turns = await session.run()
     finally:
         ending.cancel()
     return FileRunResult(
         bot=bot,
         audio=audio,
-        turns=recorder.completed_turns(),
+        turns=turns,
         output_pcm=transport.output_pcm(),
         output_sample_rate=transport.output_sample_rate,
         duration_secs=loop.time() - started,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pipecat.workers.runner import WorkerRunner
-
 from vivavoce.botfile import Bot
 from vivavoce.botfile.schema import LocalTransportConfig
-from vivavoce.builder import build_conversation
+from vivavoce.session import Session
 from vivavoce.transports.local import create_local_transport
-from vivavoce.turns import Turn, TurnRecorder
+from vivavoce.turns import Turn
 
 SPEAKER_SAMPLE_RATE = 24000
 
@@ -21,13 +19,5 @@ async def run_with_microphone(bot: Bot) -> list[Turn]:
         else LocalTransportConfig(kind="local")
     )
     transport = create_local_transport(config, sample_rate=SPEAKER_SAMPLE_RATE)
-    recorder = TurnRecorder(timeline=lambda clock_ns: clock_ns / 1e9)
-    conversation = build_conversation(
-        bot, transport, audio_out_sample_rate=SPEAKER_SAMPLE_RATE, observers=[recorder], idle_timeout_secs=None
-    )
-    recorder.roles = conversation.processor_roles()
-    recorder.follow(conversation.assistant_aggregator)
-    runner = WorkerRunner(handle_sigint=True)
-    await runner.add_workers(conversation.worker)
-    await runner.run()
-    return recorder.completed_turns()
+    session = Session(bot, transport, audio_out_sample_rate=SPEAKER_SAMPLE_RATE, idle_timeout_secs=None)
+    return await session.run(handle_sigint=True)

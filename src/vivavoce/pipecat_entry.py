@@ -16,6 +16,8 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from loguru import logger
+
 from vivavoce.botfile import load_bot
 
 TELEPHONY_SAMPLE_RATE = 8000
@@ -45,28 +47,43 @@ def _transport_params() -> dict[str, Callable[[], Any]]:
     }
 
 
-def pipecat_bot(path: str | os.PathLike[str]) -> Callable[[Any], Awaitable[None]]:
-    """pipecat's ``bot(runner_args)`` for the bot file at ``path`` (validated now, built per session)."""
+def pipecat_bot(path: str | os.PathLike[str], *, load_models_now: bool = True) -> Callable[[Any], Awaitable[None]]:
+    """pipecat's ``bot(runner_args)`` for the bot file at ``path`` (validated now, built per session).
+
+    The models load here, before pipecat's runner starts serving (``load_models_now``), and each session
+    waits for them in a worker thread: a model never loads on the event loop, where it would stall the
+    WebRTC handshake of the first peer. Each session has vivavoce's turn recorder: every turn's latency
+    is logged and, over WebRTC, sent to the client.
+    """
     bot_file = load_bot(path)
+    if load_models_now:
+        from vivavoce.builder import load_models
+
+        load_models(bot_file)
 
     async def bot(runner_args: Any) -> None:
         from pipecat.runner.types import WebSocketRunnerArguments
         from pipecat.runner.utils import create_transport
-        from pipecat.workers.runner import WorkerRunner
 
-        from vivavoce.builder import build_conversation
+        from vivavoce.session import Session
 
+        await Session.prepare(bot_file)
         transport = await create_transport(runner_args, _transport_params())
         telephony = isinstance(runner_args, WebSocketRunnerArguments)
-        conversation = build_conversation(
+        session = Session(
             bot_file,
             transport,
             audio_out_sample_rate=TELEPHONY_SAMPLE_RATE if telephony else BROWSER_SAMPLE_RATE,
+            on_turn=_log_turn,
             enable_rtvi=not telephony,
             narrowband_input=telephony,
         )
-        runner = WorkerRunner(handle_sigint=getattr(runner_args, "handle_sigint", False))
-        await runner.add_workers(conversation.worker)
-        await runner.run()
+        session.end_when("on_client_disconnected")
+        await session.run(handle_sigint=getattr(runner_args, "handle_sigint", False))
 
     return bot
+
+
+def _log_turn(turn: Any) -> None:
+    if turn.voice_to_voice_ms is not None:
+        logger.info(f"turn: voice-to-voice {turn.voice_to_voice_ms:.0f} ms, stages {turn.stages_ms()}")

@@ -1,4 +1,4 @@
-"""Per-turn latency for the page: each answered turn's voice-to-voice and stages, as an RTVI server message.
+"""Per-turn latency for the client: each answered turn's voice-to-voice and stages, as an RTVI server message.
 
 The :class:`~vivavoce.turns.TurnRecorder` measures the turn; this observer runs it and, the moment the
 bot starts answering, sends the turn to the client over pipecat's RTVI (``server-message`` with
