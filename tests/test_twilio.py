@@ -381,6 +381,14 @@ async def test_a_second_stream_with_the_same_token_does_not_hide_the_live_call(l
         assert (await health(running))["active_sessions"] == 1
 
 
+async def closed_by_server(ws, timeout: float = 5):
+    """The close frame the server ends ``ws`` with, sending nothing before it."""
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), timeout)
+    assert closed.value.rcvd is not None, "the connection ended without a close frame from the server"
+    return closed.value.rcvd
+
+
 @pytest.mark.parametrize(
     ("start", "reason"),
     [
@@ -397,9 +405,8 @@ async def test_a_second_stream_with_the_same_token_does_not_hide_the_live_call(l
 async def test_a_malformed_start_is_refused(light_server, built, start, reason):
     async with websockets.connect(light_server.ws) as ws:
         await ws.send(json.dumps(start))
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), 5)
-    assert closed.value.rcvd.code == 1008 and reason in closed.value.rcvd.reason
+        close = await closed_by_server(ws)
+    assert close.code == 1008 and reason in close.reason
     assert built == []
 
 
@@ -408,9 +415,8 @@ async def test_a_stream_that_never_starts_is_closed(light_server, built, monkeyp
     async with websockets.connect(light_server.ws) as silent, websockets.connect(light_server.ws) as chatty:
         await chatty.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
         for ws in (silent, chatty):
-            with pytest.raises(websockets.ConnectionClosed) as closed:
-                await asyncio.wait_for(ws.recv(), 10)
-            assert closed.value.rcvd.code == 1008 and closed.value.rcvd.reason == "no start message"
+            close = await closed_by_server(ws, 10)
+            assert close.code == 1008 and close.reason == "no start message"
     assert built == []
 
 
@@ -418,18 +424,16 @@ async def test_a_stream_flooding_messages_before_start_is_closed(light_server, b
     async with websockets.connect(light_server.ws) as ws:
         for _ in range(twilio_server.MAX_MESSAGES_BEFORE_START):
             await ws.send(json.dumps({"event": "connected"}))
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), 5)
-    assert closed.value.rcvd.code == 1008 and closed.value.rcvd.reason == "no start message"
+        close = await closed_by_server(ws)
+    assert close.code == 1008 and close.reason == "no start message"
     assert built == []
 
 
 async def test_an_oversized_message_before_start_is_refused(light_server, built):
     async with websockets.connect(light_server.ws) as ws:
         await ws.send("x" * 100_000)
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), 5)
-    assert closed.value.rcvd.code == 1008 and "oversized" in closed.value.rcvd.reason
+        close = await closed_by_server(ws)
+    assert close.code == 1008 and "oversized" in close.reason
     assert built == []
 
 
@@ -449,10 +453,9 @@ def _start_with_token(token) -> str:
 async def test_a_crafted_message_before_start_is_refused_with_a_policy_close(light_server, built, message):
     async with websockets.connect(light_server.ws) as ws:
         await ws.send(message)
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), 5)
+        close = await closed_by_server(ws)
     assert built == []
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert close.code == 1008
 
 
 # --- Malformed input: one call's garbage never reaches another call ------------------------------------------------

@@ -72,15 +72,6 @@ class TwilioCallControl:
             await client.http_client.close()
         logger.info(f"Call {self._call_sid} transferred to {target}")
 
-    async def hang_up(self) -> None:
-        """Complete the call now."""
-        client = self._client()
-        try:
-            await client.calls(self._call_sid).update_async(status="completed")
-        finally:
-            await client.http_client.close()
-        logger.info(f"Call {self._call_sid} hung up")
-
     def offer_tools(self, conversation: Any) -> None:
         """Register ``end_call`` (and ``transfer_call`` when a number is set) with the conversation's LLM."""
         llm = next((p for p in conversation.processors.values() if isinstance(p, LLMService)), None)

@@ -17,12 +17,7 @@ from typing import Any
 
 from loguru import logger
 from pipecat.audio.utils import create_stream_resampler
-from pipecat.frames.frames import (
-    Frame,
-    InputTransportMessageFrame,
-    OutputTransportMessageFrame,
-    TTSStoppedFrame,
-)
+from pipecat.frames.frames import Frame, InputTransportMessageFrame, OutputTransportMessageFrame, TTSStoppedFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.serializers.twilio import TwilioFrameSerializer
 
@@ -123,33 +118,23 @@ class PlayoutMarks(FrameProcessor):
     """Sends a Twilio ``mark`` after each bot utterance's audio; Twilio echoes it once the caller heard it.
 
     Sits just before the output transport, so the mark leaves after the utterance's last audio frame.
-    ``heard`` maps each mark's name to when its echo came back (``time.monotonic()``).
+    The echo comes back through :class:`TwilioStreamSerializer` as an ``InputTransportMessageFrame``.
     """
 
     def __init__(self, stream_sid: str, **kwargs: Any):
         """Marks for the stream ``stream_sid``."""
-        # It only forwards and notes: it runs in the pushing processor's task (pipecat's direct mode)
-        # rather than paying a queue and a task switch per 20 ms frame of its own.
+        # It only forwards: it runs in the pushing processor's task (pipecat's direct mode) rather than
+        # paying a queue and a task switch per 20 ms frame of its own.
         super().__init__(enable_direct_mode=True, **kwargs)
         self._stream_sid = stream_sid
         self._count = 0
-        self.sent: dict[str, float] = {}
-        self.heard: dict[str, float] = {}
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        """Forward everything; follow each TTSStoppedFrame with a mark; note mark echoes."""
+        """Forward everything; follow each TTSStoppedFrame with a mark."""
         await super().process_frame(frame, direction)
-        if (
-            isinstance(frame, InputTransportMessageFrame)
-            and isinstance(frame.message, dict)
-            and "mark" in frame.message
-        ):
-            self.heard[frame.message["mark"]] = frame.message.get("at", time.monotonic())
         await self.push_frame(frame, direction)
         if isinstance(frame, TTSStoppedFrame) and direction == FrameDirection.DOWNSTREAM:
             self._count += 1
-            name = f"utterance-{self._count}"
-            self.sent[name] = time.monotonic()
-            mark = {"event": "mark", "streamSid": self._stream_sid, "mark": {"name": name}}
+            mark = {"event": "mark", "streamSid": self._stream_sid, "mark": {"name": f"utterance-{self._count}"}}
             # Not urgent: it queues behind the utterance's audio in the output transport.
             await self.push_frame(OutputTransportMessageFrame(message=mark))

@@ -207,7 +207,7 @@ class BatchedSileroVADAnalyzer(SileroVADAnalyzer):
         self._model_sample_rate = model_sample_rate
         self._decimator = Decimator(narrowband=narrowband_input)
         self._batcher = batcher or shared_batcher
-        self._model = self._batcher.attach()
+        self._slot = self._batcher.attach()
         self._windows_since_reset = 0
         self._low_confidence_windows = 0
 
@@ -224,9 +224,14 @@ class BatchedSileroVADAnalyzer(SileroVADAnalyzer):
                 rate = self.scoring_sample_rate
                 if rate != self.sample_rate:
                     window = self._decimator(window)
-                self._model.scored = await self._batcher.score(self._model, window, rate)
+                self._slot.scored = await self._batcher.score(self._slot, window, rate)
             state = self._run_analyzer(piece)
         return state
+
+    @property
+    def _model(self) -> SileroSlot:
+        """What pipecat's inherited ``_maybe_reset_model`` resets: this session's slot, not a model."""
+        return self._slot
 
     @property
     def scoring_sample_rate(self) -> int:
@@ -237,7 +242,7 @@ class BatchedSileroVADAnalyzer(SileroVADAnalyzer):
 
     def voice_confidence(self, buffer: bytes) -> float:
         """The score the batcher already computed for this window (pipecat's would convert it again)."""
-        confidence = self._model.scored
+        confidence = self._slot.scored
         self._maybe_reset_model(confidence)
         return confidence
 
@@ -248,5 +253,5 @@ class BatchedSileroVADAnalyzer(SileroVADAnalyzer):
 
     async def cleanup(self) -> None:
         """Give the slot back (the shared model stays loaded)."""
-        self._batcher.detach(self._model)
+        self._batcher.detach(self._slot)
         await super().cleanup()

@@ -41,10 +41,6 @@ class ModelStore:
         """Unsubscribe from load events."""
         self._listeners.remove(listener)
 
-    def loaded(self, key: Hashable) -> bool:
-        """Whether the model under ``key`` is loaded."""
-        return key in self._models
-
     def get(self, key: Hashable, loader: Callable[[], T], *, label: str) -> T:
         """The model under ``key``, loading it with ``loader()`` the first time."""
         if key in self._models:
