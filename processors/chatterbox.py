@@ -6,17 +6,19 @@ and sets Chatterbox's expression controls per request.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vivavoce.processors.worker_client import WorkerTTSService, connection_settings
+
+if TYPE_CHECKING:
+    from vivavoce.build_context import BuildContext
+    from vivavoce.processors.catalog import ChatterboxConfig
 
 
 class ChatterboxTTSService(WorkerTTSService):
     """Chatterbox over the worker protocol: a registered voice, exaggeration and CFG weight."""
 
-    def __init__(
-        self, *, voice: str | None = None, exaggeration: float = 0.5, cfg_weight: float = 0.5, **kwargs: Any
-    ):
+    def __init__(self, *, voice: str | None = None, exaggeration: float = 0.5, cfg_weight: float = 0.5, **kwargs: Any):
         """``voice``: a voice id registered on the worker (None: the model's built-in voice)."""
         settings = kwargs.pop("settings", None) or self.Settings(model="chatterbox", voice=voice, language=None)
         super().__init__(settings=settings, **kwargs)
@@ -31,7 +33,7 @@ class ChatterboxTTSService(WorkerTTSService):
         return fields
 
 
-def create(config: Any, context: Any) -> ChatterboxTTSService:
+def create(config: ChatterboxConfig, context: BuildContext) -> ChatterboxTTSService:
     """Factory for the ``chatterbox`` kind."""
     return ChatterboxTTSService(
         **connection_settings(config),

@@ -13,7 +13,7 @@ import base64
 import wave
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipecat.frames.frames import (
     Frame,
@@ -25,6 +25,10 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection
 
 from vivavoce.processors.worker_client import WorkerTTSService, connection_settings
+
+if TYPE_CHECKING:
+    from vivavoce.build_context import BuildContext
+    from vivavoce.processors.catalog import CSMConfig
 
 BOT_SPEAKER = 0
 USER_SPEAKER = 1
@@ -105,7 +109,7 @@ class CSMTTSService(WorkerTTSService):
         self._turns.append({"speaker": self._speaker, "text": text, "request_id": request_id})
 
 
-def create(config: Any, context: Any) -> CSMTTSService:
+def create(config: CSMConfig, context: BuildContext) -> CSMTTSService:
     """Factory for the ``csm`` kind."""
     prompt = (
         load_voice_prompt(config.voice_prompt_audio, config.voice_prompt_text) if config.voice_prompt_audio else None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pipecat.services.deepgram.stt import DeepgramSTTService
 
+if TYPE_CHECKING:
+    from vivavoce.build_context import BuildContext
+    from vivavoce.processors.catalog import DeepgramConfig
 
-def create(config: Any, context: Any) -> DeepgramSTTService:
+
+def create(config: DeepgramConfig, context: BuildContext) -> DeepgramSTTService:
     """Factory for the ``deepgram`` kind."""
     return DeepgramSTTService(
         api_key=config.api_key.get_secret_value(),

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -45,23 +45,15 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.utils.text.base_text_aggregator import TextType
-from pydantic import BaseModel, Field
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+if TYPE_CHECKING:
+    from vivavoce.build_context import BuildContext
+    from vivavoce.processors.catalog import MoshiConfig
+
 MOSHI_SAMPLE_RATE = 24000
 HANDSHAKE, AUDIO, TEXT, ERROR = 0x00, 0x01, 0x02, 0x05
-
-
-class MoshiParams(BaseModel):
-    """How the service talks to the worker and cuts the bot's audio into utterances."""
-
-    gate: bool = Field(True, description="Worker-side turn gating: Moshi stays silent while the user speaks.")
-    gate_silence_ms: int = Field(480, ge=0, le=10_000, description="Silence that reopens the gate.")
-    gate_threshold_db: float = Field(-40.0, ge=-120, le=0, description="User level counted as speech (dBFS).")
-    speech_threshold_db: float = Field(-50.0, ge=-120, le=0, description="Bot level counted as speech (dBFS).")
-    utterance_end_ms: int = Field(400, ge=80, le=5_000, description="Bot silence that ends an utterance.")
-    connect_timeout_secs: float = Field(10.0, gt=0, description="Connection and handshake time limit.")
 
 
 def level_db(pcm: bytes) -> float:
@@ -74,12 +66,36 @@ def level_db(pcm: bytes) -> float:
 class MoshiS2SService(FrameProcessor):
     """Speech-to-speech through a Moshi worker; forwards every frame it does not consume."""
 
-    def __init__(self, *, url: str, api_key: str | None = None, params: MoshiParams | None = None, **kwargs: Any):
-        """``url``: the worker's ``ws://host:port/api/chat``; ``api_key``: sent as ``X-API-Key``."""
+    def __init__(
+        self,
+        *,
+        url: str,
+        api_key: str | None = None,
+        gate: bool = True,
+        gate_silence_ms: int = 480,
+        gate_threshold_db: float = -40.0,
+        speech_threshold_db: float = -50.0,
+        utterance_end_ms: int = 400,
+        connect_timeout_secs: float = 10.0,
+        **kwargs: Any,
+    ):
+        """``url``: the worker's ``ws://host:port/api/chat``; ``api_key``: sent as ``X-API-Key``.
+
+        ``gate``: the worker's turn gating (Moshi stays silent while the user speaks), which reopens after
+        ``gate_silence_ms`` of the user below ``gate_threshold_db`` (dBFS). The bot's audio above
+        ``speech_threshold_db`` is speech; ``utterance_end_ms`` of it below ends an utterance.
+        ``connect_timeout_secs`` bounds the connection and handshake. (The bot file's ``moshi`` kind
+        validates these; see ``MoshiConfig``.)
+        """
         super().__init__(**kwargs)
         self._url = url
         self._api_key = api_key
-        self._params = params or MoshiParams()
+        self._gate = gate
+        self._gate_silence_ms = gate_silence_ms
+        self._gate_threshold_db = gate_threshold_db
+        self._speech_threshold_db = speech_threshold_db
+        self._utterance_end_ms = utterance_end_ms
+        self._connect_timeout_secs = connect_timeout_secs
         self._ws: ClientConnection | None = None
         self._receive_task: asyncio.Task | None = None
         self._out_rate = MOSHI_SAMPLE_RATE
@@ -91,10 +107,9 @@ class MoshiS2SService(FrameProcessor):
 
     def chat_url(self) -> str:
         """The worker URL with this service's query parameters."""
-        p = self._params
-        query = {"codec": "pcm16", "gate": "on" if p.gate else "off"}
-        if p.gate:
-            query |= {"gate_silence_ms": str(p.gate_silence_ms), "gate_threshold_db": str(p.gate_threshold_db)}
+        query = {"codec": "pcm16", "gate": "on" if self._gate else "off"}
+        if self._gate:
+            query |= {"gate_silence_ms": str(self._gate_silence_ms), "gate_threshold_db": str(self._gate_threshold_db)}
         parts = urlsplit(self._url)
         extra = f"{parts.query}&" if parts.query else ""
         return urlunsplit(parts._replace(query=extra + urlencode(query)))
@@ -121,7 +136,7 @@ class MoshiS2SService(FrameProcessor):
     async def _connect(self) -> None:
         headers = {"X-API-Key": self._api_key} if self._api_key else {}
         try:
-            async with asyncio.timeout(self._params.connect_timeout_secs):
+            async with asyncio.timeout(self._connect_timeout_secs):
                 self._ws = await connect(self.chat_url(), additional_headers=headers, max_size=None)
                 first = await self._ws.recv()
         except (OSError, TimeoutError, WebSocketException) as e:  # refused, no such path (HTTP 404), bad URL...
@@ -167,7 +182,7 @@ class MoshiS2SService(FrameProcessor):
         assert self._ws is not None
         # Moshi answers input frames: when the user's audio stops (the end of a recording, a muted
         # client), so does Moshi's, and an open utterance must end by itself.
-        quiet_secs = self._params.utterance_end_ms / 1000
+        quiet_secs = self._utterance_end_ms / 1000
         try:
             while True:
                 try:
@@ -192,13 +207,13 @@ class MoshiS2SService(FrameProcessor):
         if self._muted:
             return
         frame_ms = 1000 * len(pcm24) / 2 / MOSHI_SAMPLE_RATE
-        audible = level_db(pcm24) > self._params.speech_threshold_db
+        audible = level_db(pcm24) > self._speech_threshold_db
         if audible:
             await self._start_utterance()
             self._quiet_ms = 0.0
         elif self._context_id is not None:
             self._quiet_ms += frame_ms
-            if self._quiet_ms >= self._params.utterance_end_ms:
+            if self._quiet_ms >= self._utterance_end_ms:
                 await self._end_utterance()
         if self._context_id is None:
             return  # silence between utterances: the output transport plays its own
@@ -230,16 +245,14 @@ class MoshiS2SService(FrameProcessor):
         await self.push_frame(LLMFullResponseEndFrame())
 
 
-def create(config: Any, context: Any) -> MoshiS2SService:
+def create(config: MoshiConfig, context: BuildContext) -> MoshiS2SService:
     """Factory for the ``moshi`` kind."""
     return MoshiS2SService(
         url=config.url,
         api_key=config.api_key.get_secret_value() if config.api_key else None,
-        params=MoshiParams(
-            gate=config.gate,
-            gate_silence_ms=config.gate_silence_ms,
-            gate_threshold_db=config.gate_threshold_db,
-            speech_threshold_db=config.speech_threshold_db,
-            utterance_end_ms=config.utterance_end_ms,
-        ),
+        gate=config.gate,
+        gate_silence_ms=config.gate_silence_ms,
+        gate_threshold_db=config.gate_threshold_db,
+        speech_threshold_db=config.speech_threshold_db,
+        utterance_end_ms=config.utterance_end_ms,
     )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pipecat.services.openai.llm import OpenAILLMService
+
+if TYPE_CHECKING:
+    from vivavoce.build_context import BuildContext
+    from vivavoce.processors.catalog import OpenAIConfig
 
 
 class OpenAICompatibleLLMService(OpenAILLMService):
@@ -16,7 +20,7 @@ class OpenAICompatibleLLMService(OpenAILLMService):
     supports_developer_role = False
 
 
-def create(config: Any, context: Any) -> OpenAICompatibleLLMService:
+def create(config: OpenAIConfig, context: BuildContext) -> OpenAICompatibleLLMService:
     """Factory for the ``openai`` kind."""
     return OpenAICompatibleLLMService(
         api_key=config.api_key.get_secret_value() if config.api_key else "EMPTY",

@@ -5,7 +5,7 @@ Piper (the ``piper-tts`` package) is GPL-3.0: see the README.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipecat.services.piper.tts import PiperTTSService
 from pipecat.services.tts_service import TTSService
@@ -14,6 +14,10 @@ from piper import PiperVoice
 from vivavoce.model_store import models
 from vivavoce.packaged_models import piper_voice
 from vivavoce.processors.first_phrase import FirstPhraseTextAggregator
+
+if TYPE_CHECKING:
+    from vivavoce.build_context import BuildContext
+    from vivavoce.processors.catalog import PiperConfig
 
 
 def load_voice(voice: str) -> PiperVoice:
@@ -53,13 +57,13 @@ class SharedPiperTTSService(PiperTTSService):
             )
 
 
-def create(config: Any, context: Any) -> SharedPiperTTSService:
+def create(config: PiperConfig, context: BuildContext) -> SharedPiperTTSService:
     """Factory for the ``piper`` kind."""
     return SharedPiperTTSService(
         voice=load_voice(config.voice), voice_name=config.voice, first_phrase_words=config.first_phrase_words
     )
 
 
-def preload(config: Any) -> None:
+def preload(config: PiperConfig) -> None:
     """Load the voice before the first session."""
     load_voice(config.voice)

@@ -10,7 +10,7 @@ barges in.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipecat.audio.utils import create_file_resampler
 from pipecat.frames.frames import (
@@ -24,6 +24,10 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from vivavoce.model_store import models
+
+if TYPE_CHECKING:
+    from vivavoce.build_context import BuildContext
+    from vivavoce.processors.catalog import PlaybackConfig
 
 CHUNK_SECS = 0.5
 """The reply is pushed in pieces this long, as a streaming TTS pushes its audio; the output transport
@@ -83,12 +87,12 @@ class PlaybackReplyProcessor(FrameProcessor):
         await self.push_frame(TTSStoppedFrame(context_id=context_id))
 
 
-def create(config: Any, context: Any) -> PlaybackReplyProcessor:
+def create(config: PlaybackConfig, context: BuildContext) -> PlaybackReplyProcessor:
     """Factory for the ``playback`` kind."""
     pcm, rate = recorded_reply(config.text, config.audio, config.voice)
     return PlaybackReplyProcessor(pcm=pcm, sample_rate=rate)
 
 
-def preload(config: Any) -> None:
+def preload(config: PlaybackConfig) -> None:
     """Make the reply before the first session."""
     recorded_reply(config.text, config.audio, config.voice)

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from pipecat.frames.frames import (
@@ -34,6 +34,10 @@ from pipecat.utils.types import NOT_GIVEN, NotGiven, assert_given
 
 from vivavoce.model_store import models
 from vivavoce.packaged_models import smollm2_gguf
+
+if TYPE_CHECKING:
+    from vivavoce.build_context import BuildContext
+    from vivavoce.processors.catalog import SmolLMConfig
 
 CACHE_DIR = Path(os.environ.get("VIVAVOCE_CACHE", Path.home() / ".cache" / "vivavoce")) / "models"
 
@@ -410,7 +414,7 @@ def load_packaged(precision: str = "bfloat16", threads: int | None = None) -> Lo
     )
 
 
-def create(config: Any, context: Any) -> SmolLMLLMService:
+def create(config: SmolLMConfig, context: BuildContext) -> SmolLMLLMService:
     """Factory for the ``smollm`` kind."""
     lm = load_packaged(config.precision, config.threads)
     return SmolLMLLMService(
@@ -424,6 +428,6 @@ def create(config: Any, context: Any) -> SmolLMLLMService:
     )
 
 
-def preload(config: Any) -> None:
+def preload(config: SmolLMConfig) -> None:
     """Load the model before the first session."""
     load_packaged(config.precision, config.threads)

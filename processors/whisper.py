@@ -21,7 +21,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from faster_whisper import WhisperModel
@@ -33,6 +33,10 @@ from pipecat.utils.time import time_now_iso8601
 
 from vivavoce.model_store import models
 from vivavoce.packaged_models import ModelNotFoundError, whisper_tiny_en
+
+if TYPE_CHECKING:
+    from vivavoce.build_context import BuildContext
+    from vivavoce.processors.catalog import WhisperConfig
 
 # Segmented STT finalises every transcript, so turn detection never waits on this; it only
 # silences pipecat's warning. Measured: tiny.en int8 transcribes an utterance in ~0.33 s on 2 cores.
@@ -260,9 +264,7 @@ class SharedWhisperSTTService(WhisperSTTService):
             future = self._model.speculate(audio, **self._transcribe_options())
             self._speculation += 1
             speculation, loop = self._speculation, asyncio.get_running_loop()
-            future.add_done_callback(
-                lambda done: loop.call_soon_threadsafe(self._speculation_done, done, speculation)
-            )
+            future.add_done_callback(lambda done: loop.call_soon_threadsafe(self._speculation_done, done, speculation))
 
     def _speculation_done(self, future: Future, speculation: int) -> None:
         """Push the early transcript while it still describes what the user has said."""
@@ -287,7 +289,7 @@ class SharedWhisperSTTService(WhisperSTTService):
         }
 
 
-def create(config: Any, context: Any) -> SharedWhisperSTTService:
+def create(config: WhisperConfig, context: BuildContext) -> SharedWhisperSTTService:
     """Factory for the ``whisper`` kind."""
     return SharedWhisperSTTService(
         speculate=config.speculate,
@@ -301,6 +303,6 @@ def create(config: Any, context: Any) -> SharedWhisperSTTService:
     )
 
 
-def preload(config: Any) -> None:
+def preload(config: WhisperConfig) -> None:
     """Load the model before the first session."""
     load_whisper(config.model, config.device, config.compute_type)

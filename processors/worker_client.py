@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from pipecat.audio.utils import create_stream_resampler
@@ -23,6 +23,9 @@ from pipecat.frames.frames import ErrorFrame, Frame, StartFrame, TTSAudioRawFram
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import WebsocketTTSService
 from websockets.protocol import State
+
+if TYPE_CHECKING:
+    from vivavoce.processors.catalog import WorkerTTSConfig
 
 API_KEY_ENV = "VIVAVOCE_WORKER_API_KEY"
 
@@ -32,7 +35,7 @@ def worker_api_key(explicit: str | None = None, env: str = API_KEY_ENV) -> str |
     return explicit or os.environ.get(env) or None
 
 
-def connection_settings(config: Any) -> dict[str, Any]:
+def connection_settings(config: WorkerTTSConfig) -> dict[str, Any]:
     """``url``, ``api_key`` and ``max_audio_ms`` of a worker kind's bot-file settings, as keyword arguments."""
     return {
         "url": config.url,
