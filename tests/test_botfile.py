@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vivavoce.botfile import Bot, BotFileError, load_bot
-from vivavoce.registry import registry
+from vivavoce.kinds import processors as registry
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTIN_KINDS = ("deepgram", "openai", "piper", "smollm", "whisper")

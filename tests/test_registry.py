@@ -17,15 +17,19 @@ from typer.testing import CliRunner
 
 from vivavoce.botfile import BotFileError, bot_file_model, load_bot
 from vivavoce.cli import app
+from vivavoce.kinds import processors as registry, transports
 from vivavoce.processors.catalog import BUILTIN_KINDS
 from vivavoce.registry import (
     MissingDependencyError,
     ProcessorConfig,
     ProcessorKind,
     ProcessorRegistry,
+    TransportConfig,
+    TransportKind,
+    TransportRegistry,
     UnknownKindError,
-    registry,
 )
+from vivavoce.transports.catalog import BUILTIN_TRANSPORTS
 
 REPO = Path(__file__).resolve().parents[1]
 BUILTINS = ["deepgram", "openai", "piper", "smollm", "whisper"]
@@ -196,6 +200,80 @@ def test_custom_registry_drives_validation(tmp_path):
     assert "echo" in str(info.value).split("known kinds:", 1)[1]
 
 
+# --- transport kinds --------------------------------------------------------------------------
+
+
+class LineConfig(TransportConfig):
+    """Settings of a test-only transport."""
+
+    kind: Literal["line"]
+    port: int = Field(9000, ge=1, le=65535)
+
+
+def _line_routes(app, context):
+    @app.get("/line")
+    async def line() -> dict:
+        return {"bot": context.bot.name, "port": context.bot.spec.transport.port}
+
+
+LINE = TransportKind(name="line", config=LineConfig, summary="a test line", serve=f"{__name__}:_line_routes")
+
+LINE_BOT = """\
+name: test
+transport:
+  kind: line
+  port: 9100
+pipeline:
+  - kind: whisper
+  - kind: smollm
+  - kind: piper
+"""
+
+
+def test_a_new_transport_kind_is_validated_and_served_through_the_registry(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from vivavoce.server import create_app
+
+    custom = TransportRegistry([*BUILTIN_TRANSPORTS, LINE], load_plugins=False)
+    path = tmp_path / "bot.yaml"
+    path.write_text(LINE_BOT)
+    bot = load_bot(path, environ={}, transports=custom)
+    assert bot.transport is LINE and bot.spec.transport.port == 9100
+
+    with TestClient(create_app(bot)) as client:
+        assert client.get("/line").json() == {"bot": "test", "port": 9100}
+        assert client.get("/health").json()["transport"] == "line"
+
+    path.write_text(LINE_BOT.replace("port: 9100", "prot: 9100"))
+    with pytest.raises(BotFileError) as info:
+        load_bot(path, environ={}, transports=custom)
+    assert f"{path}:4:" in str(info.value) and "port" in str(info.value).split("allowed keys:", 1)[1]
+
+    path.write_text(LINE_BOT)  # the default registry does not know it: the known kinds are listed
+    with pytest.raises(BotFileError, match=r"unknown transport kind 'line'; known kinds: daily, file, local"):
+        load_bot(path, environ={})
+
+
+def test_a_transport_without_routes_is_not_served(tmp_path):
+    from vivavoce.server import create_app
+
+    quiet = TransportKind(name="line", config=LineConfig, summary="no routes")
+    path = tmp_path / "bot.yaml"
+    path.write_text(LINE_BOT)
+    bot = load_bot(path, environ={}, transports=TransportRegistry([quiet], load_plugins=False))
+    with pytest.raises(ValueError, match="'line' is not served over HTTP"):
+        create_app(bot)
+
+
+def test_a_transport_whose_module_is_missing_says_what_to_install():
+    broken = TransportKind(
+        name="line", config=LineConfig, summary="", run="vv_not_installed_xyz:run", install="vivavoce[line]"
+    )
+    with pytest.raises(MissingDependencyError, match=r"transport kind 'line'.*vivavoce\[line\]"):
+        broken.load("run")
+
+
 # --- the JSON Schema --------------------------------------------------------------------------
 
 
@@ -210,7 +288,7 @@ def _schema_kinds(schema: dict) -> set[str]:
 
 
 def test_schema_contains_every_kind():
-    schema = bot_file_model(registry).model_json_schema()
+    schema = bot_file_model(registry, transports).model_json_schema()
     assert set(registry.names()) <= _schema_kinds(schema)
     assert {"file", "local"} <= _schema_kinds(schema)
     assert "CustomProcessorConfig" in schema["$defs"]
@@ -220,9 +298,9 @@ def test_schema_contains_every_kind():
 
 def test_schema_of_a_custom_registry():
     custom = ProcessorRegistry([*BUILTIN_KINDS, echo_kind()], load_plugins=False)
-    schema = bot_file_model(custom).model_json_schema()
+    schema = bot_file_model(custom, transports).model_json_schema()
     assert set(BUILTINS) | {"echo"} <= _schema_kinds(schema)
-    assert "echo" not in _schema_kinds(bot_file_model(registry).model_json_schema())
+    assert "echo" not in _schema_kinds(bot_file_model(registry, transports).model_json_schema())
 
 
 # --- the CLI ----------------------------------------------------------------------------------
@@ -242,16 +320,17 @@ def test_cli_schema_prints_json(cli):
     assert set(BUILTINS) <= _schema_kinds(document)
 
 
-def test_cli_list_prints_one_line_per_kind(cli):
+def test_cli_list_prints_one_line_per_kind_processors_then_transports(cli):
     result = cli.invoke(app, ["list"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == len(registry.names())
-    assert [line.split()[0] for line in lines] == registry.names()
-    for line in lines:
-        name = line.split()[0]
-        assert line.split()[1] == registry.get(name).role
-        assert registry.get(name).summary in line
+    every = [*registry.kinds(), *transports.kinds()]
+    assert [line.split()[0] for line in lines] == [kind.name for kind in every]
+    for line, kind in zip(lines, every, strict=True):
+        assert line.split()[1] == kind.role
+        assert kind.summary in line
+    assert {"local", "file", "twilio", "webrtc", "daily"} <= {k.name for k in transports.kinds()}
+    assert all(line.split()[1] == "transport" for line in lines[len(registry.names()) :])
 
 
 def test_cli_check_accepts_the_shipped_bot(cli):

@@ -21,10 +21,10 @@ from pydantic import SecretStr
 
 from twilio_support import REPO, FrameLog, echo_bot_file, serving, wait_until
 from vivavoce.botfile import BotFileError, load_bot
-from vivavoce.botfile.schema import DailyTransportConfig
 from vivavoce.frames import BotOutputPauseFrame
 from vivavoce.server import create_app
 from vivavoce.testing.webrtc_peer import RECORD_RATE, WebRTCPeer
+from vivavoce.transports.catalog import DailyTransportConfig
 from vivavoce.transports.webrtc_server import MAX_BODY_BYTES, WebRTCSessions
 
 WEBRTC_YAML = REPO / "bots" / "webrtc.yaml"

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pipecat.transports.base_transport import BaseTransport
 
 from vivavoce.botfile import Bot
-from vivavoce.botfile.schema import DailyTransportConfig
 from vivavoce.registry import MissingDependencyError
 from vivavoce.session import Session
+from vivavoce.transports.catalog import DailyTransportConfig
 from vivavoce.turns import Turn
 
 OUTPUT_SAMPLE_RATE = 24000

@@ -1,18 +1,29 @@
-"""Microphone and speakers through pipecat's ``LocalAudioTransport`` (the optional ``local`` extra)."""
+"""Microphone and speakers through pipecat's ``LocalAudioTransport`` (the optional ``local`` extra).
+
+``vivavoce run`` talks to any bot this way when its own transport has no ``run`` (a phone or browser bot,
+tried at the desk); a ``local`` transport section chooses the devices.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pipecat.transports.base_transport import BaseTransport
 
-from vivavoce.botfile.schema import LocalTransportConfig
-from vivavoce.registry import MissingDependencyError
+from vivavoce.botfile import Bot
+from vivavoce.registry import MissingDependencyError, TransportUnavailableError
+from vivavoce.session import Session
+from vivavoce.transports.catalog import LocalTransportConfig
+from vivavoce.turns import Turn
+
+SPEAKER_SAMPLE_RATE = 24000
 
 
-class NoSoundDeviceError(RuntimeError):
+class NoSoundDeviceError(TransportUnavailableError):
     """The machine has no usable microphone or speaker."""
 
 
-def check_sound_devices() -> None:
+def check_sound_devices(_config: Any = None) -> None:
     """Raise if pyaudio is missing or the machine has no microphone or no speaker."""
     try:
         import pyaudio
@@ -48,3 +59,11 @@ def create_local_transport(config: LocalTransportConfig, *, sample_rate: int) ->
             output_device_index=config.output_device,
         )
     )
+
+
+async def run_with_microphone(bot: Bot) -> list[Turn]:
+    """Run until Ctrl-C; returns the turns, timed from the start of the session."""
+    config = bot.spec.transport if isinstance(bot.spec.transport, LocalTransportConfig) else None
+    transport = create_local_transport(config or LocalTransportConfig(kind="local"), sample_rate=SPEAKER_SAMPLE_RATE)
+    session = Session(bot, transport, audio_out_sample_rate=SPEAKER_SAMPLE_RATE, idle_timeout_secs=None)
+    return await session.run(handle_sigint=True)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from loguru import logger
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
@@ -24,14 +24,17 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from vivavoce.botfile import Bot
-from vivavoce.botfile.schema import TwilioTransportConfig
 from vivavoce.live_sessions import LiveSessions
 from vivavoce.session import Session
 from vivavoce.transports.call_tokens import CallTokens, InvalidCallToken
+from vivavoce.transports.catalog import TwilioTransportConfig
 from vivavoce.transports.pausable_websocket import PausableFastAPIWebsocketTransport
 from vivavoce.transports.twilio_call_control import TwilioCallControl
 from vivavoce.transports.twilio_stream import MAX_MESSAGE_BYTES, PlayoutMarks, TwilioStreamSerializer, parse_message
 from vivavoce.turns import Turn
+
+if TYPE_CHECKING:
+    from vivavoce.server import ServeContext
 
 TWILIO_SAMPLE_RATE = 8000
 HANDSHAKE_TIMEOUT_SECS = 10.0
@@ -274,6 +277,17 @@ class TwilioCalls:
             if sum(serializer.rejected.values()):
                 logger.info(f"Call {call_sid}: dropped messages {dict(serializer.rejected)}")
             logger.info(f"Call {call_sid} ended")
+
+
+def serve(app: FastAPI, context: ServeContext) -> None:
+    """The twilio transport's routes on ``app`` (``app.state.calls``); ``ValueError`` says what to configure."""
+    assert isinstance(context.bot.spec.transport, TwilioTransportConfig)
+    settings = TwilioServerSettings.from_bot(
+        context.bot.spec.transport, public_url=context.public_url, skip_signature=context.skip_signature
+    )
+    calls = TwilioCalls(context.bot, settings, on_turn=context.on_turn, live=context.live)
+    app.include_router(calls.router())
+    app.state.calls = calls
 
 
 class _Rejected(Exception):

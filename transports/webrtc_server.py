@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiortc.sdp import SessionDescription
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from loguru import logger
 from pipecat.observers.base_observer import BaseObserver
@@ -35,11 +35,14 @@ from pipecat.transports.smallwebrtc.request_handler import (
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vivavoce.botfile import Bot
-from vivavoce.botfile.schema import WebRTCTransportConfig
 from vivavoce.live_sessions import LiveSessions
 from vivavoce.session import Session
+from vivavoce.transports.catalog import WebRTCTransportConfig
 from vivavoce.transports.webrtc_pausable import PausableSmallWebRTCTransport
 from vivavoce.turns import Turn
+
+if TYPE_CHECKING:
+    from vivavoce.server import ServeContext
 
 OUTPUT_SAMPLE_RATE = 48000
 """Opus runs at 48 kHz: the TTS resamples once to it and the encoder takes it as is."""
@@ -270,6 +273,15 @@ class WebRTCSessions:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def serve(app: FastAPI, context: ServeContext) -> None:
+    """The webrtc transport's routes on ``app`` (``app.state.webrtc``), its sessions ended at shutdown."""
+    assert isinstance(context.bot.spec.transport, WebRTCTransportConfig)
+    webrtc = WebRTCSessions(context.bot, context.bot.spec.transport, on_turn=context.on_turn, live=context.live)
+    app.include_router(webrtc.router())
+    app.router.add_event_handler("shutdown", webrtc.close)
+    app.state.webrtc = webrtc
 
 
 def _ice_server(entry: dict[str, Any]) -> IceServer:

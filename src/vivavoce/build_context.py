@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vivavoce.botfile import Bot
-
 
 @dataclass(frozen=True)
 class BuildContext:
-    """The bot being built; factories read bot-wide settings (the system prompt) from it."""
+    """Bot-wide settings a processor may need: the LLM's system prompt from the bot file."""
 
-    bot: Bot
-
-    @property
-    def system_prompt(self) -> str:
-        """The LLM's system prompt from the bot file."""
-        return self.bot.spec.system_prompt
+    system_prompt: str

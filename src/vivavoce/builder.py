@@ -153,7 +153,7 @@ def build_conversation(
     after the output transport. ``narrowband_input``: the caller's audio comes from an 8 kHz source
     (a phone line), so the VAD can score it at 8 kHz as it is.
     """
-    build_context = BuildContext(bot=bot)
+    build_context = BuildContext(system_prompt=bot.spec.system_prompt)
     processors = {stage.index: _create(stage, build_context) for stage in bot.stages}
     brain = next(s for s in bot.stages if s.role in ("llm", "s2s"))
 

@@ -20,10 +20,11 @@ from vivavoce.realtime_env import apply_realtime_env
 _configure_logging(verbose=False)
 apply_realtime_env()
 
+from vivavoce import kinds  # noqa: E402
 from vivavoce.botfile import Bot, BotFileError, bot_file_model, load_bot  # noqa: E402
 from vivavoce.console import console, model_loading_progress, print_error, print_problems, print_turns  # noqa: E402
 from vivavoce.packaged_models import ModelNotFoundError  # noqa: E402
-from vivavoce.registry import MissingDependencyError, registry  # noqa: E402
+from vivavoce.registry import MissingDependencyError, TransportUnavailableError  # noqa: E402
 
 app = typer.Typer(
     help="vivavoce: self-hosted, real-time voice agents declared as pipeline files.",
@@ -69,7 +70,8 @@ def run(
     report: Annotated[Path | None, typer.Option("--report", "-r", help="Write the per-turn JSON report here.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show pipecat's debug log.")] = False,
 ) -> None:
-    """Run a bot: on a recording (--input), through the microphone and speakers, or in its Daily room."""
+    """Run a bot: on a recording (--input), or over its transport when it runs here (the microphone and
+    speakers, a Daily room); bots served over HTTP (twilio, webrtc) run through the microphone."""
     _configure_logging(verbose)
     process_started = time.perf_counter()
     bot = _load(bot_file)
@@ -78,25 +80,16 @@ def run(
             if output or report:
                 print_error("--output and --report need --input (a recording to play to the bot).")
                 raise typer.Exit(EXIT_USER_ERROR)
-            from vivavoce.botfile.schema import DailyTransportConfig
-
-            if isinstance(bot.spec.transport, DailyTransportConfig):
-                from vivavoce.transports.daily import run_in_daily_room
-
-                _load_models(bot, done="is joining the Daily room")
-                print_turns(asyncio.run(run_in_daily_room(bot)))
-                return
-            from vivavoce.local_session import run_with_microphone
-            from vivavoce.transports.local import NoSoundDeviceError, check_sound_devices
-
+            # Its own transport when it has a way to run here (local, daily), else the microphone.
+            transport = bot.transport if bot.transport.run else kinds.transports.get("local")
             try:
-                check_sound_devices()
-            except NoSoundDeviceError as e:
+                if transport.check:
+                    transport.load("check")(bot.spec.transport)
+            except TransportUnavailableError as e:
                 print_error(str(e))
                 raise typer.Exit(EXIT_USER_ERROR) from None
-            _load_models(bot)
-            turns = asyncio.run(run_with_microphone(bot))
-            print_turns(turns)
+            _load_models(bot, done=transport.ready)
+            print_turns(asyncio.run(transport.load("run")(bot)))
             return
 
         from vivavoce.file_session import run_on_recording
@@ -234,8 +227,8 @@ def call(
     public_url: Annotated[str | None, typer.Option(help="Public base URL of the running `vivavoce serve`.")] = None,
 ) -> None:
     """Place an outbound call: Twilio dials --to and fetches TwiML from the server's /twilio/voice."""
-    from vivavoce.botfile.schema import TwilioTransportConfig
     from vivavoce.server import PUBLIC_URL_ENV
+    from vivavoce.transports.catalog import TwilioTransportConfig
 
     bot = _load(bot_file)
     transport = bot.spec.transport
@@ -316,15 +309,15 @@ def sample(
 
 @app.command("list")
 def list_kinds() -> None:
-    """List processor kinds, one line each."""
-    for kind in registry.kinds():
+    """List processor kinds, then transport kinds, one line each: name, role, summary."""
+    for kind in [*kinds.processors.kinds(), *kinds.transports.kinds()]:
         typer.echo(f"{kind.name:<12} {kind.role:<9} {kind.summary}")
 
 
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of bot files (point your editor's YAML support at it)."""
-    model = bot_file_model(registry)
+    model = bot_file_model(kinds.processors, kinds.transports)
     document = model.model_json_schema()
     document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     document["title"] = "vivavoce bot file"

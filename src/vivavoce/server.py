@@ -1,23 +1,44 @@
-"""`vivavoce serve`: a FastAPI app serving one bot file over its transport."""
+"""`vivavoce serve`: a FastAPI app serving one bot file over its transport.
+
+The transport kind's ``serve`` adds its routes (see :class:`vivavoce.registry.TransportKind`); this module
+adds ``GET /health`` and ``GET /metrics`` and what every serving process shares.
+"""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Response
 from loguru import logger
 
 from vivavoce.botfile import Bot
-from vivavoce.botfile.schema import TwilioTransportConfig, WebRTCTransportConfig
 from vivavoce.live_sessions import LiveSessions
 from vivavoce.metrics import ServeMetrics
+from vivavoce.turns import Turn
 
 PUBLIC_URL_ENV = "VIVAVOCE_PUBLIC_URL"
 # How `vivavoce serve --workers N` tells each serving process what to serve (see app_from_environment).
 SERVE_BOT_ENV = "VIVAVOCE_SERVE_BOT"
 SKIP_SIGNATURE_ENV = "VIVAVOCE_SERVE_INSECURE_SKIP_SIGNATURE"
 LIVE_SESSIONS_ENV = "VIVAVOCE_LIVE_SESSIONS_DIR"
+
+
+@dataclass(frozen=True)
+class ServeContext:
+    """What a transport's ``serve`` gets: the bot, and what the server shares with every session."""
+
+    bot: Bot
+    live: LiveSessions
+    """The sessions live in every process serving this bot (claims, counts)."""
+    on_turn: Callable[[Turn], None]
+    """Called with every finished turn of every session (the metrics)."""
+    public_url: str | None = None
+    """Where clients reach the server from outside (a tunnel, a load balancer), if given."""
+    skip_signature: bool = False
+    """Accept unsigned webhooks (local development only)."""
 
 
 def create_app(
@@ -35,26 +56,15 @@ def create_app(
 
     live = live or LiveSessions(os.environ.get(LIVE_SESSIONS_ENV) or None)
     metrics = ServeMetrics(active_sessions=live.count)
-    if isinstance(transport, TwilioTransportConfig):
-        from vivavoce.transports.twilio_server import TwilioCalls, TwilioServerSettings
-
-        calls = TwilioCalls(
-            bot,
-            TwilioServerSettings.from_bot(transport, public_url=public_url, skip_signature=skip_signature),
-            on_turn=metrics.observe_turn,
-            live=live,
-        )
-        app.include_router(calls.router())
-        app.state.calls = calls
-    elif isinstance(transport, WebRTCTransportConfig):
-        from vivavoce.transports.webrtc_server import WebRTCSessions
-
-        webrtc = WebRTCSessions(bot, transport, on_turn=metrics.observe_turn, live=live)
-        app.include_router(webrtc.router())
-        app.router.add_event_handler("shutdown", webrtc.close)
-        app.state.webrtc = webrtc
-    else:
+    if bot.transport.serve is None:
         raise ValueError(f"transport '{transport.kind}' is not served over HTTP: use `vivavoce run`")
+    serve = bot.transport.load("serve")
+    serve(
+        app,
+        ServeContext(
+            bot=bot, live=live, on_turn=metrics.observe_turn, public_url=public_url, skip_signature=skip_signature
+        ),
+    )
     app.state.metrics = metrics
 
     @app.get("/metrics")

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from vivavoce import kinds
 from vivavoce.botfile.errors import BotFileError, Problem
 from vivavoce.botfile.positions import (
     Path as KeyPath,
@@ -28,8 +29,9 @@ from vivavoce.registry import (
     ProcessorKind,
     ProcessorRegistry,
     Role,
+    TransportKind,
+    TransportRegistry,
     UnknownKindError,
-    registry as default_registry,
     resolve_dotted_class,
 )
 
@@ -61,6 +63,8 @@ class Bot:
     path: Path
     spec: BotFileBase
     stages: list[Stage]
+    transport: TransportKind
+    """The transport kind the bot file names (its settings are ``spec.transport``)."""
     document: PositionedDocument = field(repr=False)
 
     @property
@@ -151,8 +155,16 @@ def _pick_model(
 class _ErrorTranslator:
     """Turns pydantic errors into bot-file problems with a line, a key path and the allowed values."""
 
-    def __init__(self, file: Path, document: PositionedDocument, model: type[BaseModel], registry):
+    def __init__(
+        self,
+        file: Path,
+        document: PositionedDocument,
+        model: type[BaseModel],
+        registry: ProcessorRegistry,
+        transports: TransportRegistry,
+    ):
         self.file, self.document, self.model, self.registry = file, document, model, registry
+        self.transports = transports
 
     def key_path(self, loc: tuple[Any, ...]) -> KeyPath:
         """Drop the union tags pydantic puts in ``loc`` so the path matches the file."""
@@ -175,14 +187,7 @@ class _ErrorTranslator:
             allowed = ", ".join(model.model_fields) if model else "see `vivavoce schema`"
             return f"unknown key '{path[-1]}'; allowed keys: {allowed}"
         if kind in ("union_tag_invalid", "union_tag_not_found"):
-            known = ", ".join(self.registry.names()) if path[:1] == ("pipeline",) else ""
-            if path[:1] == ("transport",):
-                known = ", ".join(
-                    sorted(
-                        typing.get_args(m.model_fields["kind"].annotation)[0]
-                        for m in _unwrap(self.model.model_fields["transport"].annotation)
-                    )
-                )
+            known = ", ".join((self.registry if path[:1] == ("pipeline",) else self.transports).names())
             what = "processor kind" if path[:1] == ("pipeline",) else "transport kind"
             if kind == "union_tag_not_found":
                 return f"missing 'kind'; known kinds: {known}"
@@ -281,6 +286,7 @@ def load_bot(
     *,
     environ: Mapping[str, str] | None = None,
     registry: ProcessorRegistry | None = None,
+    transports: TransportRegistry | None = None,
 ) -> Bot:
     """Load and validate a bot file.
 
@@ -288,7 +294,8 @@ def load_bot(
     Checks that need a well-formed file (inline secrets, pipeline order) run once the schema is satisfied.
     """
     file = Path(path)
-    registry = registry or default_registry
+    registry = registry or kinds.processors
+    transports = transports or kinds.transports
     environ = os.environ if environ is None else environ
     try:
         text = file.read_text(encoding="utf-8")
@@ -309,8 +316,8 @@ def load_bot(
     env_problems: list[tuple[KeyPath, str]] = []
     data = _interpolate(document.data, (), environ, interpolated, env_problems)
 
-    model = bot_file_model(registry)
-    translator = _ErrorTranslator(file, document, model, registry)
+    model = bot_file_model(registry, transports)
+    translator = _ErrorTranslator(file, document, model, registry, transports)
     try:
         spec = model.model_validate(data)
     except ValidationError as e:
@@ -322,4 +329,6 @@ def load_bot(
     found += order_problems
     if found:
         raise BotFileError([Problem(file, document.position_of(p), p, m) for p, m in found])
-    return Bot(path=file, spec=spec, stages=stages, document=document)
+    return Bot(
+        path=file, spec=spec, stages=stages, transport=transports.get(spec.transport.kind), document=document
+    )

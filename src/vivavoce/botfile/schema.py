@@ -1,7 +1,7 @@
 """The bot-file model: what a pipeline file may say, validated by pydantic.
 
-The pipeline's entry type is assembled from the registry, so the JSON Schema (``vivavoce schema``)
-and the validation both know every registered kind and its keys.
+The types of the pipeline's entries and of the transport are assembled from the kind registries, so the
+JSON Schema (``vivavoce schema``) and the validation both know every registered kind and its keys.
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    SecretStr,
     Tag,
     create_model,
-    field_validator,
     model_validator,
 )
 
-from vivavoce.registry import CustomProcessorConfig, ProcessorRegistry
+from vivavoce.registry import CustomProcessorConfig, ProcessorRegistry, TransportConfig, TransportRegistry
 
 CUSTOM_TAG = "custom"
 
@@ -123,115 +121,10 @@ class TurnTakingConfig(StrictModel):
     interruptions: InterruptionConfig = Field(default_factory=InterruptionConfig)
 
 
-class LocalTransportConfig(StrictModel):
-    """Microphone and speakers through pipecat's LocalAudioTransport (the `local` extra)."""
-
-    kind: Literal["local"]
-    input_device: int | None = Field(None, ge=0, description="PyAudio input device index (default device).")
-    output_device: int | None = Field(None, ge=0, description="PyAudio output device index (default device).")
-
-
-class FileTransportConfig(StrictModel):
-    """A WAV file in, a WAV file out, paced in real time (the test harness)."""
-
-    kind: Literal["file"]
-
-
-class TwilioTransportConfig(StrictModel):
-    """Phone calls through Twilio Media Streams (`vivavoce serve`): 8 kHz mu-law, webhook + WebSocket."""
-
-    kind: Literal["twilio"]
-    account_sid: str | None = Field(
-        None,
-        pattern=r"^AC[0-9a-fA-F]{32}$",
-        description="Write ${TWILIO_ACCOUNT_SID}; needed to hang up, transfer and call.",
-    )
-    auth_token: SecretStr | None = Field(
-        None, description="Write ${TWILIO_AUTH_TOKEN}: validates webhook signatures and signs REST calls."
-    )
-    public_url: str | None = Field(
-        None,
-        pattern=r"^https?://[^/]+",
-        description="Where Twilio reaches this server (tunnel or load balancer); --public-url overrides it.",
-    )
-    from_number: str | None = Field(None, pattern=r"^\+[1-9]\d{6,14}$", description="Caller ID for `vivavoce call`.")
-    transfer_to: str | None = Field(
-        None, pattern=r"^\+[1-9]\d{6,14}$", description="E.164 number the transfer_call tool dials."
-    )
-    api_base_url: str | None = Field(
-        None, pattern=r"^https?://", description="Twilio REST API base URL (default https://api.twilio.com)."
-    )
-    stream_token_ttl_secs: int = Field(60, ge=5, le=3600, description="How long a call's stream token is valid.")
-    input_chunk_ms: int = Field(
-        40,
-        ge=20,
-        le=200,
-        multiple_of=20,
-        description="The caller's audio reaches the pipeline in chunks this long (Twilio sends 20 ms frames): "
-        "40 costs a call ~15% less CPU than 20, for ~10 ms more VAD latency on average.",
-    )
-
-    @field_validator("from_number", "transfer_to", mode="before")
-    @classmethod
-    def _unquoted_number(cls, value: object) -> object:
-        # YAML reads an unquoted +15550102030 as the integer 15550102030.
-        return f"+{value}" if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-class IceServerConfig(StrictModel):
-    """A STUN or TURN server for WebRTC (the browser and the server both use it)."""
-
-    urls: list[str] = Field(
-        min_length=1,
-        description="stun:HOST:PORT or turn:HOST:PORT?transport=udp|tcp (turns: for TLS); one server, several URLs.",
-    )
-    username: str | None = Field(None, description="TURN user name.")
-    credential: SecretStr | None = Field(None, description="TURN password: write ${TURN_CREDENTIAL}.")
-
-    @field_validator("urls", mode="before")
-    @classmethod
-    def _one_url(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("urls")
-    @classmethod
-    def _ice_scheme(cls, urls: list[str]) -> list[str]:
-        for url in urls:
-            if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
-                raise ValueError(f"'{url}' is not an ICE server URL: it starts with stun:, stuns:, turn: or turns:")
-        return urls
-
-
-class WebRTCTransportConfig(StrictModel):
-    """A browser (or any WebRTC peer) through pipecat's SmallWebRTC (`vivavoce serve`): the playground at /."""
-
-    kind: Literal["webrtc"]
-    ice_servers: list[IceServerConfig] = Field(
-        default_factory=list,
-        description="STUN/TURN servers; none is needed on one machine or a LAN. TURN credentials reach the browser.",
-    )
-    playground: bool = Field(True, description="Serve the web playground at /.")
-    max_sessions: int = Field(8, ge=1, le=1000, description="Concurrent sessions; more offers get 503.")
-
-
-class DailyTransportConfig(StrictModel):
-    """A Daily room through pipecat's DailyTransport (`vivavoce run`; the `daily` extra): the bot joins the room."""
-
-    kind: Literal["daily"]
-    room_url: str = Field(
-        pattern=r"^https://[A-Za-z0-9.-]+/[A-Za-z0-9_-]+/?$",
-        description="The room, https://DOMAIN.daily.co/ROOM: write ${DAILY_ROOM_URL}.",
-    )
-    token: SecretStr | None = Field(None, description="A meeting token for private rooms: write ${DAILY_TOKEN}.")
-    bot_name: str = Field("vivavoce", min_length=1, description="The bot's name in the room.")
-
-
-TransportConfig = Annotated[
-    Union[
-        LocalTransportConfig, FileTransportConfig, TwilioTransportConfig, WebRTCTransportConfig, DailyTransportConfig
-    ],
-    Field(discriminator="kind", description="How audio reaches the bot when served."),
-]
+def kind_tag(value: Any) -> str | None:
+    """Discriminator for the transport: its kind."""
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind if isinstance(kind, str) else None
 
 
 def processor_tag(value: Any) -> str | None:
@@ -248,7 +141,7 @@ class BotFileBase(StrictModel):
     version: Literal[1] = Field(1, description="Bot-file format version.")
     name: str = Field(min_length=1, description="Short name of the bot, used in logs and reports.")
     description: str = Field("", description="What this bot is for.")
-    transport: TransportConfig
+    transport: TransportConfig = Field(description="How audio reaches the bot (see `vivavoce list`).")
     turn_taking: TurnTakingConfig = Field(default_factory=TurnTakingConfig)
     system_prompt: str = Field(
         "You are a helpful voice assistant. Answer in one or two short, spoken sentences.",
@@ -257,14 +150,19 @@ class BotFileBase(StrictModel):
     greeting: str | None = Field(None, description="Said by the bot when the conversation starts.")
 
 
-def bot_file_model(registry: ProcessorRegistry) -> type[BotFileBase]:
+def bot_file_model(processors: ProcessorRegistry, transports: TransportRegistry) -> type[BotFileBase]:
     """The BotFile model for the kinds registered now."""
-    members = [Annotated[kind.config, Tag(kind.name)] for kind in registry.kinds()]
+    members = [Annotated[kind.config, Tag(kind.name)] for kind in processors.kinds()]
     members.append(Annotated[CustomProcessorConfig, Tag(CUSTOM_TAG)])
     entry = Annotated[Union[tuple(members)], Discriminator(processor_tag)]  # type: ignore[valid-type]
+    transport = Annotated[
+        Union[tuple(Annotated[kind.config, Tag(kind.name)] for kind in transports.kinds())],  # type: ignore[misc]
+        Discriminator(kind_tag),
+    ]
     return create_model(
         "BotFile",
         __base__=BotFileBase,
+        transport=(transport, Field(description="How audio reaches the bot (see `vivavoce list`).")),
         pipeline=(
             list[entry],  # type: ignore[valid-type]
             Field(min_length=1, description="Processors in order, from the input transport to the output."),
