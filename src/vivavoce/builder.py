@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.vad_analyzer import VADParams
@@ -32,7 +33,7 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from vivavoce.batched_vad import BatchedSileroVADAnalyzer
 from vivavoce.botfile import Bot, Stage
-from vivavoce.botfile.schema import TurnTakingConfig
+from vivavoce.botfile.schema import TurnTakingConfig, VADConfig
 from vivavoce.build_context import BuildContext
 from vivavoce.conversation_worker import ConversationWorker
 from vivavoce.end_of_turn import AdaptiveTurnStopStrategy, KeepingSmartTurn, sentence_end_model
@@ -153,56 +154,31 @@ def build_conversation(
     after the output transport. ``narrowband_input``: the caller's audio comes from an 8 kHz source
     (a phone line), so the VAD can score it at 8 kHz as it is.
     """
-    build_context = BuildContext(system_prompt=bot.spec.system_prompt)
-    processors = {stage.index: _create(stage, build_context) for stage in bot.stages}
-    brain = next(s for s in bot.stages if s.role in ("llm", "s2s"))
-
-    vad = bot.spec.turn_taking.vad
+    processors = {
+        stage.index: _create(stage, BuildContext(system_prompt=bot.spec.system_prompt)) for stage in bot.stages
+    }
     context = LLMContext()
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
-            vad_analyzer=BatchedSileroVADAnalyzer(
-                sample_rate=PIPELINE_SAMPLE_RATE,
-                params=VADParams(
-                    confidence=vad.confidence,
-                    start_secs=vad.start_secs,
-                    stop_secs=vad.stop_secs,
-                    min_volume=vad.min_volume,
-                ),
-                model_sample_rate=vad_model_sample_rate(vad.model_sample_rate, narrowband_input=narrowband_input),
-                narrowband_input=narrowband_input,
-            ),
+            vad_analyzer=_vad_analyzer(bot.spec.turn_taking.vad, narrowband_input=narrowband_input),
             user_turn_strategies=turn_strategies(
                 bot.spec.turn_taking, has_stt=bot.stage("stt") is not None, context=context
             ),
         ),
     )
-    interruptions = bot.spec.turn_taking.interruptions
-    barge_in = None
-    if interruptions.enabled and interruptions.mode == "pause_resume":
-        barge_in = BargeInController(
-            min_speech_secs=interruptions.min_speech_secs,
-            resume_within_secs=interruptions.resume_within_secs,
-            vad_stop_secs=vad.stop_secs,
-            has_stt=bot.stage("stt") is not None,
-        )
-    steps: list[FrameProcessor] = [transport.input(), *after_input]
-    listening = 0  # steps up to here use the caller's audio
-    for stage in bot.stages:
-        if stage.index == brain.index:
-            steps += [barge_in, aggregators.user()] if barge_in else [aggregators.user()]
-            listening = len(steps)
-        steps.append(processors[stage.index])
-        if stage.hears_input_audio:
-            listening = len(steps)
-    steps.insert(listening, AudioEnd(InputAudioRawFrame))
-    end = bot.spec.turn_taking.end_of_turn
-    if end.model == "adaptive" and bot.stage("stt") is not None:
-        steps.append(AnswerGate())  # holds an answer not heard yet: see vivavoce.end_of_turn
-    steps += [*before_output, transport.output(), AudioEnd(OutputAudioRawFrame), aggregators.assistant()]
+    barge_in = _barge_in_controller(bot)
+    steps = [
+        transport.input(),
+        *after_input,
+        *_conversation_steps(bot, processors, [barge_in, aggregators.user()] if barge_in else [aggregators.user()]),
+        *([AnswerGate()] if _gates_answers(bot) else []),  # holds an answer not heard yet: see vivavoce.end_of_turn
+        *before_output,
+        transport.output(),
+        AudioEnd(OutputAudioRawFrame),
+        aggregators.assistant(),
+    ]
     pipeline = Pipeline(steps)
-
     worker = ConversationWorker(
         pipeline,
         params=PipelineParams(
@@ -218,13 +194,8 @@ def build_conversation(
         idle_timeout_secs=idle_timeout_secs,
         name=f"vivavoce:{bot.name}",
     )
-    greeting = bot.spec.greeting
-    if greeting:
-
-        @worker.event_handler("on_pipeline_started")
-        async def _greet(_worker: PipelineWorker, *_args) -> None:
-            await worker.queue_frame(TTSSpeakFrame(greeting))
-
+    if bot.spec.greeting:
+        _greet_on_start(worker, bot.spec.greeting)
     return Conversation(
         bot=bot,
         worker=worker,
@@ -235,3 +206,58 @@ def build_conversation(
         processors=processors,
         barge_in=barge_in,
     )
+
+
+def _vad_analyzer(vad: VADConfig, *, narrowband_input: bool) -> BatchedSileroVADAnalyzer:
+    """Silero, as the bot file's ``turn_taking.vad`` sets it."""
+    return BatchedSileroVADAnalyzer(
+        sample_rate=PIPELINE_SAMPLE_RATE,
+        params=VADParams(
+            confidence=vad.confidence, start_secs=vad.start_secs, stop_secs=vad.stop_secs, min_volume=vad.min_volume
+        ),
+        model_sample_rate=vad_model_sample_rate(vad.model_sample_rate, narrowband_input=narrowband_input),
+        narrowband_input=narrowband_input,
+    )
+
+
+def _barge_in_controller(bot: Bot) -> BargeInController | None:
+    """The pause-then-resume barge-in, when the bot file asks for it (else pipecat's turn start interrupts)."""
+    interruptions = bot.spec.turn_taking.interruptions
+    if not (interruptions.enabled and interruptions.mode == "pause_resume"):
+        return None
+    return BargeInController(
+        min_speech_secs=interruptions.min_speech_secs,
+        resume_within_secs=interruptions.resume_within_secs,
+        vad_stop_secs=bot.spec.turn_taking.vad.stop_secs,
+        has_stt=bot.stage("stt") is not None,
+    )
+
+
+def _conversation_steps(
+    bot: Bot, processors: dict[int, FrameProcessor], before_brain: list[FrameProcessor]
+) -> list[FrameProcessor]:
+    """The bot file's stages with ``before_brain`` (barge-in, user aggregator) just before the LLM (or
+    speech-to-speech model), and the caller's audio ended after the last step that uses it."""
+    brain = next(s for s in bot.stages if s.role in ("llm", "s2s"))
+    steps: list[FrameProcessor] = []
+    listening = 0  # steps up to here use the caller's audio
+    for stage in bot.stages:
+        if stage.index == brain.index:
+            steps += before_brain
+            listening = len(steps)
+        steps.append(processors[stage.index])
+        if stage.hears_input_audio:
+            listening = len(steps)
+    steps.insert(listening, AudioEnd(InputAudioRawFrame))
+    return steps
+
+
+def _gates_answers(bot: Bot) -> bool:
+    """Whether the adaptive end of turn writes answers early (it needs words: an STT) and gates them."""
+    return bot.spec.turn_taking.end_of_turn.model == "adaptive" and bot.stage("stt") is not None
+
+
+def _greet_on_start(worker: PipelineWorker, greeting: str) -> None:
+    @worker.event_handler("on_pipeline_started")
+    async def _greet(_worker: PipelineWorker, *_args: Any) -> None:
+        await worker.queue_frame(TTSSpeakFrame(greeting))
