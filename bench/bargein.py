@@ -50,8 +50,8 @@ from vivavoce.builder import load_models  # noqa: E402
 from vivavoce.file_session import FileRunResult, run_on_recording  # noqa: E402
 from vivavoce.packaged_models import speech_sample  # noqa: E402
 from vivavoce.samples import find_phrases, voiced_span  # noqa: E402
-from vivavoce.transports.file import InputAudio, read_wav  # noqa: E402
 from vivavoce.turns import Turn  # noqa: E402
+from vivavoce.wav import InputAudio, read_wav  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 16000

@@ -49,8 +49,8 @@ from vivavoce.botfile import Bot, BotFileError, load_bot  # noqa: E402
 from vivavoce.builder import load_models  # noqa: E402
 from vivavoce.file_session import run_on_recording  # noqa: E402
 from vivavoce.testing import conversation_eval as ce  # noqa: E402
-from vivavoce.transports.file import InputAudio, write_wav  # noqa: E402
 from vivavoce.turns import Turn, summarize  # noqa: E402
+from vivavoce.wav import InputAudio, write_wav  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PER_SESSION = 8

@@ -29,8 +29,8 @@ from vivavoce.botfile import load_bot  # noqa: E402
 from vivavoce.builder import load_models  # noqa: E402
 from vivavoce.file_session import run_on_recording  # noqa: E402
 from vivavoce.samples import conversation  # noqa: E402
-from vivavoce.transports.file import write_wav  # noqa: E402
 from vivavoce.turns import summarize  # noqa: E402
+from vivavoce.wav import write_wav  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

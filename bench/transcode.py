@@ -19,7 +19,7 @@ import soxr
 from pipecat.audio.utils import create_stream_resampler, pcm_to_ulaw
 
 from vivavoce.packaged_models import speech_sample
-from vivavoce.transports.file import read_wav
+from vivavoce.wav import read_wav
 
 
 async def transcode(pcm_24k: bytes, quality: str) -> float:

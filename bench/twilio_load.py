@@ -35,7 +35,7 @@ from vivavoce.packaged_models import speech_sample
 from vivavoce.samples import conversation, find_phrases
 from vivavoce.testing.media_streams import FRAME_SECS, MediaStreamsCaller, call_sid
 from vivavoce.testing.processes import free_port, serving
-from vivavoce.transports.file import read_wav
+from vivavoce.wav import read_wav
 
 REPO = Path(__file__).resolve().parents[1]
 BOT = REPO / "bots" / "twilio_load.yaml"

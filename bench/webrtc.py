@@ -35,7 +35,7 @@ from vivavoce.packaged_models import speech_sample
 from vivavoce.samples import conversation, find_phrases
 from vivavoce.testing.browser import chromium, served, wait_for_page
 from vivavoce.testing.webrtc_peer import RECORD_RATE, WebRTCPeer
-from vivavoce.transports.file import read_wav, write_wav
+from vivavoce.wav import read_wav, write_wav
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "out"

@@ -38,7 +38,7 @@ frame: ~10 % more CPU per phone call, measured two servers side by side.)"""
 def recorded_reply(text: str | None, audio: str | None, voice: str) -> tuple[bytes, int]:
     """The reply as 16-bit mono PCM and its rate, made once per process."""
     if audio:
-        from vivavoce.transports.file import read_wav
+        from vivavoce.wav import read_wav
 
         recording = read_wav(audio)
         return recording.pcm.tobytes(), recording.sample_rate

@@ -12,7 +12,7 @@ from vivavoce.botfile import Bot, load_bot
 from vivavoce.file_session import FileRunResult, run_on_recording
 from vivavoce.packaged_models import speech_sample
 from vivavoce.samples import find_phrases, voiced_span
-from vivavoce.transports.file import InputAudio, read_wav
+from vivavoce.wav import InputAudio, read_wav
 
 RATE = 16000
 FRAME_SECS = 0.02

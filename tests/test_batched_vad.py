@@ -14,7 +14,7 @@ from vivavoce.batched_vad import BatchedSileroVADAnalyzer, Decimator, SileroBatc
 from vivavoce.builder import vad_model_sample_rate
 from vivavoce.packaged_models import speech_sample
 from vivavoce.testing.phone_line import through_phone_line
-from vivavoce.transports.file import read_wav
+from vivavoce.wav import read_wav
 
 PARAMS = VADParams(confidence=0.7, start_secs=0.2, stop_secs=0.2, min_volume=0.0)
 

@@ -18,7 +18,7 @@ import pytest
 from vivavoce.file_session import FileRunResult, run_on_recording
 from vivavoce.testing.conversation_eval import heard_segments, normalise_words, split_after_words, voiced_bounds
 from vivavoce.testing.real_speech import utterances
-from vivavoce.transports.file import InputAudio
+from vivavoce.wav import InputAudio
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 16000

@@ -28,7 +28,7 @@ from vivavoce.processors.piper import SharedPiperTTSService, load_voice
 from vivavoce.processors.smollm import PromptCache, SmolLMLLMService, _window_start, load_packaged
 from vivavoce.processors.whisper import SpeculativeTranscriber, load_whisper
 from vivavoce.samples import find_phrases
-from vivavoce.transports.file import read_wav
+from vivavoce.wav import read_wav
 
 SYSTEM = "You are a friendly voice assistant. Answer in one or two short sentences."
 

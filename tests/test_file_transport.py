@@ -24,7 +24,8 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-from vivavoce.transports.file import AudioFileError, FileTransport, InputAudio, read_wav, write_wav
+from vivavoce.transports.file import FileTransport
+from vivavoce.wav import AudioFileError, InputAudio, read_wav, write_wav
 
 PIPELINE_RATE = 16000
 

@@ -13,7 +13,7 @@ import pytest
 from vivavoce.botfile import load_bot
 from vivavoce.file_session import run_on_recording
 from vivavoce.samples import conversation
-from vivavoce.transports.file import InputAudio, read_wav, write_wav
+from vivavoce.wav import InputAudio, read_wav, write_wav
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,7 @@ from moshi_support import REPO, make_tiny_checkpoint, moshi_worker
 from vivavoce.botfile import load_bot
 from vivavoce.file_session import run_on_recording
 from vivavoce.samples import conversation, find_phrases
-from vivavoce.transports.file import InputAudio
+from vivavoce.wav import InputAudio
 from worker_support import free_port
 
 pytestmark = pytest.mark.e2e

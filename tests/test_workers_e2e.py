@@ -28,7 +28,7 @@ from vivavoce.builder import load_models
 from vivavoce.file_session import run_on_recording
 from vivavoce.processors.csm import CSMTTSService, load_voice_prompt
 from vivavoce.samples import conversation
-from vivavoce.transports.file import InputAudio, write_wav
+from vivavoce.wav import InputAudio, write_wav
 from worker_support import API_KEY, REPO
 
 pytestmark = pytest.mark.e2e

@@ -93,7 +93,7 @@ def run(
             return
 
         from vivavoce.file_session import run_on_recording
-        from vivavoce.transports.file import AudioFileError, read_wav
+        from vivavoce.wav import AudioFileError, read_wav
 
         try:
             audio = read_wav(input)
@@ -296,7 +296,7 @@ def sample(
 ) -> None:
     """Write a conversation of real human speech (the bundled beckett.wav, re-spaced) to play to a bot."""
     from vivavoce.samples import conversation
-    from vivavoce.transports.file import write_wav
+    from vivavoce.wav import write_wav
 
     try:
         audio = conversation(gap, phrases_per_turn=phrases_per_turn)

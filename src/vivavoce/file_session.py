@@ -14,8 +14,9 @@ from pipecat.frames.frames import EndFrame
 
 from vivavoce.botfile import Bot
 from vivavoce.session import Session
-from vivavoce.transports.file import FileTransport, InputAudio, write_wav
+from vivavoce.transports.file import FileTransport
 from vivavoce.turns import Turn, summarize
+from vivavoce.wav import InputAudio, write_wav
 
 SETTLE_SECS = 2.0
 """Quiet time after the recording ends, with nothing in flight, before the run ends."""

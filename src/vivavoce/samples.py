@@ -13,7 +13,7 @@ import numpy as np
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 
 from vivavoce.packaged_models import speech_sample
-from vivavoce.transports.file import InputAudio, read_wav
+from vivavoce.wav import InputAudio, read_wav
 
 _WINDOW = 512  # Silero's window at 16 kHz (32 ms)
 
