@@ -1,1 +1,1 @@
-"""vivavoce's transports: the file transport (tests, headless runs) and factories for pipecat's own."""
+"""vivavoce's transports: the bot-file kinds are listed in ``catalog``; each kind's sessions run through ``vivavoce.session``."""

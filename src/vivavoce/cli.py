@@ -1,4 +1,4 @@
-"""The ``vivavoce`` command: run, check, list and schema."""
+"""The ``vivavoce`` command: run, serve, call, check, list, schema, sample and prepare."""
 
 from __future__ import annotations
 
