@@ -1,17 +1,17 @@
 """Text aggregation for TTS that speaks the first words of a reply before the first sentence is complete.
 
 pipecat's ``SimpleTextAggregator`` waits for a whole sentence (and one character of lookahead) before
-synthesis starts. A small local LLM produces ~20 tokens/s, so a 15-word first sentence costs most of a
-second of silence. This aggregator releases the opening phrase of each reply at its first clause break
+synthesis starts. A small local LLM writes a long first sentence slowly enough for the wait to be heard as
+silence. This aggregator releases the opening phrase of each reply at its first clause break
 (``,;:``) or after ``max_words`` words.
 
-The rest of the sentence must then be ready before the opening phrase has been heard (~1 s for three
-words), or the reply stalls after its first words: waiting for the whole rest of a 15-word sentence
-(the LLM writing it, then the TTS synthesising ~4 s of audio at once) stalled 2 of 10 replies on real
-speech for 0.8-1.1 s. So the pieces after the first grow geometrically: each is released at a clause
-break, or once it has twice the previous limit's words (3, 6, 12, 24), each piece's audio lasting about
-as long as the next takes to write and synthesise; after four pieces the reply goes on sentence by
-sentence, as pipecat does.
+The rest of the sentence must then be ready before the opening phrase has been heard, or the reply stalls
+after its first words: waiting for the whole rest of a long sentence (the LLM writing it, then the TTS
+synthesising all its audio at once) stalled replies on real speech for most of a second
+(bench/conversation.py counts such stalls; figures in bench/README.md). So the pieces after the first
+grow geometrically: each is released at a clause break, or once it has twice the previous limit's words
+(3, 6, 12, 24), each piece's audio lasting about as long as the next takes to write and synthesise; after
+four pieces the reply goes on sentence by sentence, as pipecat does.
 """
 
 from __future__ import annotations

@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 
 CHUNK_SECS = 0.5
 """The reply is pushed in pieces this long, as a streaming TTS pushes its audio; the output transport
-paces it out in 20 ms frames. (20 ms pieces cost each call an extra queue, task and observer hand-offs per
-frame: ~10 % more CPU per phone call, measured two servers side by side.)"""
+paces it out in 20 ms frames. (20 ms pieces cost each call extra queue, task and observer hand-offs per
+frame, and so more CPU per phone call: measured with bench/twilio_load.py, two servers side by side; figures
+in bench/README.md.)"""
 
 
 def recorded_reply(text: str | None, audio: str | None, voice: str) -> tuple[bytes, int]:

@@ -78,8 +78,9 @@ def _dequantised_dir(gguf: Path) -> Path:
 def load_smollm(gguf: Path, *, precision: str = "bfloat16", threads: int | None = None) -> LoadedLM:
     """Load the GGUF through transformers (cached as safetensors after the first load).
 
-    ``precision``: ``bfloat16`` (default: ~40 ms/token on 2 cores, same answers as float32 in our
-    checks), ``float32`` (~60 ms/token), or ``int8`` (per-channel dynamic int8, ~30 ms/token, weaker answers).
+    ``precision``: ``bfloat16`` (default: faster than float32, same answers in our checks), ``float32``
+    (the slowest), or ``int8`` (per-channel dynamic int8, the fastest, weaker answers). Time per token:
+    bench/README.md (the ``local_latency.py`` section).
     """
     import torch
     import transformers
@@ -212,7 +213,7 @@ class TokenTextStreamer:
     """A transformers streamer that hands each token's text to the event loop as soon as it is decoded.
 
     transformers' ``TextIteratorStreamer`` holds text back until a word is complete, which delays the first
-    words of a reply by a token (~40 ms here) and needs a thread hop per piece.
+    words of a reply by a token's time and needs a thread hop per piece.
     """
 
     def __init__(self, tokenizer: Any, loop: asyncio.AbstractEventLoop):

@@ -4,8 +4,9 @@ pipecat's ``WhisperSTTService`` runs faster-whisper's ``transcribe`` once the VA
 Two things make that slow for a short utterance on a CPU, and this service fixes both:
 
 - faster-whisper pads every input to Whisper's 30 s window, so the encoder costs the same for "yes" as
-  for 30 s of speech (~270 ms of ~330 ms for tiny.en on 2 cores). An utterance that fits a 10 s window
-  is encoded in that window instead (~60 ms; transcripts checked identical on our speech samples), and
+  for 30 s of speech, and is most of a short utterance's transcription. An utterance that fits a 10 s
+  window is encoded in that window instead, several times faster (bench/local_latency.py's STT stage;
+  figures in bench/README.md; transcripts checked identical on our speech samples), and
   decoded with a length cap so a short window cannot loop. Longer ones take faster-whisper's own path.
 - The VAD needs ``stop_secs`` of silence to call the end of speech. The service starts transcribing as
   soon as the audio goes quiet and, if the pause was the end of the utterance, uses that result. That
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
     from vivavoce.processors.catalog import WhisperConfig
 
 # Segmented STT finalises every transcript, so turn detection never waits on this; it only
-# silences pipecat's warning. Measured: tiny.en int8 transcribes an utterance in ~0.33 s on 2 cores.
+# silences pipecat's warning. It is set above tiny.en int8's time for an utterance on 2 cores on
+# faster-whisper's standard path (bench/README.md, the local_latency.py section).
 TINY_EN_P99_SECS = 0.6
 
 SAMPLE_RATE = 16000

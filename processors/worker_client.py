@@ -70,7 +70,8 @@ class WorkerTTSService(WebsocketTTSService):
         self._texts: dict[str, str] = {}
         self._contexts: dict[str, _ContextRequests] = {}
         self._playing: str | None = None  # the request whose `start` came last: binary frames are its
-        self._resampler = create_stream_resampler(quality="HQ")  # VHQ holds back ~60 ms per burst
+        # Not VHQ, which releases audio in bursts (measured on the phone input: bench/README.md, twilio_load.py).
+        self._resampler = create_stream_resampler(quality="HQ")
         self._worker_rate = 24000
 
     def can_generate_metrics(self) -> bool:

@@ -6,10 +6,11 @@ A pause stops sending at once and clears what the far end has buffered (its seri
 ``InterruptionFrame`` into Twilio's ``clear``); the queued audio waits here and plays on resume.
 
 pipecat's input queues each audio frame for a task that, with no audio filter, only pushes it on: a
-queue, a task switch and a fresh ``wait_for`` timer per 20 ms frame, about a tenth of a phone call's CPU.
-Here the receiving task pushes the audio on itself, optionally in longer chunks: every frame costs the
+queue, a task switch and a fresh ``wait_for`` timer per 20 ms frame, a noticeable share of a phone call's
+CPU. Here the receiving task pushes the audio on itself, optionally in longer chunks: every frame costs the
 pipeline the same whatever its length, so Twilio's 20 ms frames handed on two at a time cost a phone call
-~15% less CPU, for ~10 ms more VAD latency on average.
+less CPU, for a little more VAD latency. bench/twilio_load.py measures both changes (two servers side by
+side); figures in bench/README.md.
 
 pipecat's output paces audio on a clock that it restarts whenever a frame goes out late: each late
 wake-up of the event loop then delays the rest of the reply for good, and calls that were late together

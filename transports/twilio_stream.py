@@ -47,8 +47,8 @@ class TwilioStreamSerializer(TwilioFrameSerializer):
         """See :class:`TwilioFrameSerializer`."""
         super().__init__(*args, **kwargs)
         # soxr's default (VHQ) stream resampler releases 8 kHz input in bursts, which holds caller audio
-        # back from the VAD (measured ~60 ms later barge-in); QQ emits steadily, and a phone line has
-        # nothing above 4 kHz for the better filter to keep.
+        # back from the VAD (a later barge-in: measured by bench/twilio_load.py, figures in bench/README.md);
+        # QQ emits steadily, and a phone line has nothing above 4 kHz for the better filter to keep.
         self._input_resampler = create_stream_resampler(
             quality="QQ", clear_after_secs=self._params.resampler_clear_after_secs
         )

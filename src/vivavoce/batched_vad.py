@@ -3,12 +3,16 @@
 pipecat's ``SileroVADAnalyzer`` gives each session its own ONNX session and its own thread, and hands
 every 32 ms window to that thread. With dozens of phone calls in one process that hand-off, not the
 model, is most of the VAD's cost. Here each session keeps only its recurrent state; windows that arrive
-within a few milliseconds of each other are scored in one batch on one shared thread (about 2.5x less
-work per window), and pipecat's own VAD state machine and model-reset policy decide as before.
+within a few milliseconds of each other are scored in one batch on one shared thread (a window scored in a
+batch costs less than one scored alone), and pipecat's own VAD state machine and model-reset policy decide
+as before.
 
-Silero also scores 8 kHz audio, at about 40% less work per window in a batch. A phone line carries
-nothing above 4 kHz, so for a call the analyzer can score every second sample of the pipeline's
-16 kHz audio with nothing lost; other audio is low-passed first.
+Silero also scores 8 kHz audio, half the samples per window and less work per window in a batch. A phone
+line carries nothing above 4 kHz, so for a call the analyzer can score every second sample of the
+pipeline's 16 kHz audio with nothing lost; other audio is low-passed first.
+
+bench/vad_rate.py measures the cost per window by batch size and rate, and how often the two rates agree;
+figures in bench/README.md.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ pipecat's ``WorkerObserver`` queues, for every observer, a ``FrameProcessed`` ev
 that each processor processes, and a ``FramePushed`` event for each frame pushed (a queue put and a
 wake-up of the observer's task each), whatever the observer does with them. Ours (the turn recorder)
 and pipecat's idle observer implement only ``on_push_frame``, for a few frame types, while every call
-pushes 50 audio frames a second each way. Sending them only what they act on saves ~8 % of a phone
-call's CPU for the processing events and ~9 % more for the pushes (two servers side by side, 25 calls
-each).
+pushes 50 audio frames a second each way. Sending them only what they act on saves a share of a phone
+call's CPU for the processing events, and about as much again for the pushes: measured with
+bench/twilio_load.py, two servers side by side; figures in bench/README.md.
 
 An observer names the frame types it acts on in ``observed_frame_types``; without it, it gets every
 push, as in pipecat.

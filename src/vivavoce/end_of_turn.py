@@ -138,9 +138,11 @@ class SentenceEndModel:
         cache = self._prompt_cache.prepare(self._lm.model, ids)
         done = cache.get_seq_length()
         with torch.inference_mode():
-            logits = self._lm.model(
-                input_ids=torch.tensor([ids[done:]]), past_key_values=cache, use_cache=True
-            ).logits[0, -1].float()
+            logits = (
+                self._lm.model(input_ids=torch.tensor([ids[done:]]), past_key_values=cache, use_cache=True)
+                .logits[0, -1]
+                .float()
+            )
         self._prompt_cache.update(ids)
         return float(torch.softmax(logits, -1)[self._end_ids].sum())
 
@@ -157,8 +159,8 @@ def sentence_end_model() -> SentenceEndModel:
 
 
 AUDIO_WEIGHT = 0.5
-"""Smart Turn's log-odds count half: on real speech it is often sure (p > 0.9) that half a sentence is
-finished where the words say otherwise (bench/README.md)."""
+"""Smart Turn's log-odds count half: on real speech it is often all but certain that half a sentence is
+finished where the words say otherwise (bench/conversation.py's split sentences; figures in bench/README.md)."""
 
 
 @dataclass

@@ -1,14 +1,15 @@
 """Garbage-collector settings for a process serving many live sessions.
 
 CPython's full (generation 2) collection walks every tracked object and stops the event loop while it
-does: measured with 20 phone calls in one process, each full collection paused every call's audio for
-55-90 ms, among them the ~110k objects the models and libraries left at start-up, which never become
-garbage. Freezing those after start-up takes them out of every later collection; making full
-collections rarer (every 100 younger collections instead of 10) leaves the pauses proportional to the
-live calls, not the libraries, and less frequent. Ended calls' reference cycles are still collected,
-only later: under full load a full collection comes every 30-40 s, so a process holds the garbage of the
-calls that ended in that time (~0.4 MB each). A benchmark that ends 25 calls in one process every 9 s
-saw it level off at ~140 MB; real calls, minutes long, leave a few MB.
+does: with many phone calls in one process, each full collection paused every call's audio long enough
+to be heard, and most of what it walked were the objects the models and libraries left at start-up,
+which never become garbage. Freezing those after start-up takes them out of every later collection;
+making full collections rarer (every 100 younger collections instead of 10) leaves the pauses
+proportional to the live calls, not the libraries, and less frequent. Ended calls' reference cycles are
+still collected, only later: a process holds the garbage of the calls that ended since the last full
+collection. Under a load of short calls that levels off; real calls, minutes long, leave little.
+
+bench/twilio_load.py measures the audio gaps and the memory per call; figures in bench/README.md.
 """
 
 from __future__ import annotations

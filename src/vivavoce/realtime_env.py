@@ -2,8 +2,9 @@
 
 OpenMP thread pools (torch, CTranslate2) spin for a while after each parallel region by default.
 With several models sharing two cores (VAD, Smart Turn, Whisper, the LLM, Piper), a pool spinning
-after the LLM's last token steals the core Whisper needs: measured, a 330 ms transcription took up
-to 2.2 s inside a conversation. Passive waiting gives the cores back at once.
+after the LLM's last token steals the core Whisper needs, and a transcription took several times as long
+inside a conversation as on its own (bench/local_latency.py's STT stage; figures in bench/README.md).
+Passive waiting gives the cores back at once.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """`vivavoce serve --workers N`: N serving processes, each with its own listening socket on one port.
 
 uvicorn's own process manager shares one listening socket, and the kernel hands most new connections to
-whichever process is hot: measured, 30 calls split 19/11. With SO_REUSEPORT each process listens on its
-own socket and the kernel spreads connections over them evenly. A process that dies is restarted; one
+whichever process is hot, so the load is uneven. With SO_REUSEPORT each process listens on its own socket
+and the kernel spreads connections over them evenly (bench/twilio_load.py with --workers; figures in
+bench/README.md). A process that dies is restarted; one
 that keeps dying stops the server with its exit status.
 """
 
