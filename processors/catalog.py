@@ -42,6 +42,17 @@ class DeepgramConfig(ProcessorConfig):
     language: str = Field("en", description="Language code.")
 
 
+class AsrServiceConfig(ProcessorConfig):
+    """A vivavoce ASR service (workers/asr: VAD, Smart Turn and faster-whisper behind WS /v1/asr)."""
+
+    kind: Literal["asr"]
+    url: str = Field(pattern=r"^wss?://", description="The service's endpoint, e.g. ws://asr-host:8001/v1/asr")
+    api_key: SecretStr | None = Field(
+        None, description="Write ${VIVAVOCE_WORKER_API_KEY}; unset: read that variable (none for --no-auth services)."
+    )
+    language: str = Field("en", description="Language code.")
+
+
 class SmolLMConfig(ProcessorConfig):
     """SmolLM2-135M-Instruct, in-process on CPU (bundled, no keys)."""
 
@@ -73,11 +84,21 @@ class OpenAIConfig(ProcessorConfig):
 
 
 class PiperConfig(ProcessorConfig):
-    """Piper TTS, in-process on CPU (GPL-3 package piper-tts)."""
+    """Piper TTS: in-process on CPU (GPL-3 package piper-tts), or on a Piper worker (``url``)."""
 
     kind: Literal["piper"]
     voice: str = Field(
-        "en_US-joe-medium", description="'en_US-joe-medium' (bundled) or the path to a voice's .onnx file."
+        "en_US-joe-medium",
+        description="'en_US-joe-medium' (bundled) or the path to a voice's .onnx file (on the worker, with url).",
+    )
+    url: str | None = Field(
+        None,
+        pattern=r"^wss?://",
+        description="A Piper worker's stream endpoint (make worker-piper), e.g. ws://tts-host:8002/v1/stream; "
+        "unset: in-process.",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="With url: write ${VIVAVOCE_WORKER_API_KEY}; unset: read that variable."
     )
     first_phrase_words: int = Field(
         3,
@@ -174,6 +195,15 @@ BUILTIN_KINDS = [
         hears_input_audio=True,
     ),
     ProcessorKind(
+        name="asr",
+        role="stt",
+        config=AsrServiceConfig,
+        factory="vivavoce.processors.asr_service:create",
+        summary="A vivavoce ASR service (make worker-asr): streaming partial and final transcripts",
+        install="vivavoce",
+        hears_input_audio=True,
+    ),
+    ProcessorKind(
         name="smollm",
         role="llm",
         config=SmolLMConfig,
@@ -214,7 +244,7 @@ BUILTIN_KINDS = [
         config=PiperConfig,
         factory="vivavoce.processors.piper:create",
         preload="vivavoce.processors.piper:preload",
-        summary="Piper TTS in-process on CPU (en_US-joe-medium bundled; GPL-3)",
+        summary="Piper TTS in-process on CPU (en_US-joe-medium bundled; GPL-3), or on a Piper worker (url)",
         install="vivavoce[embedded]",
     ),
     ProcessorKind(

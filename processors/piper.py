@@ -1,4 +1,5 @@
-"""Piper TTS with the voice loaded once per process (pipecat's ``PiperTTSService``).
+"""Piper TTS: in-process with the voice loaded once per process (pipecat's ``PiperTTSService``), or on a
+Piper worker (workers/piper) when the bot file gives a ``url``.
 
 Piper (the ``piper-tts`` package) is GPL-3.0: see the README.
 """
@@ -57,13 +58,23 @@ class SharedPiperTTSService(PiperTTSService):
             )
 
 
-def create(config: PiperConfig, context: BuildContext) -> SharedPiperTTSService:
-    """Factory for the ``piper`` kind."""
+def create(config: PiperConfig, context: BuildContext) -> TTSService:
+    """Factory for the ``piper`` kind: in-process, or on the worker at ``url``."""
+    if config.url:
+        from vivavoce.processors.piper_worker import PiperWorkerTTSService
+
+        return PiperWorkerTTSService(
+            url=config.url,
+            api_key=config.api_key.get_secret_value() if config.api_key else None,
+            voice=config.voice,
+            first_phrase_words=config.first_phrase_words,
+        )
     return SharedPiperTTSService(
         voice=load_voice(config.voice), voice_name=config.voice, first_phrase_words=config.first_phrase_words
     )
 
 
 def preload(config: PiperConfig) -> None:
-    """Load the voice before the first session."""
-    load_voice(config.voice)
+    """Load the voice before the first session (nothing to load here when a worker speaks)."""
+    if not config.url:
+        load_voice(config.voice)
