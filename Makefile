@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.setup-done
 OUT ?= out
 
-.PHONY: setup browser demo test lint bench check clean worker-csm worker-chatterbox worker-moshi
+.PHONY: setup browser demo test lint bench check clean worker-csm worker-chatterbox worker-moshi worker-asr
 
 setup: $(STAMP)
 
@@ -30,7 +30,7 @@ demo: setup
 	$(VENV)/bin/vivavoce run bots/local.yaml --input $(OUT)/conversation.wav \
 		--output $(OUT)/demo.wav --report $(OUT)/demo.json
 
-test: setup browser worker-csm worker-moshi
+test: setup browser worker-csm worker-moshi worker-asr
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
@@ -78,6 +78,16 @@ workers/moshi/.venv/.setup-done: workers/moshi/requirements.txt workers/moshi/py
 	cd workers/moshi && .venv/bin/python -m pip --disable-pip-version-check -q install "torch==2.13.0"
 	cd workers/moshi && .venv/bin/python -m pip --disable-pip-version-check -q install --no-deps "moshi==0.2.13"
 	cd workers/moshi && .venv/bin/python -m pip --disable-pip-version-check -q install -r requirements.txt
+	touch $@
+
+# The ASR service: faster-whisper + ONNX Runtime, no torch. pipecat-ai goes in last with --no-deps for the
+# Smart Turn v3 model file it bundles (located, never imported: the worker imports no pipecat).
+worker-asr: workers/asr/.venv/.setup-done
+
+workers/asr/.venv/.setup-done: workers/asr/requirements.txt workers/asr/pyproject.toml workers/common/pyproject.toml
+	test -x workers/asr/.venv/bin/python || $(PYTHON) -m venv workers/asr/.venv
+	cd workers/asr && .venv/bin/python -m pip --disable-pip-version-check -q install -r requirements.txt
+	cd workers/asr && .venv/bin/python -m pip --disable-pip-version-check -q install --no-deps "pipecat-ai==1.14.0"
 	touch $@
 
 clean:
