@@ -385,30 +385,54 @@ async def test_with_interruptions_disabled_the_bot_talks_over_the_user(local_bot
     assert loud_secs(loud, onset + 0.5, until) >= 0.5 * (until - onset - 0.5)  # it kept talking
 
 
+QUIET_WITHIN_SECS = 1.0
+"""Speech onset -> the bot is silent in the output track: the VAD fires ~0.35 s after the onset and the
+pause takes a frame or two (bench/bargein.py); the rest is slack for a slow machine."""
+
+
 @pytest.mark.e2e
 async def test_an_interruption_in_short_sentences_with_pauses_stops_the_bot(local_bot):
     # "Try again. Fail again. Fail better." with ~0.6 s between the sentences, as the speaker said them.
     script, _, (onset, end) = over_the_answer(joined((3, 4, 5), gap_secs=0.45))
     script.silence(3.0)
-    result, _ = await run_with_pauses(local_bot, script.audio())
+    result, pauses = await run_with_pauses(local_bot, script.audio())
 
     answer = answer_playing_at(result.turns, onset)
-    later = [t for t in result.turns if t.user_started_s is not None and t.user_started_s >= onset - 0.1]
-    assert answer.interrupted or any(t.bot_started_s is not None for t in later), "neither stopped nor answered"
+    turns = [t.to_dict() for t in result.turns]
+    loud = loud_frames(result.output_pcm)
+    assert loud_secs(loud, onset - 0.5, onset) > 0.1, turns  # it was audible as the user began
+    # The bot went quiet soon after the user began, and stayed quiet through the three sentences and the
+    # pauses between them (no resuming in a pause), until the user had finished.
+    talked_over = loud_secs(loud, onset + QUIET_WITHIN_SECS, end)
+    assert talked_over <= 0.1, (talked_over, pauses, turns)
+    assert answer.interrupted, turns
 
 
 @pytest.mark.e2e
 async def test_a_backchannel_the_stt_cannot_transcribe_does_not_silence_the_bot(local_bot):
-    # tiny.en returns nothing for this "I see." (Piper, a little slow) at this spot: no transcript arrives.
+    # tiny.en returns nothing for this "I see." (Piper, a little slow): no transcript arrives. It comes 2.5 s
+    # after the question, so a slow first answer (the first session of a process) is already playing.
     script = Script()
     script.silence(0.5)
     script.say(phrases()[0])
-    script.silence(2.0)
+    script.silence(2.5)
     onset, end = script.say(backchannel("I see.", length_scale=1.3))
     script.silence(4.0)
-    result, _ = await run_with_pauses(local_bot, script.audio())
+    result, pauses = await run_with_pauses(local_bot, script.audio())
 
     answer = answer_playing_at(result.turns, onset)
+    turns = [t.to_dict() for t in result.turns]
+    # The bot heard the sound over its answer (it paused), then resumed...
+    over = [(at, p) for at, p in pauses if onset <= at]
+    assert [p for _, p in over] == [True, False], (pauses, turns)
+    # ...at the end of the resume window, as it does when no words come (a transcript would have decided
+    # sooner): the STT really found nothing in it, which is what this test is about.
+    window = local_bot.spec.turn_taking.interruptions.resume_within_secs
+    assert over[1][0] - over[0][0] >= window - 0.2, (pauses, turns)
+    assert not answer.interrupted, turns
+    # The rest of the answer played after the sound...
     loud = loud_frames(result.output_pcm)
-    assert not answer.interrupted or any(t.bot_started_s and t.bot_started_s > end for t in result.turns)
-    assert loud_secs(loud, end, len(result.output_pcm) / 16000) > 0.3  # the bot is heard again
+    assert answer.bot_stopped_s is not None and answer.bot_stopped_s > end + 0.5, turns
+    assert loud_secs(loud, end, answer.bot_stopped_s) > 0.3, turns
+    # ...and the sound was no turn of the conversation: the bot answered once.
+    assert sum(t.bot_started_s is not None for t in result.turns) == 1, turns
