@@ -29,7 +29,7 @@ class WhisperConfig(ProcessorConfig):
         ge=5,
         le=30,
         description="Encode utterances shorter than this in a window this long instead of Whisper's 30 s "
-        "(about 4x faster for tiny.en); 30: always faster-whisper's standard path.",
+        "(several times faster for tiny.en: bench/local_latency.py); 30: always faster-whisper's standard path.",
     )
 
 

@@ -1,1 +1,1 @@
-"""vivavoce's transports: the bot-file kinds are listed in ``catalog``; each kind's sessions run through ``vivavoce.session``."""
+"""vivavoce's transports: the bot-file kinds are listed in ``catalog``; every session runs in ``vivavoce.session``."""

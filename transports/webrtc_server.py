@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 OUTPUT_SAMPLE_RATE = 48000
 """Opus runs at 48 kHz: the TTS resamples once to it and the encoder takes it as is."""
 MAX_BODY_BYTES = 64 * 1024
-"""A browser's offer is 3-10 KB; a PATCH a few hundred bytes per candidate."""
+"""Well above a browser's offer (a few KB) and a PATCH (a few hundred bytes per candidate)."""
 PLAYGROUND_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 
 

@@ -27,7 +27,11 @@ if TYPE_CHECKING:
     from vivavoce.build_context import BuildContext
 
 Role = Literal["stt", "llm", "tts", "s2s", "processor"]
-"""Where a processor sits in a conversation: the builder places the context aggregators around the llm/s2s."""
+"""Where a processor sits in a conversation: the builder places the context aggregators around the llm/s2s.
+
+``llm`` needs an ``stt`` before it and a ``tts`` after it; ``s2s`` answers each user turn with audio of its
+own (a speech-to-speech model such as Moshi, or a recorded reply) and needs neither.
+"""
 
 PROCESSOR_ENTRY_POINTS = "vivavoce.processors"
 TRANSPORT_ENTRY_POINTS = "vivavoce.transports"

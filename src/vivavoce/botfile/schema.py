@@ -38,8 +38,8 @@ class VADConfig(StrictModel):
     min_volume: float = Field(0.6, ge=0, le=1, description="Minimum normalised loudness counted as speech.")
     model_sample_rate: Literal["auto", 8000, 16000] = Field(
         "auto",
-        description="Rate Silero scores at. auto: 8000 for phone calls (the line carries nothing above 4 kHz; "
-        "~40% less work per window), 16000 otherwise; 8000 on wideband audio low-passes it first.",
+        description="Rate Silero scores at. auto: 8000 for phone calls (the line carries nothing above 4 kHz, and a "
+        "window costs less: bench/vad_rate.py), 16000 otherwise; 8000 on wideband audio low-passes it first.",
     )
 
 
@@ -61,8 +61,8 @@ class EndOfTurnConfig(StrictModel):
         0.9,
         gt=0,
         le=10,
-        description="adaptive: the longest pause before the turn ends whatever the evidence (the bot then "
-        "answers about half a second later; a user who goes on before that is not cut off).",
+        description="adaptive: the longest pause before the turn ends whatever the evidence (the bot's first audio "
+        "follows once the LLM and TTS have it; a user who goes on before that is not cut off).",
     )
     audio_model: Literal["smart_turn_v3", "none"] = Field(
         "smart_turn_v3", description="adaptive: the model that hears whether the speech sounds finished."
@@ -77,7 +77,8 @@ class EndOfTurnConfig(StrictModel):
         False,
         description="adaptive: start writing the answer as soon as the pause's words are transcribed and hold "
         "its audio until the verdict (plus the time the VAD needs to hear the user go on): answers come "
-        "~150 ms sooner, but a user who resumes softly can be talked over (bench/README.md).",
+        "sooner, but a user who resumes softly can be talked over (bench/conversation.py --variants "
+        "vivavoce,vivavoce_early measures both).",
     )
 
     @model_validator(mode="after")
