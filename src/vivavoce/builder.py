@@ -36,7 +36,7 @@ from vivavoce.botfile import Bot, Stage
 from vivavoce.botfile.schema import TurnTakingConfig, VADConfig
 from vivavoce.build_context import BuildContext
 from vivavoce.conversation_worker import ConversationWorker
-from vivavoce.end_of_turn import AdaptiveTurnStopStrategy, KeepingSmartTurn, sentence_end_model
+from vivavoce.end_of_turn import AdaptiveTurnStopStrategy, KeepingSmartTurn, sentence_end_model, smart_turn_session
 from vivavoce.processors.answer_gate import AnswerGate
 from vivavoce.processors.audio_end import AudioEnd
 from vivavoce.processors.barge_in import BargeInController
@@ -110,6 +110,8 @@ def load_models(bot: Bot) -> None:
     """
     loaders = [partial(s.kind.load_models, s.config) for s in bot.stages if s.kind is not None and s.kind.preload]
     end = bot.spec.turn_taking.end_of_turn
+    if end.model == "adaptive" and end.audio_model == "smart_turn_v3":
+        loaders.append(smart_turn_session)
     if end.model == "adaptive" and end.text_model == "smollm2" and bot.stage("stt") is not None:
         loaders.append(sentence_end_model)
     if not loaders:

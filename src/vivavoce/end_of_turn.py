@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 from loguru import logger
-from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
+from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn, SmartTurnParams
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
@@ -56,6 +56,7 @@ from pipecat.turns.user_stop.base_user_turn_stop_strategy import BaseUserTurnSto
 
 from vivavoce.frames import AnswerGateFrame
 from vivavoce.model_store import models
+from vivavoce.packaged_models import smart_turn_v3
 from vivavoce.processors.smollm import PromptCache, load_packaged
 
 TEXT_THRESHOLD = 0.05
@@ -70,18 +71,23 @@ SMART_TURN_STOP_SECS = 10.0
 
 
 class KeepingSmartTurn(LocalSmartTurnAnalyzerV3):
-    """Smart Turn v3 that keeps the turn's audio after a verdict and has no silence fallback.
+    """Smart Turn v3 that keeps the turn's audio after a verdict, has no silence fallback, and shares
+    one ONNX session with every other session of the process.
 
     pipecat's analyzer drops its buffer when it says "complete" and ends the turn itself after
     ``stop_secs`` of silence; here the strategy decides when the turn ends, and a pause judged finished
-    may still be followed by more speech, which must be judged with what came before it.
+    may still be followed by more speech, which must be judged with what came before it. pipecat's also
+    loads the model for each session, on the event loop: here it loads once (:func:`smart_turn_session`),
+    before the first session when the models are preloaded, and ONNX Runtime runs it for many at once.
     """
 
     def __init__(self, **kwargs: Any):
-        """Create the analyzer (the model file ships with pipecat)."""
+        """Create the analyzer over the process-wide model."""
         # The silence fallback is the strategy's max_silence_secs (at most 10 s); this one must never fire
         # first. It also bounds the audio kept between turns (pre-speech + stop_secs + max duration).
-        super().__init__(params=SmartTurnParams(stop_secs=SMART_TURN_STOP_SECS), **kwargs)
+        BaseSmartTurn.__init__(self, params=SmartTurnParams(stop_secs=SMART_TURN_STOP_SECS), **kwargs)
+        self._log_data = False
+        self._session = smart_turn_session()
 
     async def probability(self) -> tuple[float | None, MetricsData | None]:
         """The probability that the speech so far is a finished turn (None: no speech yet)."""
@@ -150,6 +156,23 @@ class SentenceEndModel:
         """As :meth:`probability_sync`, off the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.probability_sync, user_text, bot_text)
+
+
+def smart_turn_session() -> Any:
+    """Smart Turn v3's ONNX Runtime session, loaded once per process (``run`` is safe from many threads)."""
+    import onnxruntime as ort
+
+    path = smart_turn_v3()
+
+    def load() -> Any:
+        options = ort.SessionOptions()
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        options.intra_op_num_threads = 1  # as pipecat's analyzer: one core per verdict, verdicts in parallel
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(path), sess_options=options)
+
+    return models.get(("smart-turn", str(path)), load, label="Smart Turn v3")
 
 
 def sentence_end_model() -> SentenceEndModel:

