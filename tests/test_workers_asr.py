@@ -318,6 +318,8 @@ async def test_bad_input_gets_its_error_and_the_stream_goes_on(asr_worker, whisp
         await ws.send(json.dumps({"type": "config", "sample_rate": 16000, "encoding": "pcm_s16le"}))
         await ws.send(b"\x01\x02\x03")  # 1.5 PCM16 samples
         await _expect_error(ws, "bad_audio")
+        await ws.send(bytes(4 * 1024 * 1024 + 2))  # over the frame limit (but under the transport's)
+        await _expect_error(ws, "too_large")
         line = timeline([clip], gap=0.0)
         head, tail = line.pcm[: RATE // 2], line.pcm[RATE // 2 :]
         await ws.send(head.tobytes())
@@ -420,3 +422,22 @@ def test_beckett_phrases_each_get_their_final(asr_worker, whisper):
     check_turns(got, line.spans)
     for clip, final in zip(clips, got.of("final"), strict=True):
         assert_close(in_process(whisper, clip), final["text"])
+
+
+@pytest.mark.e2e
+async def test_a_turn_longer_than_whispers_window(asr_worker, whisper):
+    """40 s of reading in one frame, then `flush`: one turn (its pauses are judged only after the whole frame's
+    VAD, once the speech has resumed), transcribed by faster-whisper's long-form path."""
+    reading = np.concatenate([u.pcm for u in utterances() if u.speaker == "two-cities"])
+    line = timeline([reading], gap=0.0)
+    assert line.spans[0][1] - line.spans[0][0] > 32
+    async with websockets.connect(ws_url(asr_worker), additional_headers=AUTH) as ws:
+        await ws.send(line.pcm.tobytes())
+        await ws.send(json.dumps({"type": "flush"}))
+        got = Received()
+        while not got.of("final"):
+            got.messages.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
+    check_turns(got, line.spans)
+    # The recording ends in 2.7 s of room noise: the silence fallback may end the turn before the flush.
+    assert got.of("final")[0]["reason"] in ("flush", "silence")
+    assert_close(in_process(whisper, reading), got.of("final")[0]["text"])

@@ -58,6 +58,10 @@ class Transcript:
     words: list[Word] = field(default_factory=list)
 
 
+LONGEST_WINDOW_SAMPLES = int((WINDOWS_SECS[-1] - WINDOW_SPARE_SECS) * MODEL_RATE)
+"""Audio up to this long is transcribed in one window; longer goes through faster-whisper's long-form path."""
+
+
 def window_secs(seconds: float) -> int | None:
     """The shortest window that holds ``seconds`` of audio with room to spare; None: longer than 30 s."""
     return next((w for w in WINDOWS_SECS if seconds + WINDOW_SPARE_SECS <= w), None)
@@ -252,6 +256,7 @@ class Job:
     kind: str  # "verdict", "final" or "partial"
     audio: np.ndarray
     language: str = "en"
+    end: int = 0  # where the audio ends on the stream's 16 kHz timeline
     future: Future = field(default_factory=Future)
     submitted: float = field(default_factory=time.perf_counter)
 
@@ -295,12 +300,12 @@ class ModelThread:
             self._cond.notify()
         return job
 
-    def replace_audio(self, job: Job, audio: np.ndarray) -> bool:
+    def replace_audio(self, job: Job, audio: np.ndarray, end: int) -> bool:
         """Give a job that has not started newer audio; False when it has started (or finished)."""
         with self._cond:
             if job.future.running() or job.future.done():
                 return False
-            job.audio = audio
+            job.audio, job.end = audio, end
             return True
 
     def stop(self) -> None:

@@ -17,7 +17,7 @@ import soxr
 from loguru import logger
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from vivavoce_asr.engine import Job, ModelThread, Transcript
+from vivavoce_asr.engine import LONGEST_WINDOW_SAMPLES, Job, ModelThread, Transcript
 from vivavoce_asr.protocol import (
     DEFAULT_ENCODING,
     DEFAULT_LANGUAGE,
@@ -42,6 +42,7 @@ class SessionSettings:
     preroll_secs: float = 0.3  # audio before the VAD's onset that Whisper also hears
 
 
+BIG_FRAME_SAMPLES = MODEL_RATE  # frames longer than this run their VAD in a thread
 ONSET_MARGIN_SECS = 0.1  # how much earlier than the VAD's onset a word may start
 
 
@@ -123,7 +124,7 @@ class AsrSession:
                     return
                 try:
                     if message.get("bytes") is not None:
-                        self._audio(message["bytes"])
+                        await self._audio(message["bytes"])
                     else:
                         self._text(message.get("text") or "")
                 except AsrError as e:
@@ -192,7 +193,7 @@ class AsrSession:
     def _describe(self) -> str:
         return f"{self.encoding} at {self.sample_rate} Hz, language {self.language}"
 
-    def _audio(self, data: bytes) -> None:
+    async def _audio(self, data: bytes) -> None:
         if len(data) > MAX_AUDIO_FRAME_BYTES:
             raise AsrError("too_large", f"audio frame of {len(data)} bytes: the limit is {MAX_AUDIO_FRAME_BYTES}")
         dtype, width = ENCODINGS[self.encoding]
@@ -213,7 +214,11 @@ class AsrSession:
         if not len(samples):
             return
         self._buffer.append(samples)
-        for probability in self._vad.feed(samples):
+        if len(samples) > BIG_FRAME_SAMPLES:  # seconds of audio at once: its VAD must not stall other streams
+            probabilities = await asyncio.to_thread(self._vad.feed, samples)
+        else:
+            probabilities = self._vad.feed(samples)
+        for probability in probabilities:
             self._handle(self._turns.window(self._windows, float(probability)))
             self._windows += 1
         if self._turns.state is State.IDLE:
@@ -235,8 +240,10 @@ class AsrSession:
                 audio = self._buffer.between(self._turn_start, self._buffer.end)
                 verdict = self.models.submit(Job("verdict", audio))
                 self._spawn(self._await_verdict(event.pause, verdict))
-                # The final's audio is already all here: transcribe it while Smart Turn judges.
-                self._prepared[event.pause] = self.models.submit(Job("final", audio, self.language))
+                # The final's audio is already all here: transcribe it while Smart Turn judges (not for
+                # turns past one window: the long-form path is too dear to run at every pause).
+                if len(audio) <= LONGEST_WINDOW_SAMPLES:
+                    self._prepared[event.pause] = self.models.submit(Job("final", audio, self.language))
             elif isinstance(event, Resumed):
                 if (job := self._prepared.pop(event.pause, None)) is not None:
                     job.future.cancel()
@@ -260,7 +267,7 @@ class AsrSession:
         for pause in [p for p in self._prepared if p != event.pause]:
             self._prepared.pop(pause).future.cancel()
         job = self._prepared.pop(event.pause, None)
-        if job is None:  # flushed while speaking: nothing prepared
+        if job is None:  # flushed while speaking, or a long turn: nothing prepared
             audio = self._buffer.between(self._turn_start, self._buffer.end)
             job = self.models.submit(Job("final", audio, self.language))
         self._send({"type": "speech_end", "timestamp": _seconds(event.speech_end)})
@@ -301,10 +308,11 @@ class AsrSession:
     def _request_partial(self) -> None:
         end = self._buffer.end
         self._next_partial = end + self._partial_step
-        audio = self._buffer.between(self._turn_start, end)
-        if self._partial is not None and self.models.replace_audio(self._partial, audio):
+        # Partials of a turn longer than one Whisper window cover its last window only.
+        audio = self._buffer.between(max(self._turn_start, end - LONGEST_WINDOW_SAMPLES), end)
+        if self._partial is not None and self.models.replace_audio(self._partial, audio, end):
             return  # the waiting partial now covers the newer audio
-        self._partial = self.models.submit(Job("partial", audio, self.language))
+        self._partial = self.models.submit(Job("partial", audio, self.language, end))
         self._spawn(self._await_partial(self._partial, self._turn))
 
     async def _await_partial(self, job: Job, turn: int) -> None:
@@ -328,6 +336,6 @@ class AsrSession:
                 "type": "partial",
                 "text": transcript.text,
                 "confidence": round(transcript.confidence, 3),
-                "timestamp": _seconds(self._turn_start + len(job.audio)),
+                "timestamp": _seconds(job.end),
             }
         )
