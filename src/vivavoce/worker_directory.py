@@ -1,0 +1,204 @@
+"""The fleet's worker directory: the ready model workers, as they register themselves in Redis.
+
+Key layout (``workers/PROTOCOL.md``, "Registry"), written by each worker, read here:
+
+- ``vivavoce:worker:<family>:<boot_id>``: a hash with the worker's ``family``, ``url``, ``models`` and
+  ``voices`` (JSON lists), ``max_sessions``, ``active_sessions``, ``queue_depth``, ``state`` (``ready`` or
+  ``draining``), ``boot_id`` and ``version``; it expires a few seconds after the worker stops refreshing it.
+- ``vivavoce:workers:<family>``: a sorted set of those keys, scored by when each expires (ms since the
+  epoch), so the live ones are one ``ZRANGEBYSCORE`` away: no ``KEYS`` scan, and a crashed worker drops
+  out when its score passes even before its hash expires.
+
+A worker is picked by load with the power of two choices: two ready workers that match at random, the
+less loaded of them. Nothing here is a health check: the agent notices a dead worker on its socket.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+REGISTRY_ENV = "VIVAVOCE_REGISTRY"
+"""Where the registry is when a bot file or a worker does not say: ``redis://HOST:6379/0``."""
+
+KEY_PREFIX = "vivavoce"
+
+
+def worker_key(family: str, boot_id: str) -> str:
+    """The hash of one worker."""
+    return f"{KEY_PREFIX}:worker:{family}:{boot_id}"
+
+
+def family_index(family: str) -> str:
+    """The sorted set of a family's workers, scored by expiry."""
+    return f"{KEY_PREFIX}:workers:{family}"
+
+
+class RegistryUnavailableError(ConnectionError):
+    """The registry cannot be reached; the message says where it was looked for."""
+
+
+class MalformedEntryError(ValueError):
+    """A registry entry lacks a field or has one of the wrong type."""
+
+
+@dataclass(frozen=True)
+class WorkerEntry:
+    """One registered worker, as it last described itself."""
+
+    key: str
+    family: str
+    url: str
+    boot_id: str
+    version: str
+    state: str
+    max_sessions: int
+    active_sessions: int
+    queue_depth: int
+    models: tuple[str, ...] = ()
+    voices: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, key: str, fields: Mapping[bytes | str, bytes | str]) -> WorkerEntry:
+        """The entry from the hash's fields; :class:`MalformedEntryError` says what is wrong."""
+        text = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in fields.items()
+        }
+        try:
+            entry = cls(
+                key=key,
+                family=text["family"],
+                url=text["url"],
+                boot_id=text["boot_id"],
+                version=text.get("version", ""),
+                state=text["state"],
+                max_sessions=int(text["max_sessions"]),
+                active_sessions=int(text["active_sessions"]),
+                queue_depth=int(text.get("queue_depth", "0")),
+                models=tuple(_string_list(text.get("models", "[]"))),
+                voices=tuple(_string_list(text.get("voices", "[]"))),
+            )
+        except KeyError as e:
+            raise MalformedEntryError(f"{key}: missing field {e}") from None
+        except (ValueError, TypeError) as e:
+            raise MalformedEntryError(f"{key}: {e}") from None
+        if not entry.url.startswith(("ws://", "wss://")):
+            raise MalformedEntryError(f"{key}: url {entry.url!r} is not ws:// or wss://")
+        if entry.max_sessions < 1:
+            raise MalformedEntryError(f"{key}: max_sessions {entry.max_sessions} < 1")
+        return entry
+
+    @property
+    def load(self) -> float:
+        """Sessions and queued requests per session slot: what the choice compares."""
+        return (self.active_sessions + self.queue_depth) / self.max_sessions
+
+    @property
+    def has_room(self) -> bool:
+        """Ready and not full (a full worker refuses at the handshake anyway)."""
+        return self.state == "ready" and self.active_sessions < self.max_sessions
+
+
+def _string_list(raw: str) -> list[str]:
+    value = json.loads(raw)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"not a JSON list of strings: {raw[:60]!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which workers may serve: a family, and optionally a voice or a model they must have."""
+
+    family: str
+    voice: str | None = None
+    model: str | None = None
+
+    def matches(self, entry: WorkerEntry) -> bool:
+        """Whether ``entry`` is of the family and has the voice and model asked for."""
+        return (
+            entry.family == self.family
+            and (self.voice is None or self.voice in entry.voices)
+            and (self.model is None or self.model in entry.models)
+        )
+
+
+class WorkerDirectory:
+    """Reads the registry at ``url`` (``redis://HOST:PORT/DB``) and picks workers by load."""
+
+    def __init__(self, url: str, *, connect_timeout_secs: float = 2.0):
+        """Create the client; nothing connects until the first read."""
+        from redis.asyncio import Redis
+
+        self.url = url
+        self._redis = Redis.from_url(
+            url, socket_connect_timeout=connect_timeout_secs, socket_timeout=connect_timeout_secs
+        )
+        self._reported: set[str] = set()  # malformed keys already logged
+
+    async def close(self) -> None:
+        """Close the connections."""
+        await self._redis.aclose()
+
+    async def check(self) -> None:
+        """Raise :class:`RegistryUnavailableError` when the registry does not answer."""
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as e:
+            raise RegistryUnavailableError(f"the worker registry at {self.url} does not answer: {e}") from None
+
+    async def workers(self, selector: Selector) -> list[WorkerEntry]:
+        """The live workers of the selector's family that match it (ready or draining, full or not)."""
+        from redis.exceptions import RedisError
+
+        now_ms = int(time.time() * 1000)
+        try:
+            keys = [k.decode() for k in await self._redis.zrangebyscore(family_index(selector.family), now_ms, "+inf")]
+            if not keys:
+                return []
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)
+                hashes = await pipe.execute()
+        except (RedisError, OSError) as e:
+            raise RegistryUnavailableError(f"the worker registry at {self.url} does not answer: {e}") from None
+        entries = []
+        for key, fields in zip(keys, hashes, strict=True):
+            if not fields:
+                continue  # expired between the two reads
+            try:
+                entry = WorkerEntry.parse(key, fields)
+            except MalformedEntryError as e:
+                if key not in self._reported:
+                    self._reported.add(key)
+                    logger.warning(f"ignoring a malformed worker registry entry: {e}")
+                continue
+            if selector.matches(entry):
+                entries.append(entry)
+        return entries
+
+    async def pick(self, selector: Selector, *, exclude: Iterable[str] = ()) -> WorkerEntry | None:
+        """A ready worker with room that matches, by the power of two choices (None: there is none).
+
+        ``exclude``: worker keys not to pick (ones that just failed or refused).
+        """
+        excluded = set(exclude)
+        candidates = [e for e in await self.workers(selector) if e.has_room and e.key not in excluded]
+        return choose(candidates)
+
+
+def choose(candidates: list[WorkerEntry], rng: Any = random) -> WorkerEntry | None:
+    """Two at random, the less loaded (one candidate: it; none: None)."""
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    first, second = rng.sample(candidates, 2)
+    return first if first.load <= second.load else second
