@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vivavoce_chatterbox.engine import ChatterboxEngine
 from vivavoce_chatterbox.voices import voice_routers
-from vivavoce_worker.cli import add_common_args, resolve_device, run_worker
+from vivavoce_worker.cli import add_common_args, add_output_args, resolve_device, run_worker
 
 DEFAULT_PORT = 8720
 
@@ -17,6 +17,7 @@ def main() -> None:
     parser = add_common_args(
         argparse.ArgumentParser(description="vivavoce Chatterbox worker"), default_port=DEFAULT_PORT
     )
+    add_output_args(parser)
     parser.add_argument("--voices-dir", type=Path, default=Path("voices"), help="where registered clips are kept")
     parser.add_argument("--chunk-tokens", type=int, default=25, help="speech tokens per streamed chunk (25 = 1 s)")
     args = parser.parse_args()

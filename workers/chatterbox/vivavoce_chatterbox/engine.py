@@ -13,7 +13,10 @@ from typing import Any
 
 from loguru import logger
 
-from vivavoce_worker.engine import Emit, Engine, SynthesisRequest
+from vivavoce_worker.engine import Emit, Engine, ServiceOptions, SynthesisRequest
+
+# /v1/tts's named emotions as Chatterbox exaggeration (a number 0-2 is taken as it is).
+EMOTIONS = {"calm": 0.3, "neutral": 0.5, "expressive": 0.9, "excited": 1.3}
 
 
 class ChatterboxEngine(Engine):
@@ -55,6 +58,23 @@ class ChatterboxEngine(Engine):
         """Voices and chunking for /health."""
         return {"voices": len(self.voices), "chunk_tokens": self.chunk_size}
 
+    def service_options(self, chunk_size: int | None, emotion: str | float | None) -> ServiceOptions:
+        """``chunk_size``: speech tokens per streamed chunk (25 = 1 s); ``emotion``: exaggeration, named or 0-2."""
+        options: dict[str, Any] = {}
+        if chunk_size is not None:
+            if chunk_size > 200:
+                raise ValueError("chunk_size is speech tokens per chunk for Chatterbox: 1-200 (25 = 1 s)")
+            options["chunk_tokens"] = chunk_size
+        if isinstance(emotion, str):
+            if emotion not in EMOTIONS:
+                raise ValueError(f"emotion {emotion!r}: one of {', '.join(EMOTIONS)} or a number 0-2")
+            options["exaggeration"] = EMOTIONS[emotion]
+        elif emotion is not None:
+            if not 0 <= emotion <= 2:
+                raise ValueError("emotion as a number is Chatterbox's exaggeration, 0-2")
+            options["exaggeration"] = float(emotion)
+        return ServiceOptions(options=options)
+
     def generate(self, request: SynthesisRequest, session: Any, emit: Emit) -> None:
         """Stream chunks of ``request`` in its voice."""
         if request.voice is not None and request.voice not in self.voices:
@@ -67,7 +87,7 @@ class ChatterboxEngine(Engine):
             exaggeration=request.options.get("exaggeration", 0.5),
             cfg_weight=request.options.get("cfg_weight", 0.5),
             temperature=request.options.get("temperature", 0.8),
-            chunk_size=self.chunk_size,
+            chunk_size=request.options.get("chunk_tokens", self.chunk_size),
             print_metrics=False,
         )
         try:

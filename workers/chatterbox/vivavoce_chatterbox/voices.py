@@ -32,6 +32,7 @@ class VoiceEngine(Protocol):
     """What the registry needs from an engine."""
 
     voices: dict[str, Any]
+    voice_registry: Any
 
     def make_voice(self, wav_path: Path) -> Any:
         """Conditionals for the voice in ``wav_path`` (runs with the model to itself)."""
@@ -141,6 +142,7 @@ def voice_routers(engine: VoiceEngine, voices_dir: Path):
     def build(queue: GenerationQueue, auth: ApiKeyAuth) -> list[APIRouter]:
         registry = VoiceRegistry(engine, queue, voices_dir)
         queue.run_sync(registry.load_saved)
+        engine.voice_registry = registry  # /v1/tts's register_voice uses it too
         return [voices_router(registry, auth)]
 
     return build

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vivavoce_worker.auth import DEFAULT_KEY_ENV, ApiKeyAuth, auth_from_env
+from vivavoce_worker.loudness import DEFAULT_TARGET_LUFS, LoudnessControl, parse_target
 
 if TYPE_CHECKING:
     from vivavoce_worker.engine import Engine
@@ -32,6 +33,32 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_port: int) -> ar
     return parser
 
 
+def add_output_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--loudness-lufs`` (TTS workers: every utterance normalised; ``off`` leaves the model's level)."""
+
+    def target(value: str) -> float | None:
+        try:
+            return parse_target(value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parser.add_argument(
+        "--loudness-lufs",
+        type=target,
+        default=DEFAULT_TARGET_LUFS,
+        metavar="LUFS|off",
+        help=f"integrated loudness of every utterance, true peak <= -1 dBTP (default {DEFAULT_TARGET_LUFS:g}); "
+        "off: the model's own level",
+    )
+    return parser
+
+
+def loudness_from_args(args: argparse.Namespace) -> LoudnessControl | None:
+    """The loudness normalisation ``--loudness-lufs`` asks for; None for off, and for workers without the option."""
+    target = getattr(args, "loudness_lufs", None)
+    return LoudnessControl(target) if target is not None else None
+
+
 def auth_from_args(args: argparse.Namespace) -> ApiKeyAuth:
     """The auth the common options ask for (exits with a message if the key is missing)."""
     return auth_from_env(args.api_key_env, no_auth=args.no_auth)
@@ -53,7 +80,6 @@ def serve(app, args: argparse.Namespace) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws_max_size=WS_TRANSPORT_MAX_BYTES)
 
 
-
 def run_worker(engine: Engine, args: argparse.Namespace, *, routers_for=None) -> None:
     """Load and warm up ``engine`` once, then serve it (auth from the common options).
 
@@ -67,14 +93,18 @@ def run_worker(engine: Engine, args: argparse.Namespace, *, routers_for=None) ->
     from vivavoce_worker.server import create_app
 
     auth = auth_from_args(args)  # before loading: a missing key fails fast
-    queue = GenerationQueue(engine)
+    queue = GenerationQueue(engine, loudness=loudness_from_args(args))
     started = time.perf_counter()
     queue.run_sync(engine.load)
     loaded = time.perf_counter()
     queue.run_sync(engine.warmup)
     logger.info(
-        "{} ready on {}: loaded in {:.1f} s, warmed up in {:.1f} s",
-        engine.name, engine.device, loaded - started, time.perf_counter() - loaded,
+        "{} ready on {}: loaded in {:.1f} s, warmed up in {:.1f} s; loudness {}",
+        engine.name,
+        engine.device,
+        loaded - started,
+        time.perf_counter() - loaded,
+        f"{queue.loudness.target_lufs:g} LUFS" if queue.loudness else "off",
     )
     routers = routers_for(queue, auth) if routers_for else ()
     serve(create_app(engine, auth, queue=queue, routers=routers), args)

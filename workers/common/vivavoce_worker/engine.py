@@ -2,8 +2,9 @@
 
 An engine generates audio synchronously in a generation thread; the model computes for one request
 at a time (one model, many sessions) and ``GenerationQueue.stream`` turns that into an async iterator
-of PCM16 chunks for the server. Cancel is cooperative: ``emit`` raises ``Cancelled`` once the request is
-cancelled, and engines call it once per frame, so generation stops within one frame.
+of float32 chunks for the server, loudness-normalised when the worker asks for it (``loudness.py``).
+Cancel is cooperative: ``emit`` raises ``Cancelled`` once the request is cancelled, and engines call
+it once per frame, so generation stops within one frame.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from vivavoce_worker.audio import float_to_pcm16
+from vivavoce_worker.loudness import LoudnessControl
 from vivavoce_worker.protocol import ContextTurn
 from vivavoce_worker.turnstile import Turnstile
 
@@ -28,6 +29,22 @@ Emit = Callable[[np.ndarray], None]
 
 class Cancelled(Exception):
     """Raised inside generation when its request was cancelled."""
+
+
+class NotSupported(ValueError):
+    """A request asks for something this model family cannot do (``not_supported`` on ``/v1/tts``)."""
+
+
+class UnknownVoice(ValueError):
+    """A request names a voice the worker does not have (``unknown_voice`` on ``/v1/tts``)."""
+
+
+@dataclass
+class ServiceOptions:
+    """What ``/v1/tts``'s ``chunk_size`` and ``emotion`` mean for one engine (see PROTOCOL.md)."""
+
+    options: dict[str, Any] = field(default_factory=dict)  # engine options of the request
+    chunk_ms: float | None = None  # re-cut the output into chunks of this much audio; None: the engine's chunks
 
 
 @dataclass
@@ -41,6 +58,8 @@ class SynthesisRequest:
     context: list[ContextTurn] = field(default_factory=list)
     max_audio_ms: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    sample_rate: int | None = None  # output rate asked for (None: the engine's); the server resamples
+    frame_ms: int | None = None  # fixed output frames asked for; the server cuts them
     cancelled: threading.Event = field(default_factory=threading.Event)
     report: dict[str, Any] = field(default_factory=dict)  # engine facts for the `done` message
 
@@ -57,10 +76,7 @@ class GenerationStats:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready figures, rounded to 0.1 ms."""
-        return {
-            k: (round(v, 1) if isinstance(v, float) else v)
-            for k, v in self.__dict__.items()
-        }
+        return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
 class Engine(ABC):
@@ -77,6 +93,11 @@ class Engine(ABC):
     # True when several requests may be mid-generation at once, taking turns frame by frame: the
     # engine keeps no per-request state on itself (CSM); False runs requests one after another.
     interleave_frames: bool = False
+    # What one unit of /v1/tts's `chunk_size` is, in ms of audio, for families that do not take it
+    # themselves (CSM: one 80 ms frame; Piper and the default: 1 ms).
+    chunk_unit_ms: float = 1.0
+    # The registry of cloned voices (``register_voice``), set by families that clone (Chatterbox).
+    voice_registry: Any = None
 
     @abstractmethod
     def load(self) -> None:
@@ -104,6 +125,21 @@ class Engine(ABC):
         """Extra engine fields for ``/health``."""
         return {}
 
+    def known_voice(self, voice: str) -> bool:
+        """Whether ``voice`` can be asked for (families with a ``voices`` mapping: one of its keys)."""
+        voices = getattr(self, "voices", None)
+        return voices is None or voice in voices
+
+    def service_options(self, chunk_size: int | None, emotion: str | float | None) -> ServiceOptions:
+        """Map ``/v1/tts``'s ``chunk_size`` and ``emotion`` onto this family.
+
+        The default: ``chunk_size`` counts ``chunk_unit_ms`` of audio per chunk, and only a neutral
+        ``emotion`` is accepted (``NotSupported`` otherwise).
+        """
+        if emotion is not None and emotion != "neutral":
+            raise NotSupported(f"{self.name} has no emotion control: send no `emotion` or 'neutral'")
+        return ServiceOptions(chunk_ms=chunk_size * self.chunk_unit_ms if chunk_size else None)
+
 
 MAX_ACTIVE_REQUESTS = 16
 
@@ -117,9 +153,15 @@ class GenerationQueue:
     run their requests strictly one after another.
     """
 
-    def __init__(self, engine: Engine, max_active: int = MAX_ACTIVE_REQUESTS):
-        """Share ``engine``; at most ``max_active`` requests are in generation at once."""
+    def __init__(
+        self, engine: Engine, max_active: int = MAX_ACTIVE_REQUESTS, *, loudness: LoudnessControl | None = None
+    ):
+        """Share ``engine``; at most ``max_active`` requests are in generation at once.
+
+        ``loudness``: normalise every request's audio (None: the engine's output as it is).
+        """
         self.engine = engine
+        self.loudness = loudness
         workers = max_active if engine.interleave_frames else 1
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{engine.name}-gen")
         self._turnstile = Turnstile()
@@ -150,15 +192,17 @@ class GenerationQueue:
 
     async def stream(
         self, request: SynthesisRequest, session: Any, stats: GenerationStats
-    ) -> AsyncIterator[bytes]:
-        """PCM16 chunks of ``request`` as the engine produces them.
+    ) -> AsyncIterator[np.ndarray]:
+        """Float32 chunks of ``request`` at the engine's rate, as the engine produces them.
 
         Leaving the iteration early (or cancelling the task) cancels the request, which stops the
         generation within one frame. Engine errors propagate.
         """
         loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        chunks: asyncio.Queue[np.ndarray | BaseException | None] = asyncio.Queue()
         submitted = time.perf_counter()
+        voice = (request.voice, request.speaker)
+        normalizer = self.loudness.normalizer(self.engine.sample_rate, voice) if self.loudness else None
         with self._lock:
             self._waiting += 1
 
@@ -168,7 +212,8 @@ class GenerationQueue:
             if stats.first_chunk_ms is None:
                 stats.first_chunk_ms = (time.perf_counter() - submitted) * 1000
             stats.audio_ms += 1000 * len(samples) / self.engine.sample_rate
-            loop.call_soon_threadsafe(chunks.put_nowait, float_to_pcm16(samples))
+            out = normalizer.process(samples) if normalizer else np.asarray(samples, dtype=np.float32).reshape(-1)
+            loop.call_soon_threadsafe(chunks.put_nowait, out)
             if self.engine.interleave_frames:
                 self._turnstile.pass_turn()
 
@@ -182,6 +227,8 @@ class GenerationQueue:
                     if request.cancelled.is_set():
                         raise Cancelled(request.id)
                     self.engine.generate(request, session, emit)
+                    if normalizer is not None:
+                        self.loudness.learn(voice, normalizer)
                 except Cancelled:
                     stats.cancelled = True
                     self.cancelled += 1

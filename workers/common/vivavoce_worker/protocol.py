@@ -12,6 +12,9 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # context turns carry base64 audio
 MAX_TEXT_CHARS = 4000
 MAX_CONTEXT_TURNS = 64
 MAX_PENDING_PER_SOCKET = 16
+# Output rates a client may ask for (resampled once, in the worker), and fixed frame lengths.
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+MIN_FRAME_MS, MAX_FRAME_MS = 10, 100
 
 RequestId = Annotated[str, Field(min_length=1, max_length=128)]
 
@@ -53,6 +56,23 @@ class SynthesizeMessage(BaseModel):
     exaggeration: float | None = Field(None, ge=0, le=2)
     cfg_weight: float | None = Field(None, ge=0, le=2)
     temperature: float | None = Field(None, gt=0, le=2)
+    sample_rate: int | None = Field(None, description="Output rate (one of SAMPLE_RATES); default: the model's.")
+    frame_ms: int | None = Field(
+        None, ge=MIN_FRAME_MS, le=MAX_FRAME_MS, description="Fixed frames of this length (the last zero-padded)."
+    )
+
+    @model_validator(mode="after")
+    def _output_format(self) -> SynthesizeMessage:
+        check_output_format(self.sample_rate, self.frame_ms)
+        return self
+
+
+def check_output_format(sample_rate: int | None, frame_ms: int | None) -> None:
+    """ValueError unless ``sample_rate`` is offered and ``frame_ms`` is a whole number of samples at it."""
+    if sample_rate is not None and sample_rate not in SAMPLE_RATES:
+        raise ValueError(f"sample_rate {sample_rate} is not one of {', '.join(map(str, SAMPLE_RATES))}")
+    if frame_ms is not None and sample_rate is not None and frame_ms * sample_rate % 1000:
+        raise ValueError(f"{frame_ms} ms at {sample_rate} Hz is not a whole number of samples")
 
 
 class CancelMessage(BaseModel):

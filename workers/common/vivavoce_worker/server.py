@@ -1,4 +1,5 @@
-"""The worker's FastAPI app: ``WS /v1/stream``, ``WS /v1/native/ws/{session}``, ``POST /synthesize``, ``/health``."""
+"""The worker's FastAPI app: ``WS /v1/stream``, ``WS /v1/native/ws/{session}``, ``WS /v1/tts``,
+``POST /synthesize``, ``/health``."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Response, WebSocket
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.websockets import WebSocketDisconnect
 
-from vivavoce_worker.audio import mulaw_8k, wav_bytes
+from vivavoce_worker.audio import float_to_pcm16, mulaw_8k, resample, wav_bytes
 from vivavoce_worker.auth import ApiKeyAuth
 from vivavoce_worker.engine import Engine, GenerationQueue, GenerationStats, SynthesisRequest
+from vivavoce_worker.framing import Reframer, samples_for_ms
 from vivavoce_worker.health import health_router
 from vivavoce_worker.protocol import (
     MAX_PENDING_PER_SOCKET,
@@ -23,9 +26,11 @@ from vivavoce_worker.protocol import (
     CancelMessage,
     ProtocolError,
     SynthesizeMessage,
+    check_output_format,
     error_message,
     parse_client_message,
 )
+from vivavoce_worker.tts_service import serve_tts_socket
 
 MAX_NATIVE_SESSIONS = 256
 
@@ -43,15 +48,19 @@ class SynthesizeBody(BaseModel):
     exaggeration: float | None = Field(None, ge=0, le=2)
     cfg_weight: float | None = Field(None, ge=0, le=2)
     temperature: float | None = Field(None, gt=0, le=2)
+    sample_rate: int | None = Field(None, description="Rate of the WAV (one of SAMPLE_RATES; default: the model's).")
     session: str | None = Field(
         None, max_length=128, description="A native session id: speak with (and extend) its conversation context."
     )
 
+    @model_validator(mode="after")
+    def _output_format(self) -> SynthesizeBody:
+        check_output_format(self.sample_rate, None)
+        return self
+
 
 def _request(msg: SynthesizeMessage | SynthesizeBody, request_id: str) -> SynthesisRequest:
-    options = {
-        k: v for k in ("exaggeration", "cfg_weight", "temperature") if (v := getattr(msg, k)) is not None
-    }
+    options = {k: v for k in ("exaggeration", "cfg_weight", "temperature") if (v := getattr(msg, k)) is not None}
     return SynthesisRequest(
         id=request_id,
         text=msg.text,
@@ -60,6 +69,8 @@ def _request(msg: SynthesizeMessage | SynthesizeBody, request_id: str) -> Synthe
         context=list(getattr(msg, "context", [])),
         max_audio_ms=msg.max_audio_ms,
         options=options,
+        sample_rate=msg.sample_rate,
+        frame_ms=getattr(msg, "frame_ms", None),
     )
 
 
@@ -143,13 +154,23 @@ class _Socket:
 
     async def _speak(self, request: SynthesisRequest) -> None:
         stats = GenerationStats()
-        await self.send_json(
-            {"type": "start", "id": request.id, "sample_rate": self.queue.engine.sample_rate, "format": "pcm_s16le"}
-        )
+        engine_rate = self.queue.engine.sample_rate
+        rate = request.sample_rate or engine_rate
+        try:
+            frame = samples_for_ms(request.frame_ms, rate) if request.frame_ms else None
+        except ValueError as e:
+            await self.send_json(error_message("bad_request", str(e), request.id))
+            return
+        reframer = Reframer(engine_rate, rate, frame, pad_last=True)
+        await self.send_json({"type": "start", "id": request.id, "sample_rate": rate, "format": "pcm_s16le"})
         try:
             async for chunk in self.queue.stream(request, self.session, stats):
-                if not request.cancelled.is_set():  # chunks already in flight when cancel came are dropped
-                    await self.send_bytes(chunk)
+                for piece in reframer.push(chunk):
+                    if not request.cancelled.is_set():  # chunks already in flight when cancel came are dropped
+                        await self.send_bytes(float_to_pcm16(piece))
+            for piece in reframer.flush():
+                if not request.cancelled.is_set():
+                    await self.send_bytes(float_to_pcm16(piece))
         except ValueError as e:
             await self.send_json(error_message("bad_request", str(e), request.id))
             return
@@ -195,6 +216,7 @@ def create_app(
             "active_sessions": open_sockets,
             "queue_depth": queue.depth,
             "requests": {"finished": queue.finished, "cancelled": queue.cancelled},
+            "loudness": queue.loudness.describe() if queue.loudness else None,
             **engine.health(),
         }
 
@@ -217,6 +239,18 @@ def create_app(
     async def stream(ws: WebSocket) -> None:
         await serve_socket(ws, engine.new_session())
 
+    @app.websocket("/v1/tts")
+    async def tts(ws: WebSocket) -> None:
+        nonlocal open_sockets
+        if not await auth.check_websocket(ws):
+            return
+        await ws.accept()
+        open_sockets += 1
+        try:
+            await serve_tts_socket(ws, queue)
+        finally:
+            open_sockets -= 1
+
     @app.websocket("/v1/native/ws/{session_id}")
     async def native_stream(ws: WebSocket, session_id: str) -> None:
         await serve_socket(ws, native.get(session_id))
@@ -227,12 +261,17 @@ def create_app(
         request = _request(body, request_id=f"http-{id(body):x}")
         stats = GenerationStats()
         try:
-            pcm = b"".join([chunk async for chunk in queue.stream(request, session, stats)])
+            chunks = [chunk async for chunk in queue.stream(request, session, stats)]
         except ValueError as e:
             raise HTTPException(400, detail=str(e)) from None
+        audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
         headers = {"X-Audio-Ms": f"{stats.audio_ms:.0f}", "X-First-Chunk-Ms": f"{stats.first_chunk_ms or 0:.0f}"}
         if body.format == "mulaw8k":
-            return Response(mulaw_8k(pcm, engine.sample_rate), media_type="audio/basic", headers=headers)
-        return Response(wav_bytes(pcm, engine.sample_rate), media_type="audio/wav", headers=headers)
+            return Response(
+                mulaw_8k(float_to_pcm16(audio), engine.sample_rate), media_type="audio/basic", headers=headers
+            )
+        rate = body.sample_rate or engine.sample_rate
+        pcm = float_to_pcm16(resample(audio, engine.sample_rate, rate))
+        return Response(wav_bytes(pcm, rate), media_type="audio/wav", headers=headers)
 
     return app

@@ -85,6 +85,7 @@ class CsmEngine(Engine):
 
     name = "csm"
     interleave_frames = True  # per-request state (KV caches, decoder) lives in generate()
+    chunk_unit_ms = 80.0  # /v1/tts's chunk_size counts Mimi frames
 
     def __init__(self, model: Path | None, device: str, dtype: str = "auto", max_audio_ms: int = 20_000):
         """``model``: local weights dir (None: the published weights); ``dtype``: auto, float32, bfloat16."""
@@ -121,6 +122,10 @@ class CsmEngine(Engine):
         """Model facts for /health."""
         return {"weights": self.model_path, "frame_ms": 1000 * self.frame_samples / self.sample_rate,
                 "max_positions": self.max_positions, "context_clips_encoded": self.clips_encoded}
+
+    def known_voice(self, voice: str) -> bool:
+        """CSM's voices are speaker ids."""
+        return voice.isdigit() and int(voice) < 64
 
     # --- prompt -------------------------------------------------------------------------------
 
