@@ -97,8 +97,14 @@ class PiperConfig(ProcessorConfig):
         description="A Piper worker's stream endpoint (make worker-piper), e.g. ws://tts-host:8002/v1/stream; "
         "unset: in-process.",
     )
+    registry: str | None = Field(
+        None,
+        pattern=r"^rediss?://",
+        description="Or the fleet's registry, e.g. ${VIVAVOCE_REGISTRY}: the least loaded of two ready Piper "
+        "workers with this voice; unset (and no url): in-process.",
+    )
     api_key: SecretStr | None = Field(
-        None, description="With url: write ${VIVAVOCE_WORKER_API_KEY}; unset: read that variable."
+        None, description="With url or registry: write ${VIVAVOCE_WORKER_API_KEY}; unset: read that variable."
     )
     first_phrase_words: int = Field(
         3,
@@ -108,15 +114,36 @@ class PiperConfig(ProcessorConfig):
         "is complete; 0: whole sentences only.",
     )
 
+    @model_validator(mode="after")
+    def _one_place(self) -> PiperConfig:
+        if self.url is not None and self.registry is not None:
+            raise ValueError("give at most one of 'url' (one worker) or 'registry' (the fleet's workers)")
+        return self
+
 
 class WorkerTTSConfig(ProcessorConfig):
-    """Settings every model-worker TTS shares (see workers/README.md)."""
+    """Settings every model-worker TTS shares (see workers/README.md): one worker (``url``), or the fleet's
+    workers of the kind's family found through a registry (``registry``)."""
 
-    url: str = Field(pattern=r"^wss?://", description="The worker's stream endpoint, e.g. ws://gpu-host:8710/v1/stream")
+    url: str | None = Field(
+        None, pattern=r"^wss?://", description="The worker's stream endpoint, e.g. ws://gpu-host:8710/v1/stream"
+    )
+    registry: str | None = Field(
+        None,
+        pattern=r"^rediss?://",
+        description="The fleet's registry, e.g. ${VIVAVOCE_REGISTRY} (redis://host:6379/0): each conversation "
+        "takes the least loaded of two ready workers of this family (and voice), and another if it fails.",
+    )
     api_key: SecretStr | None = Field(
         None, description="Write ${VIVAVOCE_WORKER_API_KEY}; unset: read that variable (none for --no-auth workers)."
     )
     max_audio_ms: int = Field(20_000, ge=80, le=120_000, description="Longest audio one sentence may produce.")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> WorkerTTSConfig:
+        if (self.url is None) == (self.registry is None):
+            raise ValueError("give exactly one of 'url' (one worker) or 'registry' (the fleet's workers)")
+        return self
 
 
 class CSMConfig(WorkerTTSConfig):

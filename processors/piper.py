@@ -59,12 +59,15 @@ class SharedPiperTTSService(PiperTTSService):
 
 
 def create(config: PiperConfig, context: BuildContext) -> TTSService:
-    """Factory for the ``piper`` kind: in-process, or on the worker at ``url``."""
-    if config.url:
+    """Factory for the ``piper`` kind: in-process, or on the worker at ``url``, or on the fleet's."""
+    if config.url or config.registry:
         from vivavoce.processors.piper_worker import PiperWorkerTTSService
+        from vivavoce.worker_directory import Selector
 
         return PiperWorkerTTSService(
             url=config.url,
+            registry=config.registry,
+            selector=Selector(family="piper", voice=config.voice),
             api_key=config.api_key.get_secret_value() if config.api_key else None,
             voice=config.voice,
             first_phrase_words=config.first_phrase_words,
@@ -76,5 +79,5 @@ def create(config: PiperConfig, context: BuildContext) -> TTSService:
 
 def preload(config: PiperConfig) -> None:
     """Load the voice before the first session (nothing to load here when a worker speaks)."""
-    if not config.url:
+    if not (config.url or config.registry):
         load_voice(config.voice)

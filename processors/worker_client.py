@@ -6,6 +6,11 @@ context once the turn is flushed and its last ``done`` arrived, and sends ``canc
 request of a context that an ``InterruptionFrame`` drops. Reconnects are pipecat's
 (``WebsocketService``). Subclasses add their family's fields (CSM: conversation context; Chatterbox:
 voice and expression settings).
+
+The worker is one ``url``, or is picked from the fleet's registry (``registry`` + a
+:class:`~vivavoce.worker_directory.Selector`): the less loaded of two ready workers, a short connect
+timeout and a few tries; a worker that failed or refused is not picked again for a while, so pipecat's
+reconnect after a worker dies lands on another one.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,10 +30,18 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import WebsocketTTSService
 from websockets.protocol import State
 
+from vivavoce.worker_directory import Selector, WorkerDirectory
+
 if TYPE_CHECKING:
     from vivavoce.processors.catalog import WorkerTTSConfig
 
 API_KEY_ENV = "VIVAVOCE_WORKER_API_KEY"
+ROUTE_TRIES = 3
+"""Workers tried, one after another, before a connection fails."""
+CONNECT_TIMEOUT_SECS = 1.0
+"""A worker that does not complete the handshake within this is skipped (a dead host can take a minute)."""
+AVOID_SECS = 10.0
+"""A worker that failed or refused is not picked again for this long (its registry entry may outlive it)."""
 
 
 def worker_api_key(explicit: str | None = None, env: str = API_KEY_ENV) -> str | None:
@@ -36,9 +50,12 @@ def worker_api_key(explicit: str | None = None, env: str = API_KEY_ENV) -> str |
 
 
 def connection_settings(config: WorkerTTSConfig) -> dict[str, Any]:
-    """``url``, ``api_key`` and ``max_audio_ms`` of a worker kind's bot-file settings, as keyword arguments."""
+    """Where the worker is (``url``, or ``registry`` and ``selector``), ``api_key`` and ``max_audio_ms`` of a
+    worker kind's bot-file settings, as keyword arguments."""
     return {
         "url": config.url,
+        "registry": config.registry,
+        "selector": Selector(family=config.kind, voice=getattr(config, "voice", None)),
         "api_key": config.api_key.get_secret_value() if config.api_key else None,
         "max_audio_ms": config.max_audio_ms,
     }
@@ -58,10 +75,26 @@ class WorkerTTSService(WebsocketTTSService):
     Settings = TTSSettings
     _settings: Settings
 
-    def __init__(self, *, url: str, api_key: str | None = None, max_audio_ms: int | None = None, **kwargs: Any):
-        """``url``: the worker's ``ws://host:port/v1/stream``; ``api_key``: None reads the env var."""
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        registry: str | None = None,
+        selector: Selector | None = None,
+        api_key: str | None = None,
+        max_audio_ms: int | None = None,
+        **kwargs: Any,
+    ):
+        """``url``: the worker's ``ws://host:port/v1/stream``, or ``registry`` (``redis://...``) and the
+        ``selector`` its workers must match; ``api_key``: None reads the env var."""
         super().__init__(push_start_frame=True, **kwargs)
+        if (url is None) == (registry is None) or (registry is not None and selector is None):
+            raise ValueError("a worker TTS needs a url, or a registry and a selector")
         self._url = url
+        self._directory = WorkerDirectory(registry) if registry else None
+        self._selector = selector
+        self._worker: str | None = None  # the registry key of the worker in use
+        self._avoid: dict[str, float] = {}  # registry key -> when it failed
         self._api_key = worker_api_key(api_key)
         self._max_audio_ms = max_audio_ms
         self._receive_task = None
@@ -111,13 +144,42 @@ class WorkerTTSService(WebsocketTTSService):
         try:
             if self._websocket and self._websocket.state is State.OPEN:
                 return
-            headers = {"X-API-Key": self._api_key} if self._api_key else {}
-            self._websocket = await self._websocket_connect(self._url, additional_headers=headers)
+            self._websocket = await self._open()
             await self._call_event_handler("on_connected")
         except Exception as e:
             self._websocket = None
-            await self.push_error(error_msg=f"cannot reach the worker at {self._url}: {e}", exception=e)
+            await self.push_error(
+                error_msg=f"cannot reach the worker at {self._url or self._selector}: {e}", exception=e
+            )
             await self._call_event_handler("on_connection_error", f"{e}")
+
+    async def _open(self) -> Any:
+        """A socket to the worker: the ``url``, or a worker picked from the registry."""
+        headers = {"X-API-Key": self._api_key} if self._api_key else {}
+        if self._directory is None:
+            return await self._websocket_connect(self._url, additional_headers=headers)
+        now = time.monotonic()
+        if self._worker is not None:  # connecting again: the last one failed
+            self._avoid[self._worker] = now
+        self._avoid = {key: at for key, at in self._avoid.items() if now - at < AVOID_SECS}
+        failure: Exception | None = None
+        for _ in range(ROUTE_TRIES):
+            entry = await self._directory.pick(self._selector, exclude=self._avoid)
+            if entry is None:
+                break
+            try:
+                websocket = await self._websocket_connect(
+                    entry.url, additional_headers=headers, open_timeout=CONNECT_TIMEOUT_SECS
+                )
+            except Exception as e:  # refused, unreachable or too slow: the next one
+                logger.warning(f"{self}: worker {entry.url} failed to connect ({e}); trying another")
+                self._avoid[entry.key] = time.monotonic()
+                failure = e
+                continue
+            self._worker, self._url = entry.key, entry.url
+            logger.debug(f"{self}: speaking through {entry.url} (load {entry.load:.2f})")
+            return websocket
+        raise ConnectionError(f"no ready {self._selector.family} worker in {self._directory.url} answered: {failure}")
 
     async def _disconnect_websocket(self):
         try:
