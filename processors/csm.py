@@ -34,13 +34,18 @@ BOT_SPEAKER = 0
 USER_SPEAKER = 1
 
 
+def context_turn(text: str, pcm: bytes, sample_rate: int, *, speaker: int) -> dict[str, Any]:
+    """A context turn with its audio inline (PCM16 mono, base64), as the worker protocol takes it."""
+    return {"speaker": speaker, "text": text, "audio": base64.b64encode(pcm).decode(), "sample_rate": sample_rate}
+
+
 def load_voice_prompt(path: str, text: str) -> dict[str, Any]:
     """A context turn from a mono PCM16 WAV clip and its transcript."""
     with wave.open(str(Path(path).expanduser())) as w:
         if w.getsampwidth() != 2 or w.getnchannels() != 1:
             raise ValueError(f"{path}: the voice prompt must be a mono 16-bit WAV")
         pcm, rate = w.readframes(w.getnframes()), w.getframerate()
-    return {"speaker": BOT_SPEAKER, "text": text, "audio": base64.b64encode(pcm).decode(), "sample_rate": rate}
+    return context_turn(text, pcm, rate, speaker=BOT_SPEAKER)
 
 
 class CSMTTSService(WorkerTTSService):
@@ -63,6 +68,7 @@ class CSMTTSService(WorkerTTSService):
         self._voice_prompt = voice_prompt
         self._max_user_audio_secs = max_user_audio_secs
         self._turns: deque[dict[str, Any]] = deque(maxlen=context_turns)
+        self._bot_audio: dict[str, tuple[bytearray, int]] = {}  # request -> (its audio, rate), for a failover
         self._user_audio = bytearray()
         self._user_rate = 16000
         self._user_text: list[str] = []
@@ -88,12 +94,7 @@ class CSMTTSService(WorkerTTSService):
     def _close_user_turn(self) -> None:
         if self._user_text and self._user_audio and not self._capturing:
             self._turns.append(
-                {
-                    "speaker": USER_SPEAKER,
-                    "text": " ".join(self._user_text),
-                    "audio": base64.b64encode(bytes(self._user_audio)).decode(),
-                    "sample_rate": self._user_rate,
-                }
+                context_turn(" ".join(self._user_text), bytes(self._user_audio), self._user_rate, speaker=USER_SPEAKER)
             )
             self._user_audio.clear()
             self._user_text.clear()
@@ -104,9 +105,28 @@ class CSMTTSService(WorkerTTSService):
         context = ([self._voice_prompt] if self._voice_prompt else []) + list(self._turns)
         return {"speaker": self._speaker, "context": context}
 
+    def on_request_audio(self, request_id: str, pcm: bytes, sample_rate: int) -> None:
+        """Keep the bot's audio of the turns in the context: a new worker must get it inline."""
+        audio, _rate = self._bot_audio.setdefault(request_id, (bytearray(), sample_rate))
+        audio.extend(pcm)
+
     async def on_request_done(self, request_id: str, text: str, message: dict[str, Any]) -> None:
         """The bot's sentence joins the context, by reference to the worker's own codes."""
         self._turns.append({"speaker": self._speaker, "text": text, "request_id": request_id})
+        referenced = {turn.get("request_id") for turn in self._turns}
+        self._bot_audio = {rid: audio for rid, audio in self._bot_audio.items() if rid in referenced}
+
+    async def on_worker_changed(self) -> None:
+        """The new worker never made the bot's earlier sentences: send their audio inline instead."""
+        inline = []
+        for turn in self._turns:
+            request_id = turn.get("request_id")
+            if request_id is None:
+                inline.append(turn)
+            elif request_id in self._bot_audio:
+                audio, rate = self._bot_audio.pop(request_id)
+                inline.append(context_turn(turn["text"], bytes(audio), rate, speaker=turn["speaker"]))
+        self._turns = deque(inline, maxlen=self._turns.maxlen)
 
 
 def create(config: CSMConfig, context: BuildContext) -> CSMTTSService:

@@ -40,6 +40,8 @@ ROUTE_TRIES = 3
 """Workers tried, one after another, before a connection fails."""
 CONNECT_TIMEOUT_SECS = 1.0
 """A worker that does not complete the handshake within this is skipped (a dead host can take a minute)."""
+CHARS_PER_SEC = 14.0
+"""A typical speaking rate, to tell how much of a sentence was heard when its worker died."""
 AVOID_SECS = 10.0
 """A worker that failed or refused is not picked again for this long (its registry entry may outlive it)."""
 
@@ -47,6 +49,18 @@ AVOID_SECS = 10.0
 def worker_api_key(explicit: str | None = None, env: str = API_KEY_ENV) -> str | None:
     """The worker API key: ``explicit`` if given, else ``$VIVAVOCE_WORKER_API_KEY`` (None: no auth)."""
     return explicit or os.environ.get(env) or None
+
+
+def unspoken_rest(text: str, heard_ms: float) -> str:
+    """The words of ``text`` not heard yet after ``heard_ms`` of its audio, at a typical speaking rate; a
+    word cut in the middle is said again (better twice than lost)."""
+    chars = int(heard_ms / 1000 * CHARS_PER_SEC)
+    if chars <= 0:
+        return text
+    if chars >= len(text):
+        return ""
+    cut = text.rfind(" ", 0, chars + 1)
+    return text[cut + 1 :].strip() if cut >= 0 else text
 
 
 def connection_settings(config: WorkerTTSConfig) -> dict[str, Any]:
@@ -103,6 +117,7 @@ class WorkerTTSService(WebsocketTTSService):
         self._texts: dict[str, str] = {}
         self._contexts: dict[str, _ContextRequests] = {}
         self._playing: str | None = None  # the request whose `start` came last: binary frames are its
+        self._heard_ms: dict[str, float] = {}  # request -> audio received for it
         # Not VHQ, which releases audio in bursts (measured on the phone input: bench/README.md, twilio_load.py).
         self._resampler = create_stream_resampler(quality="HQ")
         self._worker_rate = 24000
@@ -119,6 +134,13 @@ class WorkerTTSService(WebsocketTTSService):
 
     async def on_request_done(self, request_id: str, text: str, message: dict[str, Any]) -> None:
         """A request finished (``done`` without ``cancelled``)."""
+
+    def on_request_audio(self, request_id: str, pcm: bytes, sample_rate: int) -> None:
+        """Audio of ``request_id`` as the worker sent it (before the resample to the pipeline's rate)."""
+
+    async def on_worker_changed(self) -> None:
+        """The session moved to another worker: what the last one cached (e.g. CSM's audio of earlier
+        requests) is gone."""
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -192,6 +214,8 @@ class WorkerTTSService(WebsocketTTSService):
             self._websocket = None
             self._request_context.clear()
             self._contexts.clear()
+            self._heard_ms.clear()
+            self._texts.clear()
             self._playing = None
             await self._call_event_handler("on_disconnected")
 
@@ -201,22 +225,52 @@ class WorkerTTSService(WebsocketTTSService):
         """Send one sentence; its audio arrives on the receive task."""
         if not self._websocket or self._websocket.state is not State.OPEN:
             await self._connect()
-        request_id = f"{context_id}/{next(self._seq)}"
-        message = {"type": "synthesize", "id": request_id, "text": text, **self.request_fields(text, request_id)}
-        if self._max_audio_ms:
-            message["max_audio_ms"] = self._max_audio_ms
         try:
-            await self._websocket.send(json.dumps(message))
+            await self._send_request(text, context_id)
         except Exception as e:
             yield ErrorFrame(error=f"worker send failed: {e}")
             yield TTSStoppedFrame(context_id=context_id)
             return
-        self._request_context[request_id] = context_id
-        self._texts[request_id] = text
-        self._contexts.setdefault(context_id, _ContextRequests()).pending.add(request_id)
         await self.start_tts_usage_metrics(text)
         await self.start_ttfb_metrics()
         yield None
+
+    async def _send_request(self, text: str, context_id: str) -> str:
+        request_id = f"{context_id}/{next(self._seq)}"
+        message = {"type": "synthesize", "id": request_id, "text": text, **self.request_fields(text, request_id)}
+        if self._max_audio_ms:
+            message["max_audio_ms"] = self._max_audio_ms
+        await self._websocket.send(json.dumps(message))
+        self._request_context[request_id] = context_id
+        self._texts[request_id] = text
+        self._contexts.setdefault(context_id, _ContextRequests()).pending.add(request_id)
+        return request_id
+
+    async def _reconnect_websocket(self, attempt_number: int) -> bool:
+        """pipecat's reconnect (to another worker, with a registry), then the failover: what the lost
+        worker had not said yet (the rest of the sentence it was speaking, the sentences queued behind it)
+        is asked of the new one, in the same audio contexts."""
+        contexts = {context_id: requests.flushed for context_id, requests in self._contexts.items()}
+        unfinished = [
+            (context_id, unspoken_rest(self._texts.get(request_id, ""), self._heard_ms.get(request_id, 0.0)))
+            for request_id, context_id in self._request_context.items()
+        ]
+        worker = self._worker
+        reconnected = await super()._reconnect_websocket(attempt_number)
+        if not reconnected or not self._websocket:
+            return reconnected
+        if worker is not None and self._worker != worker:
+            await self.on_worker_changed()
+        for context_id, flushed in contexts.items():
+            self._contexts[context_id] = _ContextRequests(flushed=flushed)
+        carried = [(c, text) for c, text in unfinished if text and c in self._contexts]
+        for context_id, text in carried:
+            await self._send_request(text, context_id)
+        if carried:
+            logger.warning(f"{self}: failed over to {self._url}: {len(carried)} unfinished sentence(s) sent again")
+        for context_id in list(contexts):
+            await self._maybe_close(context_id)
+        return reconnected
 
     async def flush_audio(self, context_id: str | None = None):
         """The turn has no more text: close its context once its requests are done."""
@@ -256,6 +310,8 @@ class WorkerTTSService(WebsocketTTSService):
     async def _on_audio(self, pcm: bytes) -> None:
         if self._playing is None:
             return
+        self._heard_ms[self._playing] = self._heard_ms.get(self._playing, 0.0) + len(pcm) / 2 / self._worker_rate * 1000
+        self.on_request_audio(self._playing, pcm, self._worker_rate)
         await self.stop_ttfb_metrics()
         if self._worker_rate != self.sample_rate:
             # The one resample between the worker's rate and the pipeline's output rate.
@@ -289,6 +345,7 @@ class WorkerTTSService(WebsocketTTSService):
             self._playing = None
         context_id = self._request_context.pop(request_id, None)
         text = self._texts.pop(request_id, "")
+        self._heard_ms.pop(request_id, None)
         if context_id is None:
             return
         if kind == "done" and not message.get("cancelled"):

@@ -1,0 +1,45 @@
+"""Failover mid-call, the agent's half: what a new worker is asked after the old one died."""
+
+from __future__ import annotations
+
+import base64
+
+from vivavoce.processors.csm import CSMTTSService
+from vivavoce.processors.worker_client import CHARS_PER_SEC, unspoken_rest
+
+SENTENCE = "The quick brown fox jumps over the lazy dog."
+
+
+def test_nothing_heard_means_the_whole_sentence_again():
+    assert unspoken_rest(SENTENCE, 0.0) == SENTENCE
+
+
+def heard(prefix: str) -> float:
+    """Milliseconds of audio that carry ``prefix`` at the estimated speaking rate."""
+    return (len(prefix) + 0.5) / CHARS_PER_SEC * 1000
+
+
+def test_the_rest_starts_at_the_word_being_said():
+    assert unspoken_rest(SENTENCE, heard("The quick br")) == "brown fox jumps over the lazy dog."
+    assert unspoken_rest(SENTENCE, heard("The qu")) == "quick brown fox jumps over the lazy dog."
+    assert unspoken_rest(SENTENCE, heard("The quick ")) == "brown fox jumps over the lazy dog."
+
+
+def test_a_sentence_heard_to_the_end_is_not_said_again():
+    assert unspoken_rest(SENTENCE, 60_000) == ""
+
+
+async def test_csm_sends_its_earlier_sentences_inline_to_a_new_worker():
+    csm = CSMTTSService(url="ws://127.0.0.1:1/v1/stream", context_turns=4)
+    pcm = b"\x01\x00" * 2400
+    csm.on_request_audio("c1/1", pcm[:2400], 24000)
+    csm.on_request_audio("c1/1", pcm[2400:], 24000)
+    await csm.on_request_done("c1/1", "It is noon.", {"type": "done"})
+    await csm.on_request_done("c1/2", "No audio kept for this one.", {"type": "done"})
+    assert [t.get("request_id") for t in csm._turns] == ["c1/1", "c1/2"]
+
+    await csm.on_worker_changed()
+
+    [turn] = list(csm._turns)  # a sentence whose audio is gone cannot be sent: it is left out
+    assert "request_id" not in turn and turn["text"] == "It is noon." and turn["sample_rate"] == 24000
+    assert base64.b64decode(turn["audio"]) == pcm
