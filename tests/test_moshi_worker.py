@@ -48,7 +48,7 @@ def solo(worker):
 
 def test_health_reports_the_model_and_slots(worker, tiny):
     health = worker.health()
-    assert health["status"] == "ok" and health["model"] == str(tiny)
+    assert health["status"] == "ok" and health["model"] == "moshi" and health["weights"] == str(tiny)
     assert health["device"] == "cpu" and health["max_sessions"] == 3 and health["active_sessions"] == 0
     assert health["queued_frames"] == 0 and health["memory"]["rss_bytes"] > 0
 

@@ -78,7 +78,7 @@ def main() -> None:
         models = load_models(model, DEFAULT_REPO, args.device, dtype)
         results = [measure(models, int(n), args.frames, args.device) for n in args.sessions.split(",")]
     print(json.dumps({
-        "model": "tiny random (CPU smoke test)" if args.model is None and not args.hub else models.name,
+        "model": "tiny random (CPU smoke test)" if args.model is None and not args.hub else models.weights,
         "device": args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(),
         "dtype": dtype,
         "torch_threads": torch.get_num_threads(),

@@ -25,7 +25,8 @@ class MoshiModels:
     lm: object
     tokenizer: object
     lm_gen_config: dict
-    name: str
+    weights: str
+    """Where the weights came from: the ``--model`` directory or the hub repository."""
 
 
 def checkpoint_info(model_dir: Path | None, hf_repo: str, config: Path | None = None):
@@ -84,5 +85,5 @@ def load_models(
         lm=lm,
         tokenizer=info.get_text_tokenizer(),
         lm_gen_config=dict(info.lm_gen_config),
-        name=str(model_dir) if model_dir is not None else hf_repo,
+        weights=str(model_dir) if model_dir is not None else hf_repo,
     )

@@ -40,12 +40,16 @@ class SlotOutput:
 class BatchedMoshi:
     """Mimi and the Moshi LM streaming over ``slots`` conversations."""
 
+    name = "moshi"
+    """The model family, as ``/health`` reports it (``weights`` says which weights)."""
+    sample_rate = SAMPLE_RATE
+
     def __init__(self, models: MoshiModels, slots: int, *, greedy: bool = False, **sampling: float):
         """``sampling``: LMGen's temp, temp_text, top_k, top_k_text (defaults from the checkpoint)."""
         from moshi.models import LMGen
 
         self.slots = slots
-        self.name = models.name
+        self.weights = models.weights
         self.mimi = models.mimi
         self.lm = models.lm
         self.tokenizer = models.tokenizer

@@ -1,5 +1,10 @@
 """``/api/chat``: Kyutai's Moshi protocol, several conversations per process; ``GET /health``.
 
+These are the only routes: Moshi is speech to speech, so the text-to-speech routes of the other workers
+(``/v1/stream``, ``/v1/tts``, ``/v1/native/ws/...``, ``POST /synthesize``) have nothing to serve here. Any
+other path answers HTTP 404 with a reason that names the routes, a WebSocket handshake included (rather
+than the bare 403 a server gives a socket it has no route for).
+
 Every binary message starts with a kind byte, as in moshi's own server:
 
 - ``0x00`` handshake: sent by the server once the conversation has a slot and may start;
@@ -9,24 +14,36 @@ Every binary message starts with a kind byte, as in moshi's own server:
 - ``0x05`` + UTF-8: an error (server to client), as in Kyutai's Rust server. A malformed message gets one
   and is dropped; a broken Opus stream or a full server gets one, then the socket closes with the reason.
 
-Query parameters: ``api_key`` (or the ``X-API-Key`` / ``Authorization: Bearer`` headers), ``codec``
-(``opus``, ``pcm16``), ``gate`` (``on``/``off``), ``gate_silence_ms``, ``gate_threshold_db``.
+Query parameters: ``api_key``, ``codec`` (``opus``, ``pcm16``), ``gate`` (``on``/``off``),
+``gate_silence_ms``, ``gate_threshold_db``. The API key may also come as the ``X-API-Key`` or
+``Authorization: Bearer`` header, or as HTTP Basic credentials (the key as the password, or as the user
+name with no password): the one way Kyutai's own client (``moshi-client-py``, aiohttp) can send it, from
+a URL such as ``ws://moshi:KEY@host:8998``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
 from loguru import logger
 
 from vivavoce_moshi.codecs import CODECS
+from vivavoce_moshi.engine import SAMPLE_RATE
 from vivavoce_moshi.frame_loop import Conversation, FrameLoop
 from vivavoce_moshi.gate import GateSettings
 from vivavoce_worker.auth import ApiKeyAuth
 from vivavoce_worker.health import health_router
+
+PROTOCOL = "kyutai-moshi"
+"""``/health``'s ``protocol``: Kyutai's ``/api/chat`` (unversioned upstream) with this worker's additions."""
+ROUTES = ("WS /api/chat (Kyutai's protocol)", "GET /health")
+"""Everything this worker serves."""
 
 HANDSHAKE, AUDIO, TEXT, ERROR = 0x00, 0x01, 0x02, 0x05
 MAX_MESSAGE_BYTES = 1 << 20
@@ -60,6 +77,38 @@ def gate_settings(query: Any, default: GateSettings) -> GateSettings:
     if not 0 <= settings.silence_ms <= 10_000 or not -120 <= settings.threshold_db <= 0:
         raise BadRequest("gate_silence_ms must be within 0..10000 and gate_threshold_db within -120..0")
     return settings
+
+
+def basic_auth_key(authorization: str) -> str | None:
+    """The API key in an ``Authorization: Basic`` header: the password, or the user name when there is none.
+
+    Kyutai's client connects with aiohttp, which sends a URL's user information (``ws://user:KEY@host``)
+    this way and can send no other header; None when the header is absent, another scheme, or malformed.
+    """
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "basic" or not token.strip():
+        return None
+    try:
+        user, _, password = base64.b64decode(token.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return password or user or None
+
+
+async def _admit(ws: WebSocket, auth: ApiKeyAuth) -> bool:
+    """The shared key check (headers, ``?api_key=``), plus the key as HTTP Basic credentials."""
+    basic = basic_auth_key(ws.headers.get("authorization", ""))
+    if basic is not None and auth.accepts(basic):
+        return True
+    return await auth.check_websocket(ws)  # refuses (1008) unless a header or the query has the key
+
+
+def _not_served(method: str, path: str) -> dict[str, str]:
+    return {
+        "detail": f"{method} {path} is not served by the Moshi worker: Moshi is speech to speech, so it serves "
+        f"{' and '.join(ROUTES)} only; the text-to-speech routes are the CSM, Chatterbox and Piper workers' "
+        "(workers/PROTOCOL.md)"
+    }
 
 
 async def _refuse(ws: WebSocket, code: int, reason: str) -> None:
@@ -125,29 +174,50 @@ def create_app(frame_loop: FrameLoop, auth: ApiKeyAuth, *, device: str, gate: Ga
             await task
 
     app = FastAPI(title="vivavoce Moshi worker", lifespan=lifespan)
-    app.include_router(
-        health_router(
-            model=frame_loop.engine.name, device=device, extra=lambda: {"family": "moshi"} | frame_loop.stats()
-        )
-    )
+    engine = frame_loop.engine
+    conversations = {"finished": 0, "refused": 0}
+
+    def live() -> dict[str, Any]:
+        stats = frame_loop.stats()
+        return {
+            "engine": engine.name,
+            "protocol": PROTOCOL,
+            "sample_rate": SAMPLE_RATE,
+            "weights": engine.weights,
+            # The synthesis workers' requests waiting to start; here the input frames waiting for the model
+            # (a conversation never waits for a slot: a full worker refuses it).
+            "queue_depth": stats["queued_frames"],
+            "requests": dict(conversations),
+            **stats,
+        }
+
+    app.include_router(health_router(model=engine.name, device=device, extra=live))
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, _exc: Exception) -> JSONResponse:
+        return JSONResponse(_not_served(request.method, request.url.path), status_code=404)
+
+    async def refuse(ws: WebSocket, code: int, reason: str) -> None:
+        conversations["refused"] += 1
+        await _refuse(ws, code, reason)
 
     @app.websocket("/api/chat")
     async def chat(ws: WebSocket) -> None:
-        if not await auth.check_websocket(ws):
+        if not await _admit(ws, auth):
             return
         await ws.accept()
         codec_name = ws.query_params.get("codec", "opus")
         if codec_name not in CODECS:
-            await _refuse(ws, WS_POLICY_VIOLATION, f"unknown codec {codec_name!r}: use one of {', '.join(CODECS)}")
+            await refuse(ws, WS_POLICY_VIOLATION, f"unknown codec {codec_name!r}: use one of {', '.join(CODECS)}")
             return
         try:
             settings = gate_settings(ws.query_params, gate)
         except BadRequest as e:
-            await _refuse(ws, WS_POLICY_VIOLATION, str(e))
+            await refuse(ws, WS_POLICY_VIOLATION, str(e))
             return
         conversation = await frame_loop.join(settings)
         if conversation is None:
-            await _refuse(ws, WS_TRY_AGAIN_LATER, f"server full: {frame_loop.capacity} conversations in progress")
+            await refuse(ws, WS_TRY_AGAIN_LATER, f"server full: {frame_loop.capacity} conversations in progress")
             return
         codec = CODECS[codec_name]()
         sender = asyncio.create_task(_send_loop(ws, conversation, codec))
@@ -158,10 +228,20 @@ def create_app(frame_loop: FrameLoop, auth: ApiKeyAuth, *, device: str, gate: Ga
             pass
         finally:
             await frame_loop.leave(conversation)
+            conversations["finished"] += 1
             conversation.outbox.put_nowait(None)
             with suppress(Exception):
                 await sender
             with suppress(Exception):
                 await ws.close()
+
+    @app.websocket("/{path:path}")  # after /api/chat: every other socket
+    async def not_served(ws: WebSocket, path: str) -> None:
+        body = _not_served("WS", ws.url.path)
+        if "websocket.http.response" in ws.scope.get("extensions", {}):
+            await ws.send_denial_response(JSONResponse(body, status_code=404))
+        else:  # a server without the denial extension: the close reason is all a client gets (<= 123 bytes)
+            await ws.accept()
+            await ws.close(code=WS_POLICY_VIOLATION, reason="not served by the Moshi worker: use /api/chat")
 
     return app
