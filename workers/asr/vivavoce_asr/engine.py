@@ -1,10 +1,13 @@
 """The models (faster-whisper, Smart Turn v3, Silero VAD) and the one thread that runs them for every stream.
 
-Every stream's requests go to one :class:`ModelThread`: Smart Turn verdicts first (they decide when a turn
-ends), then finals (with word timestamps), then partials. Each round takes all waiting requests of one kind
-(up to ``max_batch``) and runs them as one batch: one Whisper encode of their stacked features, one greedy
-decode, one cross-attention alignment for the words. A stream has at most one partial waiting: a newer one
-replaces its audio, so partials slow down under load instead of queueing up.
+Every stream's requests go to one :class:`ModelThread`, in four lanes by urgency: finals of turns that
+have ended (a client is waiting), Smart Turn verdicts (they decide when a turn ends), finals prepared at a
+pause (the turn may still go on), partials. Each round takes the waiting requests of the most urgent lane
+(up to ``max_batch``; a round of finals is topped up with prepared ones) and runs them as one batch: one
+Whisper encode of their stacked features, one greedy decode, one cross-attention alignment for the words.
+A stream has at most one partial waiting: a newer one replaces its audio, so partials come less often under
+load instead of queueing up. Under overload the turns still end (the silence fallback needs no model) and
+their finals still come first.
 """
 
 from __future__ import annotations
@@ -272,16 +275,16 @@ class Counters:
 
 
 class ModelThread:
-    """The one thread that runs the models; jobs from every stream, batched per kind (see the module doc)."""
+    """The one thread that runs the models; jobs from every stream, batched per lane (see the module doc)."""
 
-    KINDS = ("verdict", "final", "partial")  # priority order
+    LANES = ("final", "verdict", "prepared", "partial")  # most urgent first
 
     def __init__(self, models: AsrModels, *, max_batch: int = 16):
         """Start the thread over loaded ``models``."""
         self.models = models
         self.max_batch = max(1, max_batch)
         self.counters = Counters()
-        self._queues: dict[str, deque[Job]] = {kind: deque() for kind in self.KINDS}
+        self._lanes: dict[str, deque[Job]] = {lane: deque() for lane in self.LANES}
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="asr-models", daemon=True)
@@ -291,14 +294,23 @@ class ModelThread:
     def depth(self) -> int:
         """Jobs waiting to start."""
         with self._cond:
-            return sum(len(q) for q in self._queues.values())
+            return sum(len(q) for q in self._lanes.values())
 
-    def submit(self, job: Job) -> Job:
-        """Queue ``job``; its future completes in the model thread."""
+    def submit(self, job: Job, *, prepared: bool = False) -> Job:
+        """Queue ``job``; ``prepared``: a final for a turn that may go on (less urgent until :meth:`promote`)."""
         with self._cond:
-            self._queues[job.kind].append(job)
+            self._lanes["prepared" if prepared else job.kind].append(job)
             self._cond.notify()
         return job
+
+    def promote(self, job: Job) -> None:
+        """A prepared final's turn has ended: it joins the most urgent lane (if it is still waiting)."""
+        with self._cond:
+            try:
+                self._lanes["prepared"].remove(job)
+            except ValueError:
+                return  # started, done or cancelled
+            self._lanes["final"].append(job)
 
     def replace_audio(self, job: Job, audio: np.ndarray, end: int) -> bool:
         """Give a job that has not started newer audio; False when it has started (or finished)."""
@@ -316,16 +328,21 @@ class ModelThread:
 
     def _take(self) -> tuple[str, list[Job]] | None:
         with self._cond:
-            while not self._stopped and not any(self._queues.values()):
+            while not self._stopped and not any(self._lanes.values()):
                 self._cond.wait()
             if self._stopped:
                 return None
-            kind = next(k for k in self.KINDS if self._queues[k])
-            queue, batch = self._queues[kind], []
-            while queue and len(batch) < self.max_batch:
-                job = queue.popleft()
-                if job.future.set_running_or_notify_cancel():  # False: cancelled while waiting
-                    batch.append(job)
+            lane = next(name for name in self.LANES if self._lanes[name])
+            # Prepared finals are the same work as finals: they fill a round of finals.
+            sources = ("final", "prepared") if lane == "final" else (lane,)
+            batch: list[Job] = []
+            for source in sources:
+                queue = self._lanes[source]
+                while queue and len(batch) < self.max_batch:
+                    job = queue.popleft()
+                    if job.future.set_running_or_notify_cancel():  # False: cancelled while waiting
+                        batch.append(job)
+            kind = "final" if lane == "prepared" else lane
             return kind, batch
 
     def _loop(self) -> None:

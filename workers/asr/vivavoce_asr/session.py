@@ -106,6 +106,7 @@ class AsrSession:
         self._next_partial = 0
         self._last_partial = ""
         self._partial: Job | None = None
+        self._verdict: Job | None = None
         self._prepared: dict[int, Job] = {}  # pause -> the final transcribed at that pause
         self._out: asyncio.Queue[dict[str, Any] | Awaitable[dict[str, Any] | None] | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task] = set()
@@ -141,7 +142,7 @@ class AsrSession:
                     item.close()
 
     def _close(self) -> None:
-        for job in [self._partial, *self._prepared.values()]:
+        for job in [self._partial, self._verdict, *self._prepared.values()]:
             if job is not None:
                 job.future.cancel()
         for task in self._tasks:
@@ -238,29 +239,38 @@ class AsrSession:
                 self._send({"type": "speech_start", "timestamp": _seconds(event.onset)})
             elif isinstance(event, Paused):
                 audio = self._buffer.between(self._turn_start, self._buffer.end)
-                verdict = self.models.submit(Job("verdict", audio))
-                self._spawn(self._await_verdict(event.pause, verdict))
+                self._verdict = self.models.submit(Job("verdict", audio))
+                self._spawn(self._await_verdict(event.pause, self._verdict))
                 # The final's audio is already all here: transcribe it while Smart Turn judges (not for
                 # turns past one window: the long-form path is too dear to run at every pause).
                 if len(audio) <= LONGEST_WINDOW_SAMPLES:
-                    self._prepared[event.pause] = self.models.submit(Job("final", audio, self.language))
+                    job = Job("final", audio, self.language)
+                    self._prepared[event.pause] = self.models.submit(job, prepared=True)
             elif isinstance(event, Resumed):
+                self._drop_verdict()
                 if (job := self._prepared.pop(event.pause, None)) is not None:
                     job.future.cancel()
             elif isinstance(event, TurnEnded):
                 self._end_turn(event)
 
+    def _drop_verdict(self) -> None:
+        """The verdict asked at the last pause is moot (speech resumed, or the turn ended without it)."""
+        if self._verdict is not None:
+            self._verdict.future.cancel()  # only stops it if it has not started
+            self._verdict = None
+
     async def _await_verdict(self, pause: int, job: Job) -> None:
         try:
             probability = await asyncio.wrap_future(job.future)
         except asyncio.CancelledError:
-            raise
+            return
         except Exception as e:
             self._send(error_message("engine_error", f"Smart Turn failed: {type(e).__name__}: {e}"))
             return
         self._handle(self._turns.verdict(pause, probability))
 
     def _end_turn(self, event: TurnEnded) -> None:
+        self._drop_verdict()
         if self._partial is not None:
             self._partial.future.cancel()
             self._partial = None
@@ -270,6 +280,8 @@ class AsrSession:
         if job is None:  # flushed while speaking, or a long turn: nothing prepared
             audio = self._buffer.between(self._turn_start, self._buffer.end)
             job = self.models.submit(Job("final", audio, self.language))
+        else:
+            self.models.promote(job)
         self._send({"type": "speech_end", "timestamp": _seconds(event.speech_end)})
         self._send(self._final(job, self._turn_start, event))
         self._buffer.forget_before(self._buffer.end - self._keep)

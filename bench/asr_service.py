@@ -1,0 +1,271 @@
+"""The ASR service (workers/asr) under concurrent real-speech streams; prints JSON.
+
+    python bench/asr_service.py                              # tiny.en on this machine's CPU
+    python bench/asr_service.py --streams 1,8,16 --batch 16,1 # batched vs one request at a time
+    python bench/asr_service.py --model DIR --device cuda --streams 1,30   # e.g. large-v3 on a GPU host
+
+Every stream plays utterances of the real-speech corpus (vivavoce.testing.real_speech, each stream its own
+rotation of it) in real time, 20 ms frames, separated by ``--gap`` seconds of silence, the streams starting
+up to 1 s apart. Figures per stream count:
+
+- ``final_after_speech_ms``: from the moment the stream's audio reached the end of the speech (the
+  ``speech_end`` message's timestamp: where the VAD heard it stop) to the final's arrival, p50/p95: the
+  pause the VAD needs (0.2 s), Smart Turn's verdict or the silence fallback, and the transcription.
+  ``final_after_speech_end_ms``: from the ``speech_end`` message's arrival to the final's, i.e. what
+  transcription still adds once the turn is over (finals are transcribed at the pause, while Smart Turn judges).
+- ``wer_vs_in_process``: word error rate of the finals against faster-whisper run in this process on the same
+  clips (the agent's greedy call); ``wer_vs_reference``: both against the corpus's own transcripts.
+- ``streams_per_core``: the most streams whose p95 stays within 2x the single stream's, over the cores.
+The worker is started once per ``--batch`` value (``--max-batch``: 1 runs requests one at a time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import websockets
+
+REPO = Path(__file__).resolve().parents[1]
+ASR_PYTHON = REPO / "workers" / "asr" / ".venv" / "bin" / "python"
+RATE = 16000
+FRAME = 320  # 20 ms
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", default="1,2,4,8,12,16", help="concurrent stream counts")
+    parser.add_argument("--batch", default="16", help="--max-batch values to compare (1: no batching)")
+    parser.add_argument("--utterances", type=int, default=8, help="utterances per stream")
+    parser.add_argument("--gap", type=float, default=1.5, help="silence between utterances (s)")
+    parser.add_argument("--model", default="tiny.en", help="worker --model (tiny.en or a CTranslate2 dir)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--partial-interval", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=1)
+    return parser.parse_args(argv)
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def edits(reference: list[str], hypothesis: list[str]) -> int:
+    row = list(range(len(hypothesis) + 1))
+    for i, r in enumerate(reference, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hypothesis, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
+def wer(pairs: list[tuple[str, str]]) -> float:
+    """Corpus word error rate of (reference, hypothesis) pairs."""
+    errors = sum(edits(words(r), words(h)) for r, h in pairs)
+    return round(errors / max(1, sum(len(words(r)) for r, _ in pairs)), 4)
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(round(q * (len(values) - 1))))] * 1000, 1) if values else 0.0
+
+
+@dataclass
+class Clip:
+    uid: str
+    text: str
+    pcm: np.ndarray
+
+
+@dataclass
+class Result:
+    """One utterance as the service answered it."""
+
+    uid: str
+    text: str = ""
+    after_speech: float | None = None
+    after_speech_end: float | None = None
+    turns: int = 0
+
+
+@dataclass
+class StreamLog:
+    results: list[Result] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    partials: int = 0
+    send_lag: float = 0.0  # how far behind real time the sender ended (the client's own CPU share)
+
+
+async def one_stream(url: str, clips: list[Clip], gap: float, delay: float) -> StreamLog:
+    """Play ``clips`` in real time; match each final to the utterance its span overlaps."""
+    await asyncio.sleep(delay)
+    parts, spans, at = [np.zeros(int(0.5 * RATE), np.int16)], [], 0.5
+    for clip in clips:
+        spans.append((at, at + len(clip.pcm) / RATE))
+        parts += [clip.pcm, np.zeros(int(gap * RATE), np.int16)]
+        at += len(clip.pcm) / RATE + gap
+    pcm = np.concatenate(parts)
+    log = StreamLog(results=[Result(c.uid) for c in clips])
+    sent: list[float] = []  # wall time each 20 ms frame left
+    speech_end: tuple[float, float] | None = None  # (timestamp on the stream, arrival)
+    async with websockets.connect(url, max_size=None) as ws:
+        started = time.perf_counter()
+
+        def sent_at(timestamp: float) -> float:
+            """When the stream's audio reached ``timestamp`` (the frame holding it was sent)."""
+            index = int(timestamp * RATE) // FRAME
+            return sent[index] if index < len(sent) else started + timestamp
+
+        async def receive() -> None:
+            nonlocal speech_end
+            async for raw in ws:
+                message, now = json.loads(raw), time.perf_counter()
+                if message["type"] == "speech_end":
+                    speech_end = (message["timestamp"], now)
+                elif message["type"] == "partial":
+                    log.partials += 1
+                elif message["type"] == "error":
+                    log.errors.append(message)
+                elif message["type"] == "final" and speech_end is not None:
+                    for i, (begin, end) in enumerate(spans):
+                        if message["start"] < end and message["end"] > begin:
+                            result = log.results[i]
+                            result.text = f"{result.text} {message['text']}".strip()
+                            result.turns += 1
+                            result.after_speech = now - sent_at(speech_end[0])
+                            result.after_speech_end = now - speech_end[1]
+
+        receiver = asyncio.create_task(receive())
+        for offset in range(0, len(pcm), FRAME):
+            await ws.send(pcm[offset : offset + FRAME].tobytes())
+            sent.append(time.perf_counter())
+            await asyncio.sleep(max(0.0, started + (offset + FRAME) / RATE - time.perf_counter()))
+        await asyncio.sleep(3.0)  # the last final
+        receiver.cancel()
+        log.send_lag = max(0.0, sent[-1] - (started + len(pcm) / RATE))
+    return log
+
+
+def in_process_transcripts(clips: list[Clip]) -> dict[str, str]:
+    from faster_whisper import WhisperModel
+
+    from vivavoce.packaged_models import whisper_tiny_en
+
+    model = WhisperModel(str(whisper_tiny_en()), device="cpu", compute_type="int8", cpu_threads=os.cpu_count() or 1)
+    out = {}
+    for clip in clips:
+        segments, _ = model.transcribe(
+            clip.pcm.astype(np.float32) / 32768.0, language="en", beam_size=1, condition_on_previous_text=False
+        )
+        out[clip.uid] = " ".join(s.text.strip() for s in segments)
+    return out
+
+
+async def run_count(url: str, http: str, corpus: list[Clip], count: int, args: argparse.Namespace) -> dict:
+    rng = random.Random(args.seed + count)
+    plays = []
+    for i in range(count):
+        start = (i * 5) % len(corpus)
+        plays.append([corpus[(start + k) % len(corpus)] for k in range(args.utterances)])
+    before = httpx.get(f"{http}/health").json()
+    started = time.perf_counter()
+    logs = await asyncio.gather(
+        *(one_stream(url, clips, args.gap, rng.uniform(0, 1.0) if count > 1 else 0.0) for clips in plays)
+    )
+    wall = time.perf_counter() - started
+    after = httpx.get(f"{http}/health").json()
+    results = [r for log in logs for r in log.results]
+    answered = [r for r in results if r.after_speech is not None]
+    batches = {k: after["batches"][k] - before["batches"][k] for k in after["batches"]}
+    jobs = {k: after["requests"][k] - before["requests"][k] for k in after["requests"]}
+    return {
+        "streams": count,
+        "utterances": len(results),
+        "answered": len(answered),
+        "split_or_merged": sum(1 for r in results if r.turns != 1),
+        "errors": sum(len(log.errors) for log in logs),
+        "partials_per_utterance": round(sum(log.partials for log in logs) / max(1, len(results)), 2),
+        "client_send_lag_ms": round(max(log.send_lag for log in logs) * 1000, 1),
+        "final_after_speech_ms": {
+            "p50": pct([r.after_speech for r in answered], 0.5),
+            "p95": pct([r.after_speech for r in answered], 0.95),
+        },
+        "final_after_speech_end_ms": {
+            "p50": pct([r.after_speech_end for r in answered if r.after_speech_end is not None], 0.5),
+            "p95": pct([r.after_speech_end for r in answered if r.after_speech_end is not None], 0.95),
+        },
+        "mean_batch": {k: round(jobs[k] / batches[k], 2) if batches[k] else 0 for k in jobs},
+        "model_busy_share": round((after["model_busy_s"] - before["model_busy_s"]) / wall, 3),
+        "_results": results,
+    }
+
+
+def serve_worker(batch: int, args: argparse.Namespace):
+    from vivavoce.testing.processes import free_port, serving
+
+    port = free_port()
+    command = [str(ASR_PYTHON), "-m", "vivavoce_asr", "--port", str(port), "--no-auth", "--device", args.device]
+    command += ["--model", args.model, "--max-batch", str(batch), "--max-connections", "64"]
+    command += ["--partial-interval", str(args.partial_interval)]
+    http = f"http://127.0.0.1:{port}"
+    return http, serving(command, health=f"{http}/health", cwd=REPO, ready_secs=300)
+
+
+def main() -> None:
+    args = parse_args()
+    from loguru import logger
+
+    from vivavoce.testing.real_speech import utterances
+
+    logger.remove()
+    logger.add(sys.stderr, level="INFO")
+    if not ASR_PYTHON.exists():
+        raise SystemExit("the ASR worker environment is missing: run `make worker-asr`")
+    corpus = [Clip(u.id, u.text, u.pcm) for u in utterances() if 0.8 <= u.seconds <= 8.0]
+    counts = [int(c) for c in args.streams.split(",")]
+    reference = in_process_transcripts(corpus)
+    report: dict = {
+        "model": args.model,
+        "device": args.device,
+        "cores": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "corpus_utterances": len(corpus),
+        "wer_in_process_vs_reference": wer([(c.text, reference[c.uid]) for c in corpus]),
+        "runs": {},
+    }
+    for batch in [int(b) for b in args.batch.split(",")]:
+        http, context = serve_worker(batch, args)
+        runs = []
+        with context:
+            url = http.replace("http://", "ws://") + "/v1/asr"
+            for count in counts:
+                logger.info("max_batch {}: {} streams", batch, count)
+                run = asyncio.run(run_count(url, http, corpus, count, args))
+                results = run.pop("_results")
+                texts = {c.uid: c.text for c in corpus}
+                run["wer_vs_in_process"] = wer([(reference[r.uid], r.text) for r in results])
+                run["wer_vs_reference"] = wer([(texts[r.uid], r.text) for r in results])
+                runs.append(run)
+                logger.info("{}", json.dumps(run))
+        solo = runs[0]["final_after_speech_ms"]["p95"] if runs and runs[0]["streams"] == 1 else None
+        within = [r["streams"] for r in runs if solo and r["final_after_speech_ms"]["p95"] <= 2 * solo]
+        report["runs"][f"max_batch={batch}"] = {
+            "by_streams": runs,
+            "streams_within_2x_solo_p95": max(within) if within else None,
+            "streams_per_core": round(max(within) / (os.cpu_count() or 1), 1) if within else None,
+        }
+    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
