@@ -42,10 +42,11 @@ LIMITER_ATTACK_S = 0.001  # gain ramps down over this (and back up over the same
 LIMITER_HOLD_S = 0.002  # and holds a reduction this long after the peak: short, so that only the peaks pay
 MAX_MAKEUP_DB = 12.0  # never lift a chunk further above the measured gain than this (limiter loss, catch-up)
 MAX_CATCH_UP_DB = 6.0  # nor lower it further below
+CATCH_UP_S = 0.5  # a shortfall of the chunks before is made good over this much audio
 SLEW_DB_PER_S = 60.0  # the gain moves at most this fast from chunk to chunk
 QUIET_CHUNK_LU = -15.0  # a chunk this far below the loudness so far is a pause: it keeps the gain
 OVERSAMPLE = 4
-_INTERP_HALF_TAPS = 8
+_INTERP_HALF_TAPS = 16  # 32 taps a phase: flat to 0.4 of the rate, so peaks are not under-read
 
 
 @lru_cache(maxsize=16)
@@ -165,7 +166,7 @@ class LoudnessMeter:
 def _interpolator(factor: int = OVERSAMPLE) -> np.ndarray:
     """Windowed-sinc FIRs ``[factor - 1, 2 * half]`` for the in-between phases of ``factor``x oversampling."""
     taps = np.arange(-_INTERP_HALF_TAPS + 1, _INTERP_HALF_TAPS + 1)
-    window = np.kaiser(2 * _INTERP_HALF_TAPS + 1, 7.0)
+    window = np.kaiser(2 * _INTERP_HALF_TAPS + 1, 8.0)
     phases = []
     for phase in range(1, factor):
         t = taps - phase / factor  # x[n + 1 - tap] sits at this offset from the point wanted
@@ -263,9 +264,13 @@ class LoudnessNormalizer:
         rate: int,
         target_lufs: float = DEFAULT_TARGET_LUFS,
         true_peak_db: float = DEFAULT_TRUE_PEAK_DBTP,
-        prior_gain_db: float = 0.0,
+        prior_gain_db: float | None = None,
     ):
-        """Normalise a stream at ``rate`` Hz; ``prior_gain_db``: the gain to start from before 400 ms are heard."""
+        """Normalise a stream at ``rate`` Hz.
+
+        ``prior_gain_db``: the gain this voice usually needs, weighed in until 400 ms are heard; None
+        when nothing is known yet (the first chunk's own loudness decides).
+        """
         self.rate = rate
         self.target_lufs = target_lufs
         self.prior_gain_db = prior_gain_db
@@ -280,8 +285,10 @@ class LoudnessNormalizer:
         measured = self.meter.integrated()
         if not math.isfinite(measured):
             return None
-        weight = min(1.0, self.meter.seconds / PRIOR_WEIGHT_S) if not self.meter.blocks else 1.0
-        wanted = weight * (self.target_lufs - measured) + (1 - weight) * self.prior_gain_db
+        wanted = self.target_lufs - measured
+        if self.prior_gain_db is not None and not self.meter.blocks:
+            weight = min(1.0, self.meter.seconds / PRIOR_WEIGHT_S)
+            wanted = weight * wanted + (1 - weight) * self.prior_gain_db
         return min(MAX_GAIN_DB, max(MIN_GAIN_DB, wanted))
 
     def _ramp(self, to_db: float, samples: int) -> np.ndarray:
@@ -305,7 +312,9 @@ class LoudnessNormalizer:
         if self.gain_db is not None and _lufs(energy / len(chunk)) < self.meter.integrated() + QUIET_CHUNK_LU:
             return self.gain_db  # a pause: nothing to measure the gain by
         # What the output of this chunk must carry for the utterance so far to sit on the target.
-        needed = 10 ** (base / 10) * (self._energy_in + energy) - self._energy_out
+        # The deficit (or surplus) of the chunks before is made good over CATCH_UP_S, not in one chunk.
+        deficit = 10 ** (base / 10) * self._energy_in - self._energy_out
+        needed = 10 ** (base / 10) * energy + deficit * min(1.0, len(chunk) / self.rate / CATCH_UP_S)
         needed = max(needed, 10 ** ((base - MAX_CATCH_UP_DB) / 10) * energy)
         goal = 10 * math.log10(max(needed, 1e-30))
         # More gain, more limiting: a step as if the limiter were not there, then the secant.
@@ -343,8 +352,10 @@ class LoudnessNormalizer:
 
     @property
     def current_gain_db(self) -> float:
-        """The gain applied now (the prior until a sounding chunk has come)."""
-        return self.gain_db if self.gain_db is not None else self.prior_gain_db
+        """The gain applied now (the prior, or none, until a sounding chunk has come)."""
+        if self.gain_db is not None:
+            return self.gain_db
+        return self.prior_gain_db if self.prior_gain_db is not None else 0.0
 
     @property
     def limiter_loss_db(self) -> float:
@@ -371,7 +382,7 @@ class LoudnessControl:
     def normalizer(self, rate: int, voice: Hashable = None) -> LoudnessNormalizer:
         """A normaliser for one utterance of ``voice``."""
         with self._lock:
-            prior = self._priors.get(voice, 0.0)
+            prior = self._priors.get(voice)
         return LoudnessNormalizer(rate, self.target_lufs, self.true_peak_db, prior)
 
     def learn(self, voice: Hashable, normalizer: LoudnessNormalizer) -> None:
