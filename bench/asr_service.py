@@ -1,7 +1,7 @@
 """The ASR service (workers/asr) under concurrent real-speech streams; prints JSON.
 
     python bench/asr_service.py                              # tiny.en on this machine's CPU
-    python bench/asr_service.py --streams 1,8,16 --batch 16,1 # batched vs one request at a time
+    python bench/asr_service.py --configs 16:10,1:10,16:30   # batched vs one at a time; 10 s vs 30 s windows
     python bench/asr_service.py --model DIR --device cuda --streams 1,30   # e.g. large-v3 on a GPU host
 
 Every stream plays utterances of the real-speech corpus (vivavoce.testing.real_speech, each stream its own
@@ -14,9 +14,12 @@ up to 1 s apart. Figures per stream count:
   ``final_after_speech_end_ms``: from the ``speech_end`` message's arrival to the final's, i.e. what
   transcription still adds once the turn is over (finals are transcribed at the pause, while Smart Turn judges).
 - ``wer_vs_in_process``: word error rate of the finals against faster-whisper run in this process on the same
-  clips (the agent's greedy call); ``wer_vs_reference``: both against the corpus's own transcripts.
+  clips, two ways: ``agent`` (the agent's whisper kind: ``SpeculativeTranscriber``, 10 s window, greedy) and
+  ``standard`` (faster-whisper's own ``transcribe``, 30 s window, greedy); ``wer_vs_reference``: against the
+  corpus's own transcripts (the in-process paths' own figures are in the report's header).
 - ``streams_per_core``: the most streams whose p95 stays within 2x the single stream's, over the cores.
-The worker is started once per ``--batch`` value (``--max-batch``: 1 runs requests one at a time).
+The worker is started once per ``--configs`` entry: ``--max-batch`` (1 runs requests one at a time) and
+``--window-secs`` (10: short turns encoded in a 10 s window, the agent's default; 30: Whisper's standard window).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import re
@@ -45,7 +49,11 @@ FRAME = 320  # 20 ms
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", default="1,2,4,8,12,16", help="concurrent stream counts")
-    parser.add_argument("--batch", default="16", help="--max-batch values to compare (1: no batching)")
+    parser.add_argument(
+        "--configs",
+        default="16:10",
+        help="worker settings to compare, max_batch:window_secs, comma-separated (16:10,1:10,16:30)",
+    )
     parser.add_argument("--utterances", type=int, default=8, help="utterances per stream")
     parser.add_argument("--gap", type=float, default=1.5, help="silence between utterances (s)")
     parser.add_argument("--model", default="tiny.en", help="worker --model (tiny.en or a CTranslate2 dir)")
@@ -74,9 +82,18 @@ def wer(pairs: list[tuple[str, str]]) -> float:
     return round(errors / max(1, sum(len(words(r)) for r, _ in pairs)), 4)
 
 
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(round(q * (len(values) - 1))))] * 1000, 1) if values else 0.0
+def pct(values: list[float | None], q: float) -> float | None:
+    """The ``q`` quantile in ms; ``None`` values (never answered) count as slower than any answer, and the
+    quantile is None when it falls on one."""
+    ordered = sorted(values, key=lambda v: math.inf if v is None else v)
+    if not ordered:
+        return None
+    value = ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return None if value is None else round(value * 1000, 1)
+
+
+def quantiles(values: list[float | None]) -> dict[str, float | None]:
+    return {"p50": pct(values, 0.5), "p95": pct(values, 0.95)}
 
 
 @dataclass
@@ -95,6 +112,7 @@ class Result:
     after_speech: float | None = None
     after_speech_end: float | None = None
     turns: int = 0
+    reason: str = ""
 
 
 @dataclass
@@ -141,6 +159,7 @@ async def one_stream(url: str, clips: list[Clip], gap: float, delay: float) -> S
                             result = log.results[i]
                             result.text = f"{result.text} {message['text']}".strip()
                             result.turns += 1
+                            result.reason = message["reason"]
                             result.after_speech = now - sent_at(speech_end[0])
                             result.after_speech_end = now - speech_end[1]
 
@@ -155,18 +174,23 @@ async def one_stream(url: str, clips: list[Clip], gap: float, delay: float) -> S
     return log
 
 
-def in_process_transcripts(clips: list[Clip]) -> dict[str, str]:
+def in_process_transcripts(clips: list[Clip]) -> dict[str, dict[str, str]]:
+    """Each clip transcribed in this process: the agent's short-window path and faster-whisper's standard one."""
     from faster_whisper import WhisperModel
 
     from vivavoce.packaged_models import whisper_tiny_en
+    from vivavoce.processors.whisper import SpeculativeTranscriber
 
     model = WhisperModel(str(whisper_tiny_en()), device="cpu", compute_type="int8", cpu_threads=os.cpu_count() or 1)
-    out = {}
+    agent = SpeculativeTranscriber(model, window_secs=10.0)
+    out: dict[str, dict[str, str]] = {"agent": {}, "standard": {}}
     for clip in clips:
-        segments, _ = model.transcribe(
-            clip.pcm.astype(np.float32) / 32768.0, language="en", beam_size=1, condition_on_previous_text=False
-        )
-        out[clip.uid] = " ".join(s.text.strip() for s in segments)
+        audio = clip.pcm.astype(np.float32) / 32768.0
+        segments, _ = model.transcribe(audio, language="en", beam_size=1, condition_on_previous_text=False)
+        out["standard"][clip.uid] = " ".join(s.text.strip() for s in segments)
+        utterances, _ = agent.transcribe(audio, language="en")
+        out["agent"][clip.uid] = " ".join(u.text.strip() for u in utterances)
+    agent.close()
     return out
 
 
@@ -195,27 +219,23 @@ async def run_count(url: str, http: str, corpus: list[Clip], count: int, args: a
         "errors": sum(len(log.errors) for log in logs),
         "partials_per_utterance": round(sum(log.partials for log in logs) / max(1, len(results)), 2),
         "client_send_lag_ms": round(max(log.send_lag for log in logs) * 1000, 1),
-        "final_after_speech_ms": {
-            "p50": pct([r.after_speech for r in answered], 0.5),
-            "p95": pct([r.after_speech for r in answered], 0.95),
-        },
-        "final_after_speech_end_ms": {
-            "p50": pct([r.after_speech_end for r in answered if r.after_speech_end is not None], 0.5),
-            "p95": pct([r.after_speech_end for r in answered if r.after_speech_end is not None], 0.95),
-        },
+        "final_after_speech_ms": quantiles([r.after_speech for r in results]),
+        "final_after_speech_end_ms": quantiles([r.after_speech_end for r in results]),
+        "ended_by_smart_turn": round(sum(r.reason == "smart_turn" for r in answered) / max(1, len(answered)), 2),
+        "final_after_speech_ms_smart_turn": quantiles([r.after_speech for r in answered if r.reason == "smart_turn"]),
         "mean_batch": {k: round(jobs[k] / batches[k], 2) if batches[k] else 0 for k in jobs},
         "model_busy_share": round((after["model_busy_s"] - before["model_busy_s"]) / wall, 3),
         "_results": results,
     }
 
 
-def serve_worker(batch: int, args: argparse.Namespace):
+def serve_worker(batch: int, window: int, args: argparse.Namespace):
     from vivavoce.testing.processes import free_port, serving
 
     port = free_port()
     command = [str(ASR_PYTHON), "-m", "vivavoce_asr", "--port", str(port), "--no-auth", "--device", args.device]
     command += ["--model", args.model, "--max-batch", str(batch), "--max-connections", "64"]
-    command += ["--partial-interval", str(args.partial_interval)]
+    command += ["--partial-interval", str(args.partial_interval), "--window-secs", str(window)]
     http = f"http://127.0.0.1:{port}"
     return http, serving(command, health=f"{http}/health", cwd=REPO, ready_secs=300)
 
@@ -239,29 +259,40 @@ def main() -> None:
         "cores": os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "corpus_utterances": len(corpus),
-        "wer_in_process_vs_reference": wer([(c.text, reference[c.uid]) for c in corpus]),
+        "wer_in_process_vs_reference": {
+            path: wer([(c.text, texts[c.uid]) for c in corpus]) for path, texts in reference.items()
+        },
         "runs": {},
     }
-    for batch in [int(b) for b in args.batch.split(",")]:
-        http, context = serve_worker(batch, args)
+    truth = {c.uid: c.text for c in corpus}
+    for config in args.configs.split(","):
+        batch, window = (int(x) for x in config.split(":"))
+        http, context = serve_worker(batch, window, args)
         runs = []
         with context:
             url = http.replace("http://", "ws://") + "/v1/asr"
             for count in counts:
-                logger.info("max_batch {}: {} streams", batch, count)
+                logger.info("max_batch {}, window {} s: {} streams", batch, window, count)
                 run = asyncio.run(run_count(url, http, corpus, count, args))
                 results = run.pop("_results")
-                texts = {c.uid: c.text for c in corpus}
-                run["wer_vs_in_process"] = wer([(reference[r.uid], r.text) for r in results])
-                run["wer_vs_reference"] = wer([(texts[r.uid], r.text) for r in results])
+                run["wer_vs_in_process"] = {
+                    path: wer([(texts[r.uid], r.text) for r in results]) for path, texts in reference.items()
+                }
+                run["wer_vs_reference"] = wer([(truth[r.uid], r.text) for r in results])
                 runs.append(run)
                 logger.info("{}", json.dumps(run))
+        # Streams per core: the most streams before the p95 first exceeds twice the single stream's.
         solo = runs[0]["final_after_speech_ms"]["p95"] if runs and runs[0]["streams"] == 1 else None
-        within = [r["streams"] for r in runs if solo and r["final_after_speech_ms"]["p95"] <= 2 * solo]
-        report["runs"][f"max_batch={batch}"] = {
+        within = None
+        for run in runs:
+            p95 = run["final_after_speech_ms"]["p95"]
+            if solo is None or p95 is None or p95 > 2 * solo:
+                break
+            within = run["streams"]
+        report["runs"][f"max_batch={batch},window_secs={window}"] = {
             "by_streams": runs,
-            "streams_within_2x_solo_p95": max(within) if within else None,
-            "streams_per_core": round(max(within) / (os.cpu_count() or 1), 1) if within else None,
+            "streams_within_2x_solo_p95": within,
+            "streams_per_core": round(within / (os.cpu_count() or 1), 1) if within else None,
         }
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))

@@ -9,7 +9,7 @@ from pathlib import Path
 from loguru import logger
 
 from vivavoce_asr import models as packaged
-from vivavoce_asr.engine import AsrModels, ModelThread, resolve_device
+from vivavoce_asr.engine import DEFAULT_MIN_WINDOW_SECS, WINDOWS_SECS, AsrModels, ModelThread, resolve_device
 from vivavoce_asr.server import DEFAULT_MAX_CONNECTIONS, create_app
 from vivavoce_asr.session import SessionSettings
 from vivavoce_asr.turns import TurnParams
@@ -25,6 +25,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-type", default=None, help="CTranslate2 precision (default: int8 on CPU, float16 on GPU)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for the models (default: all cores)")
     p.add_argument("--beam-size", type=int, default=1, help="Whisper beam size (1: greedy, as the agent)")
+    p.add_argument(
+        "--window-secs",
+        type=int,
+        default=DEFAULT_MIN_WINDOW_SECS,
+        choices=WINDOWS_SECS,
+        help="Whisper's shortest window: short turns are encoded in 10 s (faster, the agent's default) or 30 s",
+    )
     p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, help="streams served at once")
     p.add_argument("--max-batch", type=int, default=16, help="requests run together in one model batch (1: one by one)")
     p.add_argument("--partial-interval", type=float, default=0.5, help="seconds of speech between partials (0: none)")
@@ -59,6 +66,7 @@ def main() -> None:
         compute_type=args.compute_type,
         threads=args.threads or None,
         beam_size=args.beam_size,
+        min_window_secs=args.window_secs,
     )
     loaded = time.perf_counter()
     models.warmup()

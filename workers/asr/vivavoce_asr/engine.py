@@ -30,9 +30,10 @@ from vivavoce_asr.protocol import MODEL_RATE
 from vivavoce_asr.vad import SileroVad
 
 # Whisper's windows: an utterance that fits one with 0.5 s to spare is encoded in it, not in 30 s (the
-# agent's short-window path; the encoder's cost grows with the window). Less than 0.5 s of padding makes
-# tiny.en repeat itself.
+# agent's short-window path, window_secs=10; the encoder's cost grows with the window, and the accuracy
+# falls a little: bench/README.md). Less than 0.5 s of padding makes tiny.en repeat itself.
 WINDOWS_SECS = (10, 20, 30)
+DEFAULT_MIN_WINDOW_SECS = 10
 WINDOW_SPARE_SECS = 0.5
 FRAMES_PER_SECOND = 100
 # Whisper's own rule for "no speech here": both signs together.
@@ -65,9 +66,10 @@ LONGEST_WINDOW_SAMPLES = int((WINDOWS_SECS[-1] - WINDOW_SPARE_SECS) * MODEL_RATE
 """Audio up to this long is transcribed in one window; longer goes through faster-whisper's long-form path."""
 
 
-def window_secs(seconds: float) -> int | None:
-    """The shortest window that holds ``seconds`` of audio with room to spare; None: longer than 30 s."""
-    return next((w for w in WINDOWS_SECS if seconds + WINDOW_SPARE_SECS <= w), None)
+def window_secs(seconds: float, shortest: int = DEFAULT_MIN_WINDOW_SECS) -> int | None:
+    """The shortest window (from ``shortest`` s) that holds ``seconds`` of audio with room to spare; None: longer
+    than 30 s."""
+    return next((w for w in WINDOWS_SECS if w >= shortest and seconds + WINDOW_SPARE_SECS <= w), None)
 
 
 def resolve_device(device: str) -> str:
@@ -93,8 +95,10 @@ class AsrModels:
         compute_type: str | None = None,
         threads: int | None = None,
         beam_size: int = 1,
+        min_window_secs: int = DEFAULT_MIN_WINDOW_SECS,
     ):
-        """Load the models; ``name`` is what ``/health`` reports as the model."""
+        """Load the models; ``name`` is what ``/health`` reports as the model; ``min_window_secs``: Whisper's
+        shortest window (10, 20 or 30: Whisper's standard window for everything)."""
         import onnxruntime as ort
         from faster_whisper import WhisperModel
 
@@ -103,6 +107,9 @@ class AsrModels:
         self.compute_type = compute_type or ("int8" if device == "cpu" else "float16")
         self.threads = threads or os.cpu_count() or 1
         self.beam_size = beam_size
+        if min_window_secs not in WINDOWS_SECS:
+            raise ValueError(f"the shortest Whisper window is one of {WINDOWS_SECS} s, not {min_window_secs}")
+        self.min_window_secs = min_window_secs
         device_kind, _, index = device.partition(":")
         self.whisper = WhisperModel(
             str(whisper),
@@ -147,7 +154,7 @@ class AsrModels:
         results: list[Transcript | None] = [None] * len(audios)
         groups: dict[int | None, list[int]] = {}
         for i, audio in enumerate(audios):
-            groups.setdefault(window_secs(len(audio) / MODEL_RATE), []).append(i)
+            groups.setdefault(window_secs(len(audio) / MODEL_RATE, self.min_window_secs), []).append(i)
         for window, members in groups.items():
             if window is None:  # longer than one window: faster-whisper's own long-form path
                 for i in members:

@@ -38,6 +38,7 @@ def create_app(
             "protocol": PROTOCOL,
             "sample_rate": MODEL_RATE,
             "compute_type": engine.compute_type,
+            "window_secs": engine.min_window_secs,
             "sessions": sessions,
             "queue": queue,
             # The names the synthesis workers use for the same two figures.
