@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import wave
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -26,32 +25,12 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from vivavoce.packaged_models import piper_voice
-from vivavoce.testing.processes import free_port, serving
-from worker_support import API_KEY, REPO, worker_process
+from worker_support import API_KEY, REPO, start_piper, worker_process
 
-PIPER_PYTHON = REPO / "workers" / "piper" / ".venv" / "bin" / "python"
 AUTH = {"X-API-Key": API_KEY}
 TARGET = -16.0
 TEXT = "The weather today is sunny and warm. Tomorrow it will rain in the morning."
 OTHER = "Please remember to buy milk, bread and fresh oranges on your way home."
-
-
-def piper_python() -> Path:
-    """The Piper worker's interpreter; a clear failure (never a skip) when its env was not built."""
-    if not PIPER_PYTHON.exists():
-        pytest.fail("the Piper worker environment is missing: run `make worker-piper` (make test does)")
-    return PIPER_PYTHON
-
-
-def start_piper(log: Path, *args: str, auth: bool = True):
-    """``python -m vivavoce_piper ARGS --port N`` until the block ends; yields ``http://127.0.0.1:N``."""
-    port = free_port()
-    command = [str(piper_python()), "-m", "vivavoce_piper", "--host", "127.0.0.1", "--port", str(port), *args]
-    if not auth:
-        command.append("--no-auth")
-    env = {**os.environ, "VIVAVOCE_WORKER_API_KEY": API_KEY}
-    url = f"http://127.0.0.1:{port}"
-    return url, serving(command, health=f"{url}/health", env=env, cwd=REPO, log=log, ready_secs=120, stop_secs=10)
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,11 @@ import pytest
 
 from vivavoce.testing.processes import free_port, serving
 
-__all__ = ["API_KEY", "REPO", "csm_python", "free_port", "worker_process"]
+__all__ = ["API_KEY", "REPO", "csm_python", "free_port", "piper_python", "start_piper", "worker_process"]
 
 REPO = Path(__file__).resolve().parents[1]
 CSM_PYTHON = REPO / "workers" / "csm" / ".venv" / "bin" / "python"
+PIPER_PYTHON = REPO / "workers" / "piper" / ".venv" / "bin" / "python"
 API_KEY = "test-worker-key"
 
 
@@ -26,8 +27,9 @@ def csm_python() -> Path:
 
 
 @contextmanager
-def worker_process(args: list[str], *, log: Path, auth: bool = True, env: dict[str, str] | None = None,
-                   ready_secs: float = 240.0) -> Iterator[str]:
+def worker_process(
+    args: list[str], *, log: Path, auth: bool = True, env: dict[str, str] | None = None, ready_secs: float = 240.0
+) -> Iterator[str]:
     """Run ``python args... --port N`` until the block ends; yields ``http://127.0.0.1:N``."""
     port = free_port()
     full_env = {**os.environ, **(env or {}), "VIVAVOCE_WORKER_API_KEY": API_KEY}
@@ -35,6 +37,23 @@ def worker_process(args: list[str], *, log: Path, auth: bool = True, env: dict[s
     if not auth:
         command.append("--no-auth")
     url = f"http://127.0.0.1:{port}"
-    with serving(command, health=f"{url}/health", env=full_env, cwd=REPO, log=log, ready_secs=ready_secs,
-                 stop_secs=20):
+    with serving(command, health=f"{url}/health", env=full_env, cwd=REPO, log=log, ready_secs=ready_secs, stop_secs=20):
         yield url
+
+
+def piper_python() -> Path:
+    """The Piper worker's interpreter; a clear failure (never a skip) when its env was not built."""
+    if not PIPER_PYTHON.exists():
+        pytest.fail("the Piper worker environment is missing: run `make worker-piper` (make test does)")
+    return PIPER_PYTHON
+
+
+def start_piper(log: Path, *args: str, auth: bool = True, port: int | None = None):
+    """``python -m vivavoce_piper ARGS --port N``: (``http://127.0.0.1:N``, a context manager running it)."""
+    port = port or free_port()
+    command = [str(piper_python()), "-m", "vivavoce_piper", "--host", "127.0.0.1", "--port", str(port), *args]
+    if not auth:
+        command.append("--no-auth")
+    env = {**os.environ, "VIVAVOCE_WORKER_API_KEY": API_KEY}
+    url = f"http://127.0.0.1:{port}"
+    return url, serving(command, health=f"{url}/health", env=env, cwd=REPO, log=log, ready_secs=120, stop_secs=10)

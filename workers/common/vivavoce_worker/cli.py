@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import uvicorn
+
 from vivavoce_worker.auth import DEFAULT_KEY_ENV, ApiKeyAuth, auth_from_env
+from vivavoce_worker.fleet import Admission, Drain, add_fleet_args, advertised_url
 from vivavoce_worker.loudness import DEFAULT_TARGET_LUFS, LoudnessControl, parse_target
+from vivavoce_worker.protocol import PROTOCOL
 
 if TYPE_CHECKING:
     from vivavoce_worker.engine import Engine
@@ -18,7 +23,8 @@ WS_TRANSPORT_MAX_BYTES = 64 * 1024 * 1024
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, default_port: int) -> argparse.ArgumentParser:
-    """Add ``--host --port --model --config --device --no-auth --api-key-env`` to ``parser``."""
+    """Add ``--host --port --model --config --device --no-auth --api-key-env`` and the fleet's options
+    (``--registry --advertise-url --max-sessions --drain-secs``) to ``parser``."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     parser.add_argument("--port", type=int, default=default_port, help="TCP port")
     parser.add_argument(
@@ -30,7 +36,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, default_port: int) -> ar
     parser.add_argument(
         "--api-key-env", default=DEFAULT_KEY_ENV, metavar="NAME", help="environment variable holding the API key"
     )
-    return parser
+    return add_fleet_args(parser)
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -73,15 +79,45 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def serve(app, args: argparse.Namespace) -> None:
-    """Run ``app`` with uvicorn on ``--host``/``--port``."""
-    import uvicorn
+def serve(app, args: argparse.Namespace, *, drain: Drain | None = None) -> None:
+    """Run ``app`` with uvicorn on ``--host``/``--port``; with ``drain``, the first SIGTERM or Ctrl-C drains
+    (and the registry entry, if any, lives from start-up to shutdown), a second one exits at once."""
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", ws_max_size=WS_TRANSPORT_MAX_BYTES)
+    if drain is not None and drain.registration is not None:
+        app.router.add_event_handler("startup", drain.registration.start)
+        app.router.add_event_handler("shutdown", drain.registration.stop)
+    (DrainingServer(config, drain) if drain else uvicorn.Server(config)).run()
 
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws_max_size=WS_TRANSPORT_MAX_BYTES)
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, whose first exit signal drains instead of closing every session at once."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain):
+        """Serve with ``drain`` run on the first SIGTERM (or Ctrl-C)."""
+        super().__init__(config)
+        self.drain = drain
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets=None) -> None:
+        """Remember the loop the signal handler hands the drain to."""
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame) -> None:
+        """First signal: drain, then exit; a second one (or one before start-up): uvicorn's own exit."""
+        if self.drain.started or self._loop is None:
+            super().handle_exit(sig, frame)
+            return
+        self.drain.started = True
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._loop.create_task(self.drain.run(lambda: setattr(self, "should_exit", True)))
 
 
 def run_worker(engine: Engine, args: argparse.Namespace, *, routers_for=None) -> None:
-    """Load and warm up ``engine`` once, then serve it (auth from the common options).
+    """Load and warm up ``engine`` once, then serve it (auth from the common options; with ``--registry``,
+    registered in the fleet's registry once ready).
 
     ``routers_for(queue, auth)``: family-specific routers (e.g. Chatterbox's voices), built after load.
     """
@@ -107,4 +143,23 @@ def run_worker(engine: Engine, args: argparse.Namespace, *, routers_for=None) ->
         f"{queue.loudness.target_lufs:g} LUFS" if queue.loudness else "off",
     )
     routers = routers_for(queue, auth) if routers_for else ()
-    serve(create_app(engine, auth, queue=queue, routers=routers), args)
+    admission = Admission(max_sessions=args.max_sessions)
+    registration = None
+    if args.registry:
+        from vivavoce_worker.registration import Registration
+
+        def voices() -> list[str]:
+            listed = engine.health().get("voices") or []
+            return [v["id"] if isinstance(v, dict) else str(v) for v in listed]
+
+        registration = Registration(
+            args.registry,
+            family=engine.name,
+            url=advertised_url(args),
+            max_sessions=args.max_sessions,
+            stats=lambda: {"active_sessions": admission.active, "queue_depth": queue.depth},
+            voices=voices,
+            version=PROTOCOL,
+        )
+    drain = Drain(admission, lambda: queue.streaming, registration, drain_secs=args.drain_secs)
+    serve(create_app(engine, auth, queue=queue, routers=routers, admission=admission), args, drain=drain)

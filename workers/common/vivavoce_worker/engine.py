@@ -169,6 +169,7 @@ class GenerationQueue:
         self._lock = threading.Lock()
         self.finished = 0
         self.cancelled = 0
+        self.streaming = 0  # requests whose audio is being generated or sent
 
     @property
     def depth(self) -> int:
@@ -239,6 +240,7 @@ class GenerationQueue:
             loop.call_soon_threadsafe(chunks.put_nowait, outcome)
 
         future = self._executor.submit(job)
+        self.streaming += 1
         try:
             while True:
                 item = await chunks.get()
@@ -248,6 +250,7 @@ class GenerationQueue:
                     raise item
                 yield item
         finally:
+            self.streaming -= 1
             if not future.done():
                 request.cancelled.set()
                 stats.cancelled = True

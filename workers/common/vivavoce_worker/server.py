@@ -17,6 +17,7 @@ from starlette.websockets import WebSocketDisconnect
 from vivavoce_worker.audio import float_to_pcm16, mulaw_8k, resample, wav_bytes
 from vivavoce_worker.auth import ApiKeyAuth
 from vivavoce_worker.engine import Engine, GenerationQueue, GenerationStats, SynthesisRequest
+from vivavoce_worker.fleet import TRY_AGAIN_LATER, Admission
 from vivavoce_worker.framing import Reframer, samples_for_ms
 from vivavoce_worker.health import health_router
 from vivavoce_worker.protocol import (
@@ -200,12 +201,18 @@ class _NativeSessions:
 
 
 def create_app(
-    engine: Engine, auth: ApiKeyAuth, *, queue: GenerationQueue | None = None, routers: Iterable[APIRouter] = ()
+    engine: Engine,
+    auth: ApiKeyAuth,
+    *,
+    queue: GenerationQueue | None = None,
+    routers: Iterable[APIRouter] = (),
+    admission: Admission | None = None,
 ) -> FastAPI:
-    """The worker app over a loaded ``engine``; ``routers``: family-specific routes (already guarded)."""
+    """The worker app over a loaded ``engine``; ``routers``: family-specific routes (already guarded);
+    ``admission``: how many sessions it takes, and whether it drains (default: no limit)."""
     queue = queue or GenerationQueue(engine)
     native = _NativeSessions(engine)
-    open_sockets = 0
+    admission = admission or Admission(max_sessions=2**31)
     app = FastAPI(title=f"vivavoce {engine.name} worker", version=PROTOCOL)
 
     def live() -> dict[str, Any]:
@@ -213,7 +220,9 @@ def create_app(
             "engine": engine.name,
             "protocol": PROTOCOL,
             "sample_rate": engine.sample_rate,
-            "active_sessions": open_sockets,
+            "active_sessions": admission.active,
+            "max_sessions": admission.max_sessions,
+            "state": "draining" if admission.draining else "ready",
             "queue_depth": queue.depth,
             "requests": {"finished": queue.finished, "cancelled": queue.cancelled},
             "loudness": queue.loudness.describe() if queue.loudness else None,
@@ -224,16 +233,25 @@ def create_app(
     for router in routers:
         app.include_router(router)
 
-    async def serve_socket(ws: WebSocket, session: Any) -> None:
-        nonlocal open_sockets
+    async def admitted(ws: WebSocket) -> bool:
+        """Authenticate and admit a session (a full or draining worker accepts, then closes with 1013)."""
         if not await auth.check_websocket(ws):
-            return
+            return False
         await ws.accept()
-        open_sockets += 1
+        refusal = admission.refusal()
+        if refusal is not None:
+            await ws.close(code=TRY_AGAIN_LATER, reason=refusal)
+            return False
+        admission.active += 1
+        return True
+
+    async def serve_socket(ws: WebSocket, session: Any) -> None:
+        if not await admitted(ws):
+            return
         try:
             await _Socket(ws, queue, session).run()
         finally:
-            open_sockets -= 1
+            admission.active -= 1
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket) -> None:
@@ -241,15 +259,12 @@ def create_app(
 
     @app.websocket("/v1/tts")
     async def tts(ws: WebSocket) -> None:
-        nonlocal open_sockets
-        if not await auth.check_websocket(ws):
+        if not await admitted(ws):
             return
-        await ws.accept()
-        open_sockets += 1
         try:
             await serve_tts_socket(ws, queue)
         finally:
-            open_sockets -= 1
+            admission.active -= 1
 
     @app.websocket("/v1/native/ws/{session_id}")
     async def native_stream(ws: WebSocket, session_id: str) -> None:
