@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="16:10",
         help="worker settings to compare, max_batch:window_secs, comma-separated (16:10,1:10,16:30)",
     )
-    parser.add_argument("--utterances", type=int, default=8, help="utterances per stream")
+    parser.add_argument("--utterances", type=int, default=8, help="utterances per stream (at least)")
+    parser.add_argument("--min-utterances", type=int, default=32, help="utterances per stream count (at least)")
     parser.add_argument("--gap", type=float, default=1.5, help="silence between utterances (s)")
     parser.add_argument("--model", default="tiny.en", help="worker --model (tiny.en or a CTranslate2 dir)")
     parser.add_argument("--device", default="cpu")
@@ -199,7 +200,9 @@ async def run_count(url: str, http: str, corpus: list[Clip], count: int, args: a
     plays = []
     for i in range(count):
         start = (i * 5) % len(corpus)
-        plays.append([corpus[(start + k) % len(corpus)] for k in range(args.utterances)])
+        # Few streams play more utterances each, so that every figure rests on at least --min-utterances.
+        per_stream = max(args.utterances, math.ceil(args.min_utterances / count))
+        plays.append([corpus[(start + k) % len(corpus)] for k in range(per_stream)])
     before = httpx.get(f"{http}/health").json()
     started = time.perf_counter()
     logs = await asyncio.gather(
@@ -268,13 +271,14 @@ def main() -> None:
     for config in args.configs.split(","):
         batch, window = (int(x) for x in config.split(":"))
         http, context = serve_worker(batch, window, args)
-        runs = []
+        runs, played = [], []
         with context:
             url = http.replace("http://", "ws://") + "/v1/asr"
             for count in counts:
                 logger.info("max_batch {}, window {} s: {} streams", batch, window, count)
                 run = asyncio.run(run_count(url, http, corpus, count, args))
                 results = run.pop("_results")
+                played += results
                 run["wer_vs_in_process"] = {
                     path: wer([(texts[r.uid], r.text) for r in results]) for path, texts in reference.items()
                 }
@@ -290,6 +294,14 @@ def main() -> None:
                 break
             within = run["streams"]
         report["runs"][f"max_batch={batch},window_secs={window}"] = {
+            # Every utterance of every stream count together: each count plays a different share of the corpus.
+            "wer_vs_in_process": {
+                path: wer([(texts[r.uid], r.text) for r in played]) for path, texts in reference.items()
+            },
+            "wer_vs_reference": wer([(truth[r.uid], r.text) for r in played]),
+            "wer_in_process_vs_reference_same_utterances": {
+                path: wer([(truth[r.uid], texts[r.uid]) for r in played]) for path, texts in reference.items()
+            },
             "by_streams": runs,
             "streams_within_2x_solo_p95": within,
             "streams_per_core": round(within / (os.cpu_count() or 1), 1) if within else None,
