@@ -28,6 +28,7 @@ from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import ErrorFrame, Frame, StartFrame, TTSAudioRawFrame, TTSStoppedFrame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import WebsocketTTSService
+from pipecat.services.websocket_service import WebsocketService
 from websockets.protocol import State
 
 from vivavoce.worker_directory import Selector, WorkerDirectory
@@ -256,7 +257,9 @@ class WorkerTTSService(WebsocketTTSService):
             for request_id, context_id in self._request_context.items()
         ]
         worker = self._worker
-        reconnected = await super()._reconnect_websocket(attempt_number)
+        # pipecat's WebsocketTTSService closes every audio context here (a provider cannot resume one on a
+        # new connection) and the rest of the reply is lost; our workers can: skip to WebsocketService's.
+        reconnected = await WebsocketService._reconnect_websocket(self, attempt_number)
         if not reconnected or not self._websocket:
             return reconnected
         if worker is not None and self._worker != worker:
