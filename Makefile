@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.setup-done
 OUT ?= out
 
-.PHONY: setup browser redis demo test lint bench check clean worker-csm worker-chatterbox worker-moshi worker-asr worker-piper
+.PHONY: setup browser redis services demo test lint bench check clean worker-csm worker-chatterbox worker-moshi worker-asr worker-piper
 
 setup: $(STAMP)
 
@@ -48,6 +48,15 @@ browser:
 redis:
 	@command -v redis-server >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server; }
+
+# The speech services on this machine, for bots/services.yaml or any client: the ASR service on port 8001 and
+# the Piper worker on 8002, without API keys (local use). Ctrl-C stops both.
+services: worker-asr worker-piper
+	@echo "ASR service: ws://127.0.0.1:8001/v1/asr   Piper worker: ws://127.0.0.1:8002/v1/stream, /v1/tts"
+	@trap 'kill $$(jobs -p) 2>/dev/null' INT TERM EXIT; \
+		workers/asr/.venv/bin/python -m vivavoce_asr --port 8001 --no-auth & \
+		workers/piper/.venv/bin/python -m vivavoce_piper --port 8002 --no-auth & \
+		wait
 
 bench: setup
 	$(PY) bench/local_latency.py
