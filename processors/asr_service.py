@@ -4,7 +4,7 @@ The caller's audio streams to the service as it arrives; the service's partial t
 pipecat ``InterimTranscriptionFrame`` s (the adaptive end of turn reads them early) and its finals
 ``TranscriptionFrame`` s, with the service's word timings in ``result``. The service finds the end of
 each utterance itself (Silero VAD and Smart Turn, as the agent does); when the agent's own VAD hears the
-user stop, it asks for the final at once (``finalize``) so the turn never waits on the service's
+user stop, it asks for the final at once (``flush``) so the turn never waits on the service's
 end-of-turn as well as its own. Reconnects are pipecat's (``WebsocketService``).
 """
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 FINAL_WAIT_SECS = 2.0
 """How long the turn may wait for a final after the VAD stops (pipecat's transcript timeout): the
-service transcribes on request (``finalize``), so this covers a loaded service, not its end of turn."""
+service transcribes on request (``flush``), so this covers a loaded service, not its end of turn."""
 
 
 class AsrServiceSTTService(WebsocketSTTService):
@@ -116,7 +116,7 @@ class AsrServiceSTTService(WebsocketSTTService):
         await super().process_frame(frame, direction)
         if isinstance(frame, VADUserStoppedSpeakingFrame) and self._websocket and self._websocket.state is State.OPEN:
             await self.start_processing_metrics()
-            await self._websocket.send(json.dumps({"type": "finalize"}))
+            await self._websocket.send(json.dumps({"type": "flush"}))
 
     async def _receive_messages(self) -> None:
         async for raw in self._websocket:

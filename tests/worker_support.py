@@ -11,11 +11,12 @@ import pytest
 
 from vivavoce.testing.processes import free_port, serving
 
-__all__ = ["API_KEY", "REPO", "csm_python", "free_port", "piper_python", "start_piper", "worker_process"]
+__all__ = ["API_KEY", "REPO", "csm_python", "free_port", "piper_python", "start_asr", "start_piper", "worker_process"]
 
 REPO = Path(__file__).resolve().parents[1]
 CSM_PYTHON = REPO / "workers" / "csm" / ".venv" / "bin" / "python"
 PIPER_PYTHON = REPO / "workers" / "piper" / ".venv" / "bin" / "python"
+ASR_PYTHON = REPO / "workers" / "asr" / ".venv" / "bin" / "python"
 API_KEY = "test-worker-key"
 
 
@@ -57,3 +58,16 @@ def start_piper(log: Path, *args: str, auth: bool = True, port: int | None = Non
     env = {**os.environ, "VIVAVOCE_WORKER_API_KEY": API_KEY}
     url = f"http://127.0.0.1:{port}"
     return url, serving(command, health=f"{url}/health", env=env, cwd=REPO, log=log, ready_secs=120, stop_secs=10)
+
+
+def start_asr(log: Path, *args: str, auth: bool = True):
+    """``python -m vivavoce_asr ARGS --port N``: (``http://127.0.0.1:N``, a context manager running it)."""
+    if not ASR_PYTHON.exists():
+        pytest.fail("the ASR worker environment is missing: run `make worker-asr` (make test does)")
+    port = free_port()
+    command = [str(ASR_PYTHON), "-m", "vivavoce_asr", "--host", "127.0.0.1", "--port", str(port), *args]
+    if not auth:
+        command.append("--no-auth")
+    env = {**os.environ, "VIVAVOCE_WORKER_API_KEY": API_KEY}
+    url = f"http://127.0.0.1:{port}"
+    return url, serving(command, health=f"{url}/health", env=env, cwd=REPO, log=log, ready_secs=120, stop_secs=20)
