@@ -11,24 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 import websockets
-from pipecat.frames.frames import (
-    EndFrame,
-    ErrorFrame,
-    Frame,
-    LLMFullResponseEndFrame,
-    LLMFullResponseStartFrame,
-    LLMTextFrame,
-    TTSAudioRawFrame,
-    TTSStoppedFrame,
-)
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.workers.runner import WorkerRunner
 from websockets.exceptions import ConnectionClosed
 
 from vivavoce.processors.piper_worker import PiperWorkerTTSService
 from vivavoce.testing.redis_server import RedisServer
+from vivavoce.testing.tts_probe import speak_reply
 from vivavoce.worker_directory import Selector, WorkerDirectory
 from worker_support import start_piper
 
@@ -115,65 +102,6 @@ async def test_sigterm_drains_refuses_new_sessions_finishes_the_utterance_then_e
         await directory.close()
 
 
-SENTENCES = [
-    "Good morning, and thank you for calling the library.",
-    "Your books are due back on the fourteenth of next month.",
-    "You can renew them twice online or by phone.",
-    "Is there anything else I can help you with today?",
-]
-
-
-class Heard(FrameProcessor):
-    """Records the TTS's audio (seconds of it, and when it came) and tells when the reply ended."""
-
-    def __init__(self, on_first_audio):
-        super().__init__()
-        self.audio_secs = 0.0
-        self.arrivals: list[float] = []
-        self.errors: list[str] = []
-        self.ended = asyncio.Event()
-        self._on_first_audio = on_first_audio
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if isinstance(frame, TTSAudioRawFrame):
-            if not self.arrivals:
-                self._on_first_audio()
-            self.arrivals.append(time.monotonic())
-            self.audio_secs += len(frame.audio) / 2 / frame.sample_rate
-        elif isinstance(frame, TTSStoppedFrame):
-            self.ended.set()
-        elif isinstance(frame, ErrorFrame):
-            self.errors.append(frame.error)
-        await self.push_frame(frame, direction)
-
-
-async def speak_through_the_fleet(registry: str, on_first_audio=lambda _url: None) -> tuple[Heard, str]:
-    """Four sentences through PiperWorkerTTSService picking from ``registry``; (what came out, the first worker)."""
-    tts = PiperWorkerTTSService(registry=registry, selector=JOE, voice="en_US-joe-medium", first_phrase_words=0)
-    first: list[str] = []
-
-    def first_audio() -> None:
-        first.append(tts._url)
-        on_first_audio(tts._url)
-
-    heard = Heard(first_audio)
-    worker = PipelineWorker(Pipeline([tts, heard]), params=PipelineParams(audio_out_sample_rate=16000))
-
-    async def feed() -> None:
-        await asyncio.sleep(0.5)
-        await worker.queue_frames(
-            [LLMFullResponseStartFrame(), *(LLMTextFrame(s + " ") for s in SENTENCES), LLMFullResponseEndFrame()]
-        )
-        await asyncio.wait_for(heard.ended.wait(), 60)
-        await worker.queue_frame(EndFrame())
-
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    await asyncio.gather(runner.run(), feed())
-    return heard, first[0]
-
-
 @pytest.mark.e2e
 async def test_a_worker_killed_mid_reply_the_rest_is_spoken_by_another(redis_server, tmp_path):
     a_http, a = start_piper(tmp_path / "a.log", "--registry", redis_server.url, auth=False)
@@ -182,7 +110,7 @@ async def test_a_worker_killed_mid_reply_the_rest_is_spoken_by_another(redis_ser
     try:
         with a as a_process, b as b_process:
             await entries_when(directory, lambda e: len(e) == 2)
-            reference, _ = await speak_through_the_fleet(redis_server.url)
+            reference, _ = await speak_reply(PiperWorkerTTSService, redis_server.url, JOE)
             processes = {a_http.replace("http://", "ws://"): a_process, b_http.replace("http://", "ws://"): b_process}
             killed: list[float] = []
 
@@ -190,7 +118,7 @@ async def test_a_worker_killed_mid_reply_the_rest_is_spoken_by_another(redis_ser
                 processes[url.removesuffix("/v1/stream")].send_signal(signal.SIGKILL)
                 killed.append(time.monotonic())
 
-            heard, first = await speak_through_the_fleet(redis_server.url, on_first_audio=kill)
+            heard, first = await speak_reply(PiperWorkerTTSService, redis_server.url, JOE, on_first_audio=kill)
             assert processes[first.removesuffix("/v1/stream")].wait(5) == -signal.SIGKILL
             after = [t for t in heard.arrivals if t > killed[0]]
             assert after, "no audio came after the worker was killed"
