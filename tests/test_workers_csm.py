@@ -209,10 +209,12 @@ async def test_context_audio_and_own_utterances(csm_worker):
     async with websockets.connect(ws_url(csm_worker), additional_headers=AUTH) as ws:
         _, _, first = await speak(ws, "t1", "It is noon.", context=[user_turn], max_audio_ms=400)
         assert first["context_turns"] == 1 and first["context_encodes"] == 1
+        assert first["session_context_encodes"] == 1
         bot_turn = {"speaker": 0, "text": "It is noon.", "request_id": "t1"}
         _, _, second = await speak(ws, "t2", "Anything else?", context=[user_turn, bot_turn], max_audio_ms=400)
         # The user's audio was encoded once; the bot's turn reused the worker's own 5 frames.
-        assert second["context_turns"] == 2 and second["context_encodes"] == 1
+        assert second["context_turns"] == 2 and second["context_encodes"] == 0
+        assert second["session_context_encodes"] == 1
         assert second["prompt_positions"] > first["prompt_positions"] + 5
 
 
@@ -224,10 +226,15 @@ async def test_native_sessions_keep_context_across_reconnects(csm_worker):
     ref = [{"speaker": 0, "text": "Good morning.", "request_id": "n1"}]
     async with websockets.connect(url, additional_headers=AUTH) as ws:
         _, _, kept = await speak(ws, "n2", "Again.", context=ref, max_audio_ms=160)
+    text_only = [{"speaker": 0, "text": "Good morning."}]
     async with websockets.connect(ws_url(csm_worker, "/v1/native/ws/other-call"), additional_headers=AUTH) as ws:
-        _, _, fresh = await speak(ws, "n2", "Again.", context=ref, max_audio_ms=160)
-    # Same session: the reference resolves to 5 frames (+ audio eos); another session has text only.
-    assert kept["prompt_positions"] == fresh["prompt_positions"] + 6
+        _, _, fresh = await speak(ws, "n2", "Again.", context=text_only, max_audio_ms=160)
+        # Another session never made n1: the reference is refused, not read as text only.
+        _, frames, refused = await speak(ws, "n3", "Again.", context=ref, max_audio_ms=160)
+        assert refused["type"] == "error" and refused["code"] == "bad_request" and "'n1'" in refused["message"]
+        assert not frames
+    # Same session: the reference resolves to 5 frames (+ audio eos).
+    assert kept["type"] == "done" and kept["prompt_positions"] == fresh["prompt_positions"] + 6
     with_session = httpx.post(f"{csm_worker}/synthesize", headers=AUTH,
                               json={"text": "Hi.", "session": "call-42", "max_audio_ms": 160})
     assert with_session.status_code == 200

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -21,11 +22,14 @@ from vivavoce_worker.fleet import TRY_AGAIN_LATER, Admission
 from vivavoce_worker.framing import Reframer, samples_for_ms
 from vivavoce_worker.health import health_router
 from vivavoce_worker.protocol import (
+    MAX_CONTEXT_TURNS,
     MAX_PENDING_PER_SOCKET,
     MAX_TEXT_CHARS,
     PROTOCOL,
     CancelMessage,
+    ContextTurn,
     ProtocolError,
+    RequestId,
     SynthesizeMessage,
     check_output_format,
     error_message,
@@ -53,6 +57,10 @@ class SynthesizeBody(BaseModel):
     session: str | None = Field(
         None, max_length=128, description="A native session id: speak with (and extend) its conversation context."
     )
+    id: RequestId | None = Field(
+        None, description="The request's id (default: a new one); later requests of the session reference it."
+    )
+    context: list[ContextTurn] = Field(default_factory=list, max_length=MAX_CONTEXT_TURNS)
 
     @model_validator(mode="after")
     def _output_format(self) -> SynthesizeBody:
@@ -273,14 +281,19 @@ def create_app(
     @app.post("/synthesize", dependencies=[Depends(auth)])
     async def synthesize(body: SynthesizeBody) -> Response:
         session = native.get(body.session) if body.session else engine.new_session()
-        request = _request(body, request_id=f"http-{id(body):x}")
+        request_id = body.id or f"http-{uuid.uuid4().hex}"
+        request = _request(body, request_id=request_id)
         stats = GenerationStats()
         try:
             chunks = [chunk async for chunk in queue.stream(request, session, stats)]
         except ValueError as e:
-            raise HTTPException(400, detail=str(e)) from None
+            raise HTTPException(400, detail=str(e), headers={"X-Request-Id": request_id}) from None
         audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-        headers = {"X-Audio-Ms": f"{stats.audio_ms:.0f}", "X-First-Chunk-Ms": f"{stats.first_chunk_ms or 0:.0f}"}
+        headers = {
+            "X-Request-Id": request_id,
+            "X-Audio-Ms": f"{stats.audio_ms:.0f}",
+            "X-First-Chunk-Ms": f"{stats.first_chunk_ms or 0:.0f}",
+        }
         if body.format == "mulaw8k":
             return Response(
                 mulaw_8k(float_to_pcm16(audio), engine.sample_rate), media_type="audio/basic", headers=headers

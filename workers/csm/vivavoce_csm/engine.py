@@ -91,8 +91,12 @@ class CsmEngine(Engine):
         """``model``: local weights dir (None: the published weights); ``dtype``: auto, float32, bfloat16."""
         self.model_path = str(model) if model else PUBLISHED_MODEL
         self.device = device
-        self._dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
-                       "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        self._dtype = {
+            "auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+            "float32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }[dtype]
         self.max_audio_ms = max_audio_ms
         self.clips_encoded = 0
 
@@ -120,8 +124,12 @@ class CsmEngine(Engine):
 
     def health(self) -> dict[str, Any]:
         """Model facts for /health."""
-        return {"weights": self.model_path, "frame_ms": 1000 * self.frame_samples / self.sample_rate,
-                "max_positions": self.max_positions, "context_clips_encoded": self.clips_encoded}
+        return {
+            "weights": self.model_path,
+            "frame_ms": 1000 * self.frame_samples / self.sample_rate,
+            "max_positions": self.max_positions,
+            "context_clips_encoded": self.clips_encoded,
+        }
 
     def known_voice(self, voice: str) -> bool:
         """CSM's voices are speaker ids."""
@@ -150,9 +158,21 @@ class CsmEngine(Engine):
         codes = self.model.codec_model.encode(values, num_quantizers=self.num_codebooks).audio_codes
         return codes[0].transpose(0, 1)
 
+    def _check_references(self, request: SynthesisRequest, session: CsmSession) -> None:
+        """ValueError (``bad_request``) for a context ``request_id`` that is not a finished request of
+        ``session`` (unknown, cancelled, failed, or older than its ``SESSION_CACHE_TURNS`` latest)."""
+        for turn in request.context:
+            if turn.request_id is not None and turn.request_id not in session.generated:
+                raise ValueError(
+                    f"context request_id {turn.request_id!r} is not a finished request of this session "
+                    f"(unknown, cancelled, or older than its {SESSION_CACHE_TURNS} latest)"
+                )
+
     def _turn_codes(self, turn: ContextTurn, session: CsmSession) -> torch.Tensor | None:
         if turn.request_id is not None:
-            return session.generated.get(turn.request_id)  # unknown or cancelled: text-only turn
+            codes = session.generated[turn.request_id]  # checked by _check_references
+            session.generated.move_to_end(turn.request_id)  # in use: kept longest
+            return codes if len(codes) else None  # a request that ended at once: text only
         if turn.audio is None:
             return None
         key = hashlib.sha1(f"{turn.sample_rate}:{turn.audio}".encode()).hexdigest()
@@ -169,6 +189,7 @@ class CsmEngine(Engine):
         self, request: SynthesisRequest, session: CsmSession, max_frames: int
     ) -> tuple[torch.Tensor, int]:
         """The prompt's embeddings ``[1, positions, hidden]`` and how many context turns fit."""
+        self._check_references(request, session)
         model = self.model
         audio_embed = model.backbone_model.embed_tokens
         eos_frame = torch.full((1, 1, self.num_codebooks), self.eos_code, dtype=torch.long, device=self.device)
@@ -197,21 +218,36 @@ class CsmEngine(Engine):
 
     @torch.no_grad()
     def generate(self, request: SynthesisRequest, session: CsmSession, emit: Emit) -> None:
-        """Stream ``request``'s audio frame by frame; its codes join the session on completion."""
+        """Stream ``request``'s audio frame by frame; its codes join the session on completion.
+
+        At most ``max_audio_ms`` of audio (the request's, within the worker's own cap), exactly: the
+        frames are 80 ms, so the last one is cut to the cap (its codes join the session whole).
+        """
         max_ms = min(request.max_audio_ms or self.max_audio_ms, self.max_audio_ms)
-        max_frames = max(1, math.ceil(max_ms * self.sample_rate / 1000 / self.frame_samples))
+        max_samples = max_ms * self.sample_rate // 1000  # the cap is exact: the last frame is cut to it
+        max_frames = max(1, math.ceil(max_samples / self.frame_samples))
+        encodes_before = session.encodes
         embeds, used = self.prompt_embeds(request, session, max_frames)
-        request.report.update(prompt_positions=embeds.shape[1], context_turns=used, context_encodes=session.encodes)
+        request.report.update(
+            prompt_positions=embeds.shape[1],
+            context_turns=used,
+            context_encodes=session.encodes - encodes_before,
+            session_context_encodes=session.encodes,
+        )
         frames: list[torch.Tensor] = []
         decoder = StreamingMimiDecoder(self.model.codec_model)
+        produced = 0
 
         def on_frame(codes: torch.Tensor) -> None:
+            nonlocal produced
             codes = codes[0]
-            if bool((codes == self.eos_code).all()):
-                return  # CSM's end-of-speech frame: not audio
+            if bool((codes == self.eos_code).all()) or produced >= max_samples:
+                return  # CSM's end-of-speech frame (not audio), or past the cap
             frames.append(codes)
             audio = decoder.decode_frame(codes.to(self.device)[None, :, None])
-            emit(audio.float().cpu().numpy().reshape(-1))
+            samples = audio.float().cpu().numpy().reshape(-1)[: max_samples - produced]
+            produced += len(samples)
+            emit(samples)
 
         options = {}
         if "temperature" in request.options:
@@ -225,5 +261,5 @@ class CsmEngine(Engine):
             **self._gen_kwargs,
             **options,
         )
-        if frames:
-            session.remember(session.generated, request.id, torch.stack(frames))
+        codes = torch.stack(frames) if frames else torch.zeros((0, self.num_codebooks), dtype=torch.long)
+        session.remember(session.generated, request.id, codes)
