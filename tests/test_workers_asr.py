@@ -216,14 +216,76 @@ def test_smart_turn_features_are_pipecats():
     """The worker's copy of the Smart Turn features equals pipecat's, sample for sample."""
     from pipecat.audio.turn.smart_turn._whisper_features import compute_whisper_log_mel_features
 
-    sys.path.insert(0, str(ASR_DIR))
-    try:
-        from vivavoce_asr.features import last_seconds, smart_turn_features
-    finally:
-        sys.path.remove(str(ASR_DIR))
+    features = _worker_module("features")
+    last_seconds, smart_turn_features = features.last_seconds, features.smart_turn_features
     for seconds in (1.3, 9.0):
         audio = by_id("two-cities-01")[: int(seconds * RATE)].astype(np.float32) / 32768.0
         assert np.array_equal(smart_turn_features(audio), compute_whisper_log_mel_features(last_seconds(audio)))
+
+
+def _worker_module(name: str):
+    """A module of the worker package, imported here (its pure parts need only numpy and onnxruntime)."""
+    import importlib
+
+    sys.path.insert(0, str(ASR_DIR))
+    try:
+        return importlib.import_module(f"vivavoce_asr.{name}")
+    finally:
+        sys.path.remove(str(ASR_DIR))
+
+
+def test_streaming_vad_equals_faster_whispers_whole_file_vad():
+    """Frames of any length through the worker's streaming Silero give faster-whisper's own probabilities."""
+    from faster_whisper.vad import SileroVADModel
+
+    vad, models = _worker_module("vad"), _worker_module("models")
+    audio = by_id("two-cities-01").astype(np.float32) / 32768.0
+    audio = audio[: len(audio) // vad.WINDOW * vad.WINDOW]
+    stream = vad.SileroVad(models.silero_vad()).stream()
+    cuts = np.cumsum(np.random.default_rng(0).integers(1, 3000, 200))
+    pieces = np.split(audio, cuts[cuts < len(audio)])
+    streamed = np.concatenate([stream.feed(piece) for piece in pieces])
+    # faster-whisper zeroes the last 64 samples of its input in place (its context trick): a copy, and
+    # every window but that last one compared.
+    whole = SileroVADModel(str(models.silero_vad()))(audio.copy()).reshape(-1)
+    assert len(streamed) == len(whole) and np.abs(streamed - whole)[:-1].max() < 1e-4
+
+
+def test_turn_logic_pause_verdict_resume_and_fallback():
+    """Speech for 0.2 s starts a turn; 0.2 s of silence is a pause; "finished" ends it at once, "not
+    finished" waits; speech resuming continues the turn; a stale verdict is ignored; 1 s of silence ends it."""
+    turns = _worker_module("turns")
+    detector = turns.TurnDetector(turns.TurnParams())
+    events: list = []
+
+    def feed(probabilities: list[float]) -> None:
+        for p in probabilities:
+            events.extend(detector.window(feed.index, p))
+            feed.index += 1
+
+    feed.index = 0
+    feed([0.9] * 5)
+    assert events == []  # 5 windows (160 ms) < start_secs
+    feed([0.1] + [0.9] * 7)  # a silent window resets the count; then 7 speech windows
+    assert [type(e).__name__ for e in events] == ["SpeechStarted"] and events[0].onset == 6 * 512
+    feed([0.1] * 6)
+    pause = events[-1]
+    assert type(pause).__name__ == "Paused" and pause.speech_end == 13 * 512
+    assert detector.verdict(pause.pause, 0.2) == []  # not finished: the turn waits
+    feed([0.9] * 6)
+    assert type(events[-1]).__name__ == "Resumed"
+    assert detector.verdict(pause.pause, 0.99) == []  # stale: speech came back
+    feed([0.1] * 6)
+    second = events[-1]
+    assert second.pause == pause.pause + 1
+    feed([0.1] * 25)  # 31 silent windows in all: 0.992 s < 1.0 s
+    assert events[-1] is second
+    feed([0.1])
+    ended = events[-1]
+    assert type(ended).__name__ == "TurnEnded" and ended.reason == "silence" and ended.speech_end == second.speech_end
+    assert ended.onset == 6 * 512 and detector.flush() == []
+    feed([0.9] * 6)
+    assert [e.reason for e in detector.flush()] == ["flush"]
 
 
 def test_health(asr_worker):
