@@ -326,6 +326,7 @@ class WorkerTTSService(WebsocketTTSService):
         if not pcm or context_id is None or not self.audio_context_available(context_id):
             return  # audio of a cancelled request still in flight
         frame = TTSAudioRawFrame(audio=pcm, sample_rate=self.sample_rate, num_channels=1, context_id=context_id)
+        frame.metadata["worker"] = self._url  # which worker spoke it (a failover changes it mid-reply)
         await self.append_to_audio_context(context_id, frame)
 
     async def _on_message(self, message: dict[str, Any]) -> None:

@@ -158,13 +158,43 @@ class WorkerDirectory:
 
     async def workers(self, selector: Selector) -> list[WorkerEntry]:
         """The live workers of the selector's family that match it (ready or draining, full or not)."""
+        keys = await self._live_keys(selector.family)
+        return [e for e in await self._entries(keys) if selector.matches(e)]
+
+    async def pick(self, selector: Selector, *, exclude: Iterable[str] = ()) -> WorkerEntry | None:
+        """A ready worker with room that matches, by the power of two choices (None: there is none).
+
+        The live keys are read in a random order, a few hashes at a time, until two candidates are found: the
+        choice reads two or four hashes however large the fleet, and more only when few workers qualify.
+        ``exclude``: worker keys not to pick (ones that just failed or refused).
+        """
+        excluded = set(exclude)
+        keys = [k for k in await self._live_keys(selector.family) if k not in excluded]
+        random.shuffle(keys)
+        found: list[WorkerEntry] = []
+        start, size = 0, 4
+        while start < len(keys) and len(found) < 2:
+            entries = await self._entries(keys[start : start + size])
+            found += [e for e in entries if selector.matches(e) and e.has_room]
+            start, size = start + size, size * 2
+        return choose(found[:2])
+
+    async def _live_keys(self, family: str) -> list[str]:
         from redis.exceptions import RedisError
 
-        now_ms = int(time.time() * 1000)
         try:
-            keys = [k.decode() for k in await self._redis.zrangebyscore(family_index(selector.family), now_ms, "+inf")]
-            if not keys:
-                return []
+            members = await self._redis.zrangebyscore(family_index(family), int(time.time() * 1000), "+inf")
+        except (RedisError, OSError) as e:
+            raise RegistryUnavailableError(f"the worker registry at {self.url} does not answer: {e}") from None
+        return [k.decode() for k in members]
+
+    async def _entries(self, keys: list[str]) -> list[WorkerEntry]:
+        """The entries of ``keys`` that exist and parse (a malformed one is logged once and skipped)."""
+        from redis.exceptions import RedisError
+
+        if not keys:
+            return []
+        try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.hgetall(key)
@@ -176,24 +206,12 @@ class WorkerDirectory:
             if not fields:
                 continue  # expired between the two reads
             try:
-                entry = WorkerEntry.parse(key, fields)
+                entries.append(WorkerEntry.parse(key, fields))
             except MalformedEntryError as e:
                 if key not in self._reported:
                     self._reported.add(key)
                     logger.warning(f"ignoring a malformed worker registry entry: {e}")
-                continue
-            if selector.matches(entry):
-                entries.append(entry)
         return entries
-
-    async def pick(self, selector: Selector, *, exclude: Iterable[str] = ()) -> WorkerEntry | None:
-        """A ready worker with room that matches, by the power of two choices (None: there is none).
-
-        ``exclude``: worker keys not to pick (ones that just failed or refused).
-        """
-        excluded = set(exclude)
-        candidates = [e for e in await self.workers(selector) if e.has_room and e.key not in excluded]
-        return choose(candidates)
 
 
 def choose(candidates: list[WorkerEntry], rng: Any = random) -> WorkerEntry | None:

@@ -32,12 +32,14 @@ SENTENCES = [
 
 
 class Heard(FrameProcessor):
-    """Records the TTS's audio (seconds of it, and when it came) and tells when the reply ended."""
+    """Records the TTS's audio (seconds of it, when it came, which worker spoke it) and tells when the reply
+    ended; :meth:`longest_silence_secs` is the longest silence a listener would hear inside the reply."""
 
     def __init__(self, on_first_audio):
         super().__init__()
         self.audio_secs = 0.0
         self.arrivals: list[float] = []
+        self.chunks: list[tuple[float, float, str | None]] = []  # (arrival, seconds of audio, worker)
         self.errors: list[str] = []
         self.ended = asyncio.Event()
         self._on_first_audio = on_first_audio
@@ -47,13 +49,28 @@ class Heard(FrameProcessor):
         if isinstance(frame, TTSAudioRawFrame):
             if not self.arrivals:
                 self._on_first_audio()
+            secs = len(frame.audio) / 2 / frame.sample_rate
             self.arrivals.append(time.monotonic())
-            self.audio_secs += len(frame.audio) / 2 / frame.sample_rate
+            self.chunks.append((self.arrivals[-1], secs, frame.metadata.get("worker")))
+            self.audio_secs += secs
         elif isinstance(frame, TTSStoppedFrame):
             self.ended.set()
         elif isinstance(frame, ErrorFrame):
             self.errors.append(frame.error)
         await self.push_frame(frame, direction)
+
+
+def longest_silence_secs(chunks: list[tuple[float, float, str | None]]) -> float:
+    """The longest silence inside a reply played in real time from its first chunk, each chunk as soon as it
+    has arrived and the one before it has played."""
+    if not chunks:
+        return 0.0
+    clock, longest = chunks[0][0], 0.0
+    for arrival, secs, _worker in chunks:
+        start = max(clock, arrival)
+        longest = max(longest, start - clock)
+        clock = start + secs
+    return longest
 
 
 async def speak_reply(
