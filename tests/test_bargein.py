@@ -425,10 +425,16 @@ async def test_a_backchannel_the_stt_cannot_transcribe_does_not_silence_the_bot(
     # The bot heard the sound over its answer (it paused), then resumed...
     over = [(at, p) for at, p in pauses if onset <= at]
     assert [p for _, p in over] == [True, False], (pauses, turns)
-    # ...at the end of the resume window, as it does when no words come (a transcript would have decided
-    # sooner): the STT really found nothing in it, which is what this test is about.
+    # ...at the end of the resume window when the STT found no words in it (tiny.en mostly does not, at this
+    # spot), or sooner when it did hear "I see", a backchannel: either way the sound did not silence the bot.
+    # (The no-words path alone is pinned by test_a_short_sound_with_no_transcript_resumes_at_the_end_...)
     window = local_bot.spec.turn_taking.interruptions.resume_within_secs
-    assert over[1][0] - over[0][0] >= window - 0.2, (pauses, turns)
+    heard_words = any(t.user_started_s is not None and t.user_started_s >= onset - 0.3 and t.user_text.strip()
+                      for t in result.turns)  # fmt: skip
+    if heard_words:
+        assert over[1][0] - over[0][0] < window, (pauses, turns)
+    else:
+        assert over[1][0] - over[0][0] >= window - 0.2, (pauses, turns)
     assert not answer.interrupted, turns
     # The rest of the answer played after the sound...
     loud = loud_frames(result.output_pcm)
