@@ -42,14 +42,35 @@ class DeepgramConfig(ProcessorConfig):
     language: str = Field("en", description="Language code.")
 
 
-class AsrServiceConfig(ProcessorConfig):
-    """A vivavoce ASR service (workers/asr: VAD, Smart Turn and faster-whisper behind WS /v1/asr)."""
+class WorkerEndpointConfig(ProcessorConfig):
+    """Where a worker-backed kind finds its worker: one worker (``url``), or the fleet's workers of the
+    kind's family found through a registry (``registry``); see workers/README.md."""
+
+    url: str | None = Field(
+        None, pattern=r"^wss?://", description="One worker's endpoint, e.g. ws://gpu-host:8710/v1/stream"
+    )
+    registry: str | None = Field(
+        None,
+        pattern=r"^rediss?://",
+        description="The fleet's registry, e.g. ${VIVAVOCE_REGISTRY} (redis://host:6379/0): each conversation "
+        "takes the least loaded of two ready workers of this family (and voice), and another if it fails.",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="Write ${VIVAVOCE_WORKER_API_KEY}; unset: read that variable (none for --no-auth workers)."
+    )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> WorkerEndpointConfig:
+        if (self.url is None) == (self.registry is None):
+            raise ValueError("give exactly one of 'url' (one worker) or 'registry' (the fleet's workers)")
+        return self
+
+
+class AsrServiceConfig(WorkerEndpointConfig):
+    """A vivavoce ASR service (workers/asr: VAD, Smart Turn and faster-whisper behind WS /v1/asr), e.g.
+    ``url: ws://asr-host:8001/v1/asr``."""
 
     kind: Literal["asr"]
-    url: str = Field(pattern=r"^wss?://", description="The service's endpoint, e.g. ws://asr-host:8001/v1/asr")
-    api_key: SecretStr | None = Field(
-        None, description="Write ${VIVAVOCE_WORKER_API_KEY}; unset: read that variable (none for --no-auth services)."
-    )
     language: str = Field("en", description="Language code.")
 
 
@@ -121,29 +142,10 @@ class PiperConfig(ProcessorConfig):
         return self
 
 
-class WorkerTTSConfig(ProcessorConfig):
-    """Settings every model-worker TTS shares (see workers/README.md): one worker (``url``), or the fleet's
-    workers of the kind's family found through a registry (``registry``)."""
+class WorkerTTSConfig(WorkerEndpointConfig):
+    """Settings every model-worker TTS shares (see workers/README.md)."""
 
-    url: str | None = Field(
-        None, pattern=r"^wss?://", description="The worker's stream endpoint, e.g. ws://gpu-host:8710/v1/stream"
-    )
-    registry: str | None = Field(
-        None,
-        pattern=r"^rediss?://",
-        description="The fleet's registry, e.g. ${VIVAVOCE_REGISTRY} (redis://host:6379/0): each conversation "
-        "takes the least loaded of two ready workers of this family (and voice), and another if it fails.",
-    )
-    api_key: SecretStr | None = Field(
-        None, description="Write ${VIVAVOCE_WORKER_API_KEY}; unset: read that variable (none for --no-auth workers)."
-    )
     max_audio_ms: int = Field(20_000, ge=80, le=120_000, description="Longest audio one sentence may produce.")
-
-    @model_validator(mode="after")
-    def _one_place(self) -> WorkerTTSConfig:
-        if (self.url is None) == (self.registry is None):
-            raise ValueError("give exactly one of 'url' (one worker) or 'registry' (the fleet's workers)")
-        return self
 
 
 class CSMConfig(WorkerTTSConfig):
@@ -186,14 +188,11 @@ class PlaybackConfig(ProcessorConfig):
         return self
 
 
-class MoshiConfig(ProcessorConfig):
-    """Kyutai Moshi speech-to-speech through a Moshi worker (workers/moshi); replaces STT, LLM and TTS."""
+class MoshiConfig(WorkerEndpointConfig):
+    """Kyutai Moshi speech-to-speech through a Moshi worker (workers/moshi), e.g.
+    ``url: ws://localhost:8998/api/chat``; replaces STT, LLM and TTS."""
 
     kind: Literal["moshi"]
-    url: str = Field(pattern=r"^wss?://", description="The worker's chat endpoint, e.g. ws://localhost:8998/api/chat")
-    api_key: SecretStr | None = Field(
-        None, description="Write ${VIVAVOCE_WORKER_API_KEY}; none for a --no-auth worker."
-    )
     gate: bool = Field(True, description="Turn gating in the worker: Moshi stays silent while the user speaks.")
     gate_silence_ms: int = Field(480, ge=0, le=10_000, description="User silence after which Moshi may speak.")
     gate_threshold_db: float = Field(-40.0, ge=-120, le=0, description="User level (dBFS) counted as speech.")
