@@ -125,6 +125,14 @@ class Engine(ABC):
         """Extra engine fields for ``/health``."""
         return {}
 
+    async def acquire(self, request: SynthesisRequest) -> Callable[[], None] | None:
+        """Make what ``request`` needs resident before it queues, on the event loop (a family with a model
+        manager loads its voice here: ``resident.py``); returns what to call once the request is done.
+
+        Its errors (``UnknownVoice``, a failed load) are the request's. The default needs nothing.
+        """
+        return None
+
     def known_voice(self, voice: str) -> bool:
         """Whether ``voice`` can be asked for (families with a ``voices`` mapping: one of its keys)."""
         voices = getattr(self, "voices", None)
@@ -202,6 +210,7 @@ class GenerationQueue:
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[np.ndarray | BaseException | None] = asyncio.Queue()
         submitted = time.perf_counter()
+        release = await self.engine.acquire(request)  # a voice that is not resident loads here, off the loop
         voice = (request.voice, request.speaker)
         normalizer = self.loudness.normalizer(self.engine.sample_rate, voice) if self.loudness else None
         with self._lock:
@@ -237,6 +246,8 @@ class GenerationQueue:
                     outcome = e
             stats.total_ms = (time.perf_counter() - submitted) * 1000
             self.finished += 1
+            if release is not None:  # once generation has stopped (not when the listener left), before the end
+                loop.call_soon_threadsafe(release)
             loop.call_soon_threadsafe(chunks.put_nowait, outcome)
 
         future = self._executor.submit(job)
