@@ -30,7 +30,6 @@ import json
 import math
 import os
 import random
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import websockets
+
+from vivavoce.testing.conversation_eval import corpus_wer
 
 REPO = Path(__file__).resolve().parents[1]
 ASR_PYTHON = REPO / "workers" / "asr" / ".venv" / "bin" / "python"
@@ -64,23 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
-
-
-def edits(reference: list[str], hypothesis: list[str]) -> int:
-    row = list(range(len(hypothesis) + 1))
-    for i, r in enumerate(reference, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hypothesis, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
-
-
 def wer(pairs: list[tuple[str, str]]) -> float:
-    """Corpus word error rate of (reference, hypothesis) pairs."""
-    errors = sum(edits(words(r), words(h)) for r, h in pairs)
-    return round(errors / max(1, sum(len(words(r)) for r, _ in pairs)), 4)
+    """Corpus word error rate of (reference, hypothesis) pairs (conversation_eval's normaliser: one for every
+    WER the project reports)."""
+    return round(corpus_wer(pairs), 4)
 
 
 def pct(values: list[float | None], q: float) -> float | None:

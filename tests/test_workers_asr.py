@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from vivavoce.packaged_models import whisper_tiny_en
 from vivavoce.samples import find_phrases
+from vivavoce.testing.conversation_eval import edit_distance, normalise_words
 from vivavoce.testing.processes import free_port, serving
 from vivavoce.testing.real_speech import utterances
 from vivavoce.wav import read_wav
@@ -73,29 +73,14 @@ def in_process(whisper, pcm: np.ndarray) -> str:
     return " ".join(s.text.strip() for s in segments)
 
 
-def words(text: str) -> list[str]:
-    """Lower-case words without punctuation."""
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
-
-
-def edits(reference: list[str], hypothesis: list[str]) -> int:
-    """Levenshtein distance between two sequences."""
-    row = list(range(len(hypothesis) + 1))
-    for i, r in enumerate(reference, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hypothesis, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
-
-
 def assert_close(reference: str, hypothesis: str) -> None:
     """The service's final says what the in-process transcript says, give or take a word in seven, or a few
     letters (a word split in two, "Gregs in" for "Gregson", is two word errors but one letter)."""
-    ref, hyp = words(reference), words(hypothesis)
-    if edits(ref, hyp) <= max(1, len(ref) // 7):
+    ref, hyp = normalise_words(reference), normalise_words(hypothesis)
+    if edit_distance(ref, hyp) <= max(1, len(ref) // 7):
         return
-    letters = list("".join(ref)), list("".join(hyp))
-    assert edits(*letters) <= max(2, len(letters[0]) // 12), (reference, hypothesis)
+    letters = "".join(ref), "".join(hyp)
+    assert edit_distance(*letters) <= max(2, len(letters[0]) // 12), (reference, hypothesis)
 
 
 def by_id(uid: str) -> np.ndarray:
@@ -197,7 +182,7 @@ def check_turns(got: Received, spans: list[tuple[float, float]]) -> None:
             assert word["start"] >= previous_end - 1e-6 and 0 <= word["confidence"] <= 1, final["words"]
             previous_end = word["end"]
         assert final["start"] <= final["words"][0]["start"] and final["words"][-1]["end"] <= final["end"]
-        assert words(final["text"]) == words(" ".join(w["word"] for w in final["words"])), final
+        assert normalise_words(final["text"]) == normalise_words(" ".join(w["word"] for w in final["words"])), final
 
 
 def test_worker_imports_neither_pipecat_nor_vivavoce():

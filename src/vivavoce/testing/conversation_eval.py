@@ -133,26 +133,47 @@ class Part:
 # --- text -----------------------------------------------------------------------------------------------
 
 
+_WORD_BREAKS = re.compile("[-\u2010-\u2015/]")
+"""Hyphens, dashes and slashes part words: "twenty-one" and "twenty one" are the same two words (ASR and
+transcripts hyphenate inconsistently, and a WER should not count that as an error)."""
+
+
 def normalise_words(text: str) -> list[str]:
-    """Lower case, punctuation dropped (a hyphenated word becomes one token), split on spaces."""
+    """The words of ``text`` as a WER compares them: lower case, split on white space, hyphens, dashes and
+    slashes, other punctuation dropped (an apostrophe inside a word kept, a curly one made straight).
+    Digits stay digits: "21" and "twenty one" differ."""
     tokens = []
-    for raw in text.lower().split():
+    for raw in _WORD_BREAKS.sub(" ", text.lower().replace("\u2019", "'")).split():
         token = re.sub(r"[^a-z0-9']", "", raw).strip("'")
         if token:
             tokens.append(token)
     return tokens
 
 
+def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
+    """Levenshtein distance (substitutions + deletions + insertions) between two sequences: of words, or
+    the letters of a string."""
+    row = list(range(len(hypothesis) + 1))
+    for i, wanted in enumerate(reference, 1):
+        diagonal, row[0] = row[0], i
+        for j, got in enumerate(hypothesis, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (wanted != got))
+    return row[-1]
+
+
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(substitutions + deletions + insertions, reference words), on normalised words."""
-    ref, hyp = normalise_words(reference), normalise_words(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, word in enumerate(ref, 1):
-        current = [i] + [0] * len(hyp)
-        for j, heard in enumerate(hyp, 1):
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word != heard))
-        previous = current
-    return previous[-1], len(ref)
+    """(substitutions + deletions + insertions, reference words), on :func:`normalise_words`."""
+    ref = normalise_words(reference)
+    return edit_distance(ref, normalise_words(hypothesis)), len(ref)
+
+
+def corpus_wer(pairs: Iterable[tuple[str, str]]) -> float:
+    """Word error rate over (reference, hypothesis) pairs: all errors over all reference words."""
+    errors = words = 0
+    for reference, hypothesis in pairs:
+        e, n = word_errors(reference, hypothesis)
+        errors, words = errors + e, words + n
+    return errors / max(1, words)
 
 
 # --- audio helpers --------------------------------------------------------------------------------------
@@ -1009,5 +1030,5 @@ def case_counts(cases: Iterable[Case]) -> dict[str, int]:
 __all__ = [
     "Case", "Part", "Piece", "Word", "build_cases", "stratified", "sessions", "session_audio", "heard_segments",
     "audible_stop", "score_session", "summarise", "ratios", "phone_audio", "word_errors", "normalise_words",
-    "whisper_words", "backchannel_piece", "case_counts", "DEFAULT_MIX", "KINDS",
+    "edit_distance", "corpus_wer", "whisper_words", "backchannel_piece", "case_counts", "DEFAULT_MIX", "KINDS",
 ]  # fmt: skip
