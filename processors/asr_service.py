@@ -5,7 +5,13 @@ pipecat ``InterimTranscriptionFrame`` s (the adaptive end of turn reads them ear
 ``TranscriptionFrame`` s, with the service's word timings in ``result``. The service finds the end of
 each utterance itself (Silero VAD and Smart Turn, as the agent does); when the agent's own VAD hears the
 user stop, it asks for the final at once (``flush``) so the turn never waits on the service's
-end-of-turn as well as its own. Reconnects are pipecat's (``WebsocketService``).
+end-of-turn as well as its own.
+
+The service is one ``url``, or is picked from the fleet's registry (``registry``, through a
+:class:`~vivavoce.worker_directory.WorkerRoute`). The audio of the utterance in progress is kept until its
+final arrives: when the service dies (its socket closes, or pings go unanswered), pipecat's reconnect
+lands on another one and that audio is streamed to it again (with the ``flush`` too if one was waiting), so
+the caller's words are transcribed, not lost.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pipecat.frames.frames import (
     Frame,
     InterimTranscriptionFrame,
     TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
@@ -28,6 +35,7 @@ from pipecat.utils.time import time_now_iso8601
 from websockets.protocol import State
 
 from vivavoce.processors.worker_client import worker_api_key
+from vivavoce.worker_directory import PING_INTERVAL_SECS, PING_TIMEOUT_SECS, Selector, WorkerRoute
 
 if TYPE_CHECKING:
     from vivavoce.build_context import BuildContext
@@ -36,6 +44,12 @@ if TYPE_CHECKING:
 FINAL_WAIT_SECS = 2.0
 """How long the turn may wait for a final after the VAD stops (pipecat's transcript timeout): the
 service transcribes on request (``flush``), so this covers a loaded service, not its end of turn."""
+LEAD_IN_SECS = 1.0
+"""Audio kept from before speech began (by the agent's VAD or the service's): replayed after a failover,
+it holds the onset of words neither had recognised as speech yet, and the VAD's lead-in."""
+MAX_REPLAY_SECS = 30.0
+"""The most audio of one utterance kept for a replay (a longer one loses its start, never its end)."""
+REPLAY_CHUNK_SECS = 0.5
 
 
 class AsrServiceSTTService(WebsocketSTTService):
@@ -44,14 +58,29 @@ class AsrServiceSTTService(WebsocketSTTService):
     Settings = STTSettings
     _settings: Settings
 
-    def __init__(self, *, url: str, api_key: str | None = None, language: str = "en", **kwargs: Any):
-        """``url``: the service's ``ws://host:8001/v1/asr``; ``api_key``: None reads the worker key variable."""
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        registry: str | None = None,
+        api_key: str | None = None,
+        language: str = "en",
+        **kwargs: Any,
+    ):
+        """``url``: the service's ``ws://host:8001/v1/asr``, or ``registry`` (``redis://...``): the least
+        loaded ready ASR service in the fleet; ``api_key``: None reads the worker key variable."""
+        if (url is None) == (registry is None):
+            raise ValueError("an ASR service needs a url or a registry")
         settings = kwargs.pop("settings", None) or self.Settings(model=None, language=language)
         super().__init__(ttfs_p99_latency=FINAL_WAIT_SECS, settings=settings, **kwargs)
         self._url = url
+        self._route = WorkerRoute(registry, Selector(family="asr")) if registry else None
         self._api_key = worker_api_key(api_key)
         self._language = language
         self._receive_task = None
+        self._unconfirmed = bytearray()  # audio sent since the last final: replayed after a failover
+        self._in_speech = False  # speech began (the agent's VAD or the service said so) and no final came
+        self._awaiting_final = False  # a flush was sent and its final has not come
 
     def can_generate_metrics(self) -> bool:
         """TTFB metrics are reported (end of speech to final)."""
@@ -77,18 +106,62 @@ class AsrServiceSTTService(WebsocketSTTService):
             self._receive_task = None
         await self._disconnect_websocket()
 
+    async def cleanup(self) -> None:
+        """Close the registry connections too (one route per conversation)."""
+        await super().cleanup()
+        if self._route is not None:
+            await self._route.close()
+
     async def _connect_websocket(self) -> None:
         try:
             if self._websocket and self._websocket.state is State.OPEN:
                 return
-            headers = {"X-API-Key": self._api_key} if self._api_key else {}
-            self._websocket = await self._websocket_connect(self._url, additional_headers=headers)
+            self._websocket = await self._open()
             config = {"type": "config", "sample_rate": self.sample_rate, "language": self._language}
             await self._websocket.send(json.dumps({**config, "encoding": "pcm_s16le"}))
             await self._call_event_handler("on_connected")
         except Exception as e:
             self._websocket = None
-            await self.push_error(error_msg=f"cannot reach the ASR service at {self._url}: {e}", exception=e)
+            where = self._url or (self._route.selector if self._route else None)
+            await self.push_error(error_msg=f"cannot reach the ASR service at {where}: {e}", exception=e)
+
+    async def _open(self) -> Any:
+        """A socket to the service: the ``url``, or one picked from the registry."""
+        headers = {"X-API-Key": self._api_key} if self._api_key else {}
+        if self._route is None:
+            return await self._websocket_connect(self._url, additional_headers=headers)
+
+        async def open_socket(url: str, timeout_secs: float) -> Any:
+            return await self._websocket_connect(
+                url,
+                additional_headers=headers,
+                open_timeout=timeout_secs,
+                ping_interval=PING_INTERVAL_SECS,
+                ping_timeout=PING_TIMEOUT_SECS,
+            )
+
+        websocket = await self._route.connect(open_socket)
+        self._url = self._route.current.url
+        return websocket
+
+    async def _reconnect_websocket(self, attempt_number: int) -> bool:
+        """pipecat's reconnect (to another service, with a registry), then the utterance in progress, which
+        the lost service had not finished transcribing, is streamed to the new one (and flushed again)."""
+        lost = self._url
+        reconnected = await super()._reconnect_websocket(attempt_number)
+        if not reconnected or not self._websocket:
+            return reconnected
+        replay = bytes(self._unconfirmed)
+        chunk = int(REPLAY_CHUNK_SECS * self.sample_rate) * 2
+        for start in range(0, len(replay), chunk):
+            await self._websocket.send(replay[start : start + chunk])
+        if self._awaiting_final:
+            await self._websocket.send(json.dumps({"type": "flush"}))
+        logger.warning(
+            f"{self}: failed over from {lost} to {self._url}: {len(replay) / 2 / self.sample_rate:.1f} s of the "
+            f"utterance in progress streamed again{' and flushed' if self._awaiting_final else ''}"
+        )
+        return reconnected
 
     async def _disconnect_websocket(self) -> None:
         try:
@@ -103,20 +176,36 @@ class AsrServiceSTTService(WebsocketSTTService):
     # --- audio out, transcripts in ------------------------------------------------------------
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
-        """Send the audio; transcripts arrive on the receive task."""
+        """Send the audio (kept until its final, for a failover); transcripts arrive on the receive task."""
+        self._keep(audio)
         if self._websocket and self._websocket.state is State.OPEN:
             try:
                 await self._websocket.send(audio)
-            except Exception as e:
+            except Exception as e:  # the receive task notices the dead socket and fails over
                 logger.warning(f"{self}: sending audio failed: {e}")
         yield None
 
+    def _keep(self, audio: bytes) -> None:
+        self._unconfirmed += audio
+        seconds = LEAD_IN_SECS if not (self._in_speech or self._awaiting_final) else MAX_REPLAY_SECS
+        excess = len(self._unconfirmed) - int(seconds * self.sample_rate) * 2
+        if excess > 0:
+            del self._unconfirmed[: excess + excess % 2]
+
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        """Ask for the final as soon as the agent's VAD hears the user stop."""
+        """Keep the utterance from the agent's VAD start, and ask for the final as soon as it hears the user
+        stop."""
         await super().process_frame(frame, direction)
-        if isinstance(frame, VADUserStoppedSpeakingFrame) and self._websocket and self._websocket.state is State.OPEN:
-            await self.start_processing_metrics()
-            await self._websocket.send(json.dumps({"type": "flush"}))
+        if isinstance(frame, VADUserStartedSpeakingFrame):
+            self._in_speech = True  # the agent's VAD may hear words before the service says so
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._awaiting_final = True
+            if self._websocket and self._websocket.state is State.OPEN:
+                await self.start_processing_metrics()
+                try:
+                    await self._websocket.send(json.dumps({"type": "flush"}))
+                except Exception as e:  # sent again after the failover
+                    logger.warning(f"{self}: sending flush failed: {e}")
 
     async def _receive_messages(self) -> None:
         async for raw in self._websocket:
@@ -132,22 +221,33 @@ class AsrServiceSTTService(WebsocketSTTService):
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         text = str(message.get("text") or "")
-        if kind == "partial" and text.strip():
+        if kind == "speech_start":
+            self._in_speech = True
+        elif kind == "partial" and text.strip():
             await self.push_frame(InterimTranscriptionFrame(text, self._user_id, time_now_iso8601(), result=message))
         elif kind == "final":
+            self._confirmed()
             await self.stop_processing_metrics()
             if text.strip():
                 await self.push_frame(TranscriptionFrame(text, self._user_id, time_now_iso8601(), result=message))
+        elif kind == "speech_end":
+            pass  # the final follows: the audio is kept until it comes
         elif kind == "error":
             await self.push_error(error_msg=f"ASR service error {message.get('code')}: {message.get('message')}")
-        elif kind not in ("speech_start", "speech_end"):
+        else:
             logger.warning(f"{self}: unexpected ASR service message {message}")
+
+    def _confirmed(self) -> None:
+        """A final came: its audio is never replayed (a replay would transcribe its last words twice)."""
+        self._in_speech = self._awaiting_final = False
+        self._unconfirmed.clear()
 
 
 def create(config: AsrServiceConfig, context: BuildContext) -> AsrServiceSTTService:
     """Factory for the ``asr`` kind."""
     return AsrServiceSTTService(
         url=config.url,
+        registry=config.registry,
         api_key=config.api_key.get_secret_value() if config.api_key else None,
         language=config.language,
     )

@@ -8,9 +8,9 @@ request of a context that an ``InterruptionFrame`` drops. Reconnects are pipecat
 voice and expression settings).
 
 The worker is one ``url``, or is picked from the fleet's registry (``registry`` + a
-:class:`~vivavoce.worker_directory.Selector`): the less loaded of two ready workers, a short connect
-timeout and a few tries; a worker that failed or refused is not picked again for a while, so pipecat's
-reconnect after a worker dies lands on another one.
+:class:`~vivavoce.worker_directory.Selector`, through a :class:`~vivavoce.worker_directory.WorkerRoute`):
+pipecat's reconnect after a worker dies lands on another one, which is asked for what the dead one had
+not said yet.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,23 +27,16 @@ from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import ErrorFrame, Frame, StartFrame, TTSAudioRawFrame, TTSStoppedFrame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import WebsocketTTSService
-from pipecat.services.websocket_service import WebsocketService
 from websockets.protocol import State
 
-from vivavoce.worker_directory import Selector, WorkerDirectory
+from vivavoce.worker_directory import PING_INTERVAL_SECS, PING_TIMEOUT_SECS, Selector, WorkerRoute
 
 if TYPE_CHECKING:
     from vivavoce.processors.catalog import WorkerTTSConfig
 
 API_KEY_ENV = "VIVAVOCE_WORKER_API_KEY"
-ROUTE_TRIES = 3
-"""Workers tried, one after another, before a connection fails."""
-CONNECT_TIMEOUT_SECS = 1.0
-"""A worker that does not complete the handshake within this is skipped (a dead host can take a minute)."""
 CHARS_PER_SEC = 14.0
 """A typical speaking rate, to tell how much of a sentence was heard when its worker died."""
-AVOID_SECS = 10.0
-"""A worker that failed or refused is not picked again for this long (its registry entry may outlive it)."""
 
 
 def worker_api_key(explicit: str | None = None, env: str = API_KEY_ENV) -> str | None:
@@ -106,10 +98,8 @@ class WorkerTTSService(WebsocketTTSService):
         if (url is None) == (registry is None) or (registry is not None and selector is None):
             raise ValueError("a worker TTS needs a url, or a registry and a selector")
         self._url = url
-        self._directory = WorkerDirectory(registry) if registry else None
-        self._selector = selector
-        self._worker: str | None = None  # the registry key of the worker in use
-        self._avoid: dict[str, float] = {}  # registry key -> when it failed
+        self._route = WorkerRoute(registry, selector) if registry else None
+        self._failing_over = False
         self._api_key = worker_api_key(api_key)
         self._max_audio_ms = max_audio_ms
         self._receive_task = None
@@ -163,6 +153,12 @@ class WorkerTTSService(WebsocketTTSService):
             self._receive_task = None
         await self._disconnect_websocket()
 
+    async def cleanup(self):
+        """Close the registry connections too (one route per conversation)."""
+        await super().cleanup()
+        if self._route is not None:
+            await self._route.close()
+
     async def _connect_websocket(self):
         try:
             if self._websocket and self._websocket.state is State.OPEN:
@@ -171,38 +167,28 @@ class WorkerTTSService(WebsocketTTSService):
             await self._call_event_handler("on_connected")
         except Exception as e:
             self._websocket = None
-            await self.push_error(
-                error_msg=f"cannot reach the worker at {self._url or self._selector}: {e}", exception=e
-            )
+            where = self._url or (self._route.selector if self._route else None)
+            await self.push_error(error_msg=f"cannot reach the worker at {where}: {e}", exception=e)
             await self._call_event_handler("on_connection_error", f"{e}")
 
     async def _open(self) -> Any:
         """A socket to the worker: the ``url``, or a worker picked from the registry."""
         headers = {"X-API-Key": self._api_key} if self._api_key else {}
-        if self._directory is None:
+        if self._route is None:
             return await self._websocket_connect(self._url, additional_headers=headers)
-        now = time.monotonic()
-        if self._worker is not None:  # connecting again: the last one failed
-            self._avoid[self._worker] = now
-        self._avoid = {key: at for key, at in self._avoid.items() if now - at < AVOID_SECS}
-        failure: Exception | None = None
-        for _ in range(ROUTE_TRIES):
-            entry = await self._directory.pick(self._selector, exclude=self._avoid)
-            if entry is None:
-                break
-            try:
-                websocket = await self._websocket_connect(
-                    entry.url, additional_headers=headers, open_timeout=CONNECT_TIMEOUT_SECS
-                )
-            except Exception as e:  # refused, unreachable or too slow: the next one
-                logger.warning(f"{self}: worker {entry.url} failed to connect ({e}); trying another")
-                self._avoid[entry.key] = time.monotonic()
-                failure = e
-                continue
-            self._worker, self._url = entry.key, entry.url
-            logger.debug(f"{self}: speaking through {entry.url} (load {entry.load:.2f})")
-            return websocket
-        raise ConnectionError(f"no ready {self._selector.family} worker in {self._directory.url} answered: {failure}")
+
+        async def open_socket(url: str, timeout_secs: float) -> Any:
+            return await self._websocket_connect(
+                url,
+                additional_headers=headers,
+                open_timeout=timeout_secs,
+                ping_interval=PING_INTERVAL_SECS,
+                ping_timeout=PING_TIMEOUT_SECS,
+            )
+
+        websocket = await self._route.connect(open_socket)
+        self._url = self._route.current.url
+        return websocket
 
     async def _disconnect_websocket(self):
         try:
@@ -256,13 +242,15 @@ class WorkerTTSService(WebsocketTTSService):
             (context_id, unspoken_rest(self._texts.get(request_id, ""), self._heard_ms.get(request_id, 0.0)))
             for request_id, context_id in self._request_context.items()
         ]
-        worker = self._worker
-        # pipecat's WebsocketTTSService closes every audio context here (a provider cannot resume one on a
-        # new connection) and the rest of the reply is lost; our workers can: skip to WebsocketService's.
-        reconnected = await WebsocketService._reconnect_websocket(self, attempt_number)
+        worker = self._route.current.key if self._route and self._route.current else None
+        self._failing_over = True
+        try:
+            reconnected = await super()._reconnect_websocket(attempt_number)
+        finally:
+            self._failing_over = False
         if not reconnected or not self._websocket:
             return reconnected
-        if worker is not None and self._worker != worker:
+        if worker is not None and self._route.current.key != worker:
             await self.on_worker_changed()
         for context_id, flushed in contexts.items():
             self._contexts[context_id] = _ContextRequests(flushed=flushed)
@@ -274,6 +262,12 @@ class WorkerTTSService(WebsocketTTSService):
         for context_id in list(contexts):
             await self._maybe_close(context_id)
         return reconnected
+
+    async def _close_connection_contexts(self):
+        """pipecat ends every audio context when a connection is replaced (a provider cannot resume one on a
+        new connection) and the rest of the reply is lost; our workers can, so a failover keeps them."""
+        if not self._failing_over:
+            await super()._close_connection_contexts()
 
     async def flush_audio(self, context_id: str | None = None):
         """The turn has no more text: close its context once its requests are done."""

@@ -11,6 +11,7 @@ Key layout (``workers/PROTOCOL.md``, "Registry"), written by each worker, read h
 
 A worker is picked by load with the power of two choices: two ready workers that match at random, the
 less loaded of them. Nothing here is a health check: the agent notices a dead worker on its socket.
+:class:`WorkerRoute` is one conversation's way to a worker (the TTS, ASR and Moshi clients share it).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,18 @@ REGISTRY_ENV = "VIVAVOCE_REGISTRY"
 """Where the registry is when a bot file or a worker does not say: ``redis://HOST:6379/0``."""
 
 KEY_PREFIX = "vivavoce"
+
+ROUTE_TRIES = 3
+"""Workers tried, one after another, before a connection fails."""
+CONNECT_TIMEOUT_SECS = 1.0
+"""A worker that does not complete the handshake within this is skipped (a dead host can take a minute)."""
+AVOID_SECS = 10.0
+"""A worker that failed or refused is not picked again for this long (its registry entry may outlive it)."""
+PING_INTERVAL_SECS = 2.0
+PING_TIMEOUT_SECS = 5.0
+"""Keepalive on a routed socket: a worker whose host vanished (no close ever comes) is noticed within about
+7 s instead of websockets' default 40 s. Workers answer pings from their event loop, which model work never
+blocks (it runs in a thread)."""
 
 
 def worker_key(family: str, boot_id: str) -> str:
@@ -220,3 +233,47 @@ def choose(candidates: list[WorkerEntry], rng: Any = random) -> WorkerEntry | No
         return candidates[0] if candidates else None
     first, second = rng.sample(candidates, 2)
     return first if first.load <= second.load else second
+
+
+class WorkerRoute:
+    """One conversation's way to a worker: picked from the registry by load, a short connect timeout, a few
+    tries; a worker that failed or refused is avoided for a while, so reconnecting lands on another."""
+
+    def __init__(self, registry: str, selector: Selector):
+        """Route to workers matching ``selector`` in the registry at ``registry`` (``redis://...``)."""
+        self.directory = WorkerDirectory(registry)
+        self.selector = selector
+        self.current: WorkerEntry | None = None
+        self._avoid: dict[str, float] = {}  # registry key -> when it failed
+
+    async def connect(self, open_socket: Callable[[str, float], Awaitable[Any]]) -> Any:
+        """A socket to a worker, from ``open_socket(url, timeout_secs)``; connecting again means the current
+        worker failed. :class:`ConnectionError` when no worker answers (:class:`RegistryUnavailableError` when
+        the registry does not)."""
+        now = time.monotonic()
+        if self.current is not None:
+            self._avoid[self.current.key] = now
+        self._avoid = {key: at for key, at in self._avoid.items() if now - at < AVOID_SECS}
+        failure: Exception | None = None
+        for _ in range(ROUTE_TRIES):
+            entry = await self.directory.pick(self.selector, exclude=self._avoid)
+            if entry is None:
+                break
+            try:
+                socket = await open_socket(entry.url, CONNECT_TIMEOUT_SECS)
+            except Exception as e:  # refused (full, draining), unreachable or too slow: the next one
+                logger.warning(f"{self.selector.family} worker {entry.url} failed to connect ({e}); trying another")
+                self._avoid[entry.key] = time.monotonic()
+                failure = e
+                continue
+            self.current = entry
+            logger.debug(f"routed to {self.selector.family} worker {entry.url} (load {entry.load:.2f})")
+            return socket
+        raise ConnectionError(
+            f"no ready {self.selector.family} worker in {self.directory.url} answered"
+            + (f": {failure}" if failure else "")
+        )
+
+    async def close(self) -> None:
+        """Close the registry connections."""
+        await self.directory.close()

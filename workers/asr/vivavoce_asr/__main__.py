@@ -10,10 +10,10 @@ from loguru import logger
 
 from vivavoce_asr import models as packaged
 from vivavoce_asr.engine import DEFAULT_MIN_WINDOW_SECS, WINDOWS_SECS, AsrModels, ModelThread, resolve_device
-from vivavoce_asr.server import DEFAULT_MAX_CONNECTIONS, create_app
+from vivavoce_asr.server import DEFAULT_MAX_CONNECTIONS, LiveStreams, create_app
 from vivavoce_asr.session import SessionSettings
 from vivavoce_asr.turns import TurnParams
-from vivavoce_worker.cli import add_common_args, auth_from_args, serve
+from vivavoce_worker.cli import add_common_args, auth_from_args, fleet_membership, serve
 
 DEFAULT_PORT = 8001
 
@@ -32,7 +32,8 @@ def parser() -> argparse.ArgumentParser:
         choices=WINDOWS_SECS,
         help="Whisper's shortest window: short turns are encoded in 10 s (faster, the agent's default) or 30 s",
     )
-    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, help="streams served at once")
+    p.add_argument("--max-connections", dest="max_sessions", type=int, help="the same as --max-sessions")
+    p.set_defaults(max_sessions=DEFAULT_MAX_CONNECTIONS)
     p.add_argument("--max-batch", type=int, default=16, help="requests run together in one model batch (1: one by one)")
     p.add_argument("--partial-interval", type=float, default=0.5, help="seconds of speech between partials (0: none)")
     p.add_argument("--vad-threshold", type=float, default=TurnParams.threshold, help="Silero speech probability")
@@ -83,7 +84,16 @@ def main() -> None:
         partial_interval_secs=args.partial_interval,
     )
     thread = ModelThread(models, max_batch=args.max_batch)
-    serve(create_app(thread, auth, settings=settings, max_connections=args.max_connections), args)
+    streams = LiveStreams()
+    admission, drain = fleet_membership(
+        args,
+        family="asr",
+        path="/v1/asr",
+        busy=streams.mid_turn,
+        stats=lambda: {"queue_depth": thread.depth},
+        models=[name],
+    )
+    serve(create_app(thread, auth, settings=settings, admission=admission, streams=streams), args, drain=drain)
 
 
 if __name__ == "__main__":

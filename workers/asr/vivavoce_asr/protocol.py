@@ -31,6 +31,7 @@ ERROR_CODES = (
     "config_after_audio",
     "bad_audio",
     "too_many_connections",
+    "draining",
     "engine_error",
 )
 

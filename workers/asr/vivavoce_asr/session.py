@@ -109,9 +109,15 @@ class AsrSession:
         self._verdict: Job | None = None
         self._prepared: dict[int, Job] = {}  # pause -> the final transcribed at that pause
         self._out: asyncio.Queue[dict[str, Any] | Awaitable[dict[str, Any] | None] | None] = asyncio.Queue()
+        self._awaiting = False  # the send loop waits for a final being transcribed
         self._tasks: set[asyncio.Task] = set()
         self._keep = round((settings.preroll_secs + settings.turn.start_secs) * MODEL_RATE) + 2 * WINDOW
         self._partial_step = round(settings.partial_interval_secs * MODEL_RATE)
+
+    @property
+    def mid_turn(self) -> bool:
+        """A turn is under way or its final has not been sent yet (what a drain waits for)."""
+        return self._turns.state is not State.IDLE or self._awaiting or not self._out.empty()
 
     # -- the socket ---------------------------------------------------------------------------------
 
@@ -154,9 +160,11 @@ class AsrSession:
     async def _send_loop(self) -> None:
         while True:
             item = await self._out.get()
+            self._awaiting = not isinstance(item, dict)
             message = item if isinstance(item, dict) else await item  # type: ignore[misc]
             if message is not None:
                 await self.ws.send_json(message)
+            self._awaiting = False  # sent: a drain may now close the socket
 
     def _spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task:
         task = asyncio.ensure_future(coroutine)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -97,6 +98,7 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.drain = drain
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_requested = False
 
     async def startup(self, sockets=None) -> None:
         """Remember the loop the signal handler hands the drain to."""
@@ -105,10 +107,10 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame) -> None:
         """First signal: drain, then exit; a second one (or one before start-up): uvicorn's own exit."""
-        if self.drain.started or self._loop is None:
+        if self._drain_requested or self._loop is None:
             super().handle_exit(sig, frame)
             return
-        self.drain.started = True
+        self._drain_requested = True
         self._loop.call_soon_threadsafe(self._start_drain)
 
     def _start_drain(self) -> None:
@@ -143,23 +145,50 @@ def run_worker(engine: Engine, args: argparse.Namespace, *, routers_for=None) ->
         f"{queue.loudness.target_lufs:g} LUFS" if queue.loudness else "off",
     )
     routers = routers_for(queue, auth) if routers_for else ()
+
+    def voices() -> list[str]:
+        listed = engine.health().get("voices") or []
+        return [v["id"] if isinstance(v, dict) else str(v) for v in listed]
+
+    admission, drain = fleet_membership(
+        args,
+        family=engine.name,
+        stats=lambda: {"queue_depth": queue.depth},
+        busy=lambda: queue.streaming,
+        voices=voices,
+    )
+    serve(create_app(engine, auth, queue=queue, routers=routers, admission=admission), args, drain=drain)
+
+
+def fleet_membership(
+    args: argparse.Namespace,
+    *,
+    family: str,
+    busy,
+    stats=lambda: {},
+    path: str = "/v1/stream",
+    models: Sequence[str] = (),
+    voices=(),
+) -> tuple[Admission, Drain]:
+    """A worker's admission (``--max-sessions``, refusing while draining) and its drain on SIGTERM, with its
+    registry entry when ``--registry`` is given (advertising ``path`` on this host, or ``--advertise-url``).
+
+    ``busy()``: requests in progress that a drain waits for; ``stats()``: live figures besides the active
+    sessions (e.g. ``queue_depth``); ``voices``: a list or a callable read at each refresh.
+    """
     admission = Admission(max_sessions=args.max_sessions)
     registration = None
     if args.registry:
         from vivavoce_worker.registration import Registration
 
-        def voices() -> list[str]:
-            listed = engine.health().get("voices") or []
-            return [v["id"] if isinstance(v, dict) else str(v) for v in listed]
-
         registration = Registration(
             args.registry,
-            family=engine.name,
-            url=advertised_url(args),
+            family=family,
+            url=advertised_url(args, path),
             max_sessions=args.max_sessions,
-            stats=lambda: {"active_sessions": admission.active, "queue_depth": queue.depth},
+            stats=lambda: {"active_sessions": admission.active, **stats()},
+            models=models,
             voices=voices,
             version=PROTOCOL,
         )
-    drain = Drain(admission, lambda: queue.streaming, registration, drain_secs=args.drain_secs)
-    serve(create_app(engine, auth, queue=queue, routers=routers, admission=admission), args, drain=drain)
+    return admission, Drain(admission, busy, registration, drain_secs=args.drain_secs)

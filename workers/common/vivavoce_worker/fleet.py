@@ -79,7 +79,10 @@ class Drain:
         self.started = False
 
     async def run(self, exit_now) -> None:
-        """Drain, then call ``exit_now()``."""
+        """Drain (once), then call ``exit_now()``."""
+        if self.started:
+            return
+        self.started = True
         self.admission.draining = True
         if self.registration is not None:
             await self.registration.drain()
