@@ -2,6 +2,12 @@
 
 A token is ``<expiry>.<HMAC-SHA256(secret, "<call_sid>.<expiry>")>``: it binds the stream to the call
 the signed webhook started, and stops working after ``ttl_secs``.
+
+Every process and host that may receive the stream needs the secret of the one that issued the token. The
+secret is, in order: the one given (the Twilio auth token, which every host has), $VIVAVOCE_STREAM_TOKEN_SECRET,
+the ``shared`` one (agent hosts with ``--registry`` agree on a random secret kept in Redis), or a random one
+for this process alone. In production set $VIVAVOCE_STREAM_TOKEN_SECRET (or use the auth token) rather than
+rely on the one in Redis: it is then in your secret store, not readable by whoever can read the Redis.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import hmac
 import os
 import secrets
 import time
+from collections.abc import Callable
 
 # Without an auth token (local development) the serving processes of `serve --workers N` still need one
 # secret between them: the webhook and the stream may reach different processes.
@@ -24,11 +31,18 @@ class InvalidCallToken(ValueError):
 class CallTokens:
     """Issues and verifies stream tokens with one secret (random per process unless given)."""
 
-    def __init__(self, secret: bytes | None = None, ttl_secs: float = 60.0):
-        """Tokens signed with ``secret`` (else $VIVAVOCE_STREAM_TOKEN_SECRET, else random) and valid for
-        ``ttl_secs``."""
-        shared = os.environ.get(SHARED_SECRET_ENV)
-        self._secret = secret or (shared.encode() if shared else secrets.token_bytes(32))
+    def __init__(
+        self, secret: bytes | None = None, ttl_secs: float = 60.0, *, shared: Callable[[], bytes] | None = None
+    ):
+        """Tokens signed with ``secret`` (else $VIVAVOCE_STREAM_TOKEN_SECRET, else ``shared()``, else random)
+        and valid for ``ttl_secs``."""
+        from_env = os.environ.get(SHARED_SECRET_ENV)
+        if secret:
+            self._secret = secret
+        elif from_env:
+            self._secret = from_env.encode()
+        else:
+            self._secret = shared() if shared else secrets.token_bytes(32)
         self._ttl = ttl_secs
 
     def _sign(self, call_sid: str, expiry: int) -> str:

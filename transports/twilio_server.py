@@ -5,6 +5,11 @@ TwiML that connects the call to ``wss://PUBLIC_HOST/twilio/ws`` with a short-liv
 ``WS /twilio/ws`` checks that token in the stream's ``start`` message before any pipeline starts, then
 runs the bot with pipecat's ``FastAPIWebsocketTransport`` and a hardened ``TwilioFrameSerializer``.
 Each call is its own pipeline: nothing one caller sends reaches another call.
+
+With a registry (agent hosts sharing a Redis, :mod:`vivavoce.call_store`) the TwiML's ``<Connect>`` also
+names ``action="PUBLIC/twilio/continue"``: Twilio requests it when the stream ends. A call whose host
+recorded its end is hung up there; one whose stream ended without it (its host died) is connected again,
+through the load balancer, to a live host, which goes on with the call's context from Redis.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from vivavoce.botfile import Bot
-from vivavoce.live_sessions import LiveSessions
+from vivavoce.live_sessions import LiveCalls, LiveSessions
 from vivavoce.session import Session
 from vivavoce.transports.call_tokens import CallTokens, InvalidCallToken
 from vivavoce.transports.catalog import TwilioTransportConfig
@@ -34,12 +39,16 @@ from vivavoce.transports.twilio_stream import MAX_MESSAGE_BYTES, PlayoutMarks, T
 from vivavoce.turns import Turn
 
 if TYPE_CHECKING:
+    from vivavoce.call_store import RedisCalls
     from vivavoce.server import ServeContext
 
 TWILIO_SAMPLE_RATE = 8000
 HANDSHAKE_TIMEOUT_SECS = 10.0
 MAX_MESSAGES_BEFORE_START = 50
 POLICY_VIOLATION = 1008  # WebSocket close code: the stream is not allowed
+CALL_OVER = {"completed", "busy", "failed", "no-answer", "canceled"}
+"""Twilio's CallStatus values of a call that has ended: its action gets a hang-up at once."""
+TRANSFERRED = "transferred"
 
 
 @dataclass
@@ -107,32 +116,95 @@ class TwilioCalls:
         *,
         observers: Callable[[CallRecord], list[BaseObserver]] | None = None,
         on_turn: Callable[[Turn], None] | None = None,
-        live: LiveSessions | None = None,
+        live: LiveCalls | None = None,
+        registry: RedisCalls | None = None,
     ):
         """Serve ``bot``; ``observers`` gives each call's pipeline more observers; ``on_turn`` gets every
-        completed turn of every call (metrics); ``live`` is shared with the other serving processes."""
+        completed turn of every call (metrics); ``live`` is shared with the other serving processes;
+        ``registry``: the Redis shared with other agent hosts (then also ``live``)."""
         self.bot = bot
         self._on_turn = on_turn
         self.settings = settings
+        self.registry = registry
         self.tokens = CallTokens(
-            secret=settings.auth_token.encode() if settings.auth_token else None, ttl_secs=settings.token_ttl_secs
+            secret=settings.auth_token.encode() if settings.auth_token else None,
+            ttl_secs=settings.token_ttl_secs,
+            shared=registry.shared_secret if registry else None,
         )
         self.calls: dict[str, CallRecord] = {}
-        self.live = live or LiveSessions()
+        self.live = live or registry or LiveSessions()
         self._observers = observers
         self._validator = RequestValidator(settings.auth_token) if settings.auth_token else None
         if settings.skip_signature:
             logger.warning("INSECURE: Twilio webhook signatures are NOT checked (--insecure-skip-signature)")
 
     def router(self) -> APIRouter:
-        """The FastAPI routes: POST /twilio/voice and WS /twilio/ws."""
+        """The FastAPI routes: POST /twilio/voice, WS /twilio/ws and, with a registry, POST /twilio/continue."""
         router = APIRouter()
         router.add_api_route("/twilio/voice", self.voice_webhook, methods=["POST"])
         router.add_api_websocket_route("/twilio/ws", self.media_stream)
+        if self.registry is not None:
+            router.add_api_route("/twilio/continue", self.continue_call, methods=["POST"])
         return router
 
     async def voice_webhook(self, request: Request) -> Response:
         """Twilio's voice webhook: verify the signature, answer TwiML connecting the call to the stream."""
+        params = await self._signed_form(request, "voice webhook")
+        if isinstance(params, Response):
+            return params
+        call_sid = params["CallSid"]
+        logger.info(f"Call {call_sid} from {params.get('From', '?')}: connecting to {self.settings.stream_url}")
+        return self._connect(call_sid)
+
+    async def continue_call(self, request: Request) -> Response:
+        """``<Connect action>``: the call's stream ended. Hang up a call that ended; connect again one whose
+        host died (it did not record the call's end), once that host's lease on it has expired."""
+        params = await self._signed_form(request, "stream's action")
+        if isinstance(params, Response):
+            return params
+        assert self.registry is not None
+        call_sid = params["CallSid"]
+        detail = ", ".join(f"{k} {params[k]}" for k in ("CallStatus", "StreamSid", "StreamError") if params.get(k))
+        if params.get("CallStatus") in CALL_OVER:
+            logger.info(f"Call {call_sid}: its stream ended with the call ({detail})")
+            return _twiml(_hang_up())
+        ended = await self._await_lease(call_sid)
+        if ended == TRANSFERRED:  # the call follows its new TwiML: nothing more to do here
+            logger.info(f"Call {call_sid}: its stream ended with its transfer")
+            return _twiml(VoiceResponse())
+        if ended:
+            logger.info(f"Call {call_sid}: its stream ended because the call did ({ended}): hanging up")
+            return _twiml(_hang_up())
+        logger.warning(f"Call {call_sid}: its stream ended but the call did not ({detail}): its agent host died? "
+                       f"Connecting it again to {self.settings.stream_url}")
+        return self._connect(call_sid)
+
+    async def _await_lease(self, call_sid: str) -> str | None:
+        """How the call ended, or None (go on with it) once no host holds its lease any more.
+
+        A dead host's lease lasts until it expires; a live host that is ending the call records the end
+        before it releases the lease. Redis failing: go on (a caller left in silence is the worse outcome).
+        """
+        assert self.registry is not None
+        from vivavoce.call_store import LEASE_SECS
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEASE_SECS + 2
+        try:
+            while True:
+                ended = await asyncio.to_thread(self.registry.ended, call_sid)
+                if ended or not await asyncio.to_thread(self.registry.is_claimed, call_sid):
+                    return ended
+                if loop.time() > deadline:
+                    logger.warning(f"Call {call_sid}: its lease is still held after {LEASE_SECS + 2:.0f} s")
+                    return None
+                await asyncio.sleep(0.2)
+        except ConnectionError as e:  # RegistryUnavailableError
+            logger.warning(f"Call {call_sid}: the call registry does not answer ({e}): connecting it again")
+            return None
+
+    async def _signed_form(self, request: Request, what: str) -> dict[str, str] | Response:
+        """The request's form once its Twilio signature is checked and it names a call; else the error."""
         form = await request.form()
         params = {key: str(value) for key, value in form.items()}
         if not self.settings.skip_signature:
@@ -140,19 +212,22 @@ class TwilioCalls:
             # Twilio signs the URL it called: the public one, not the one behind the tunnel.
             url = self.settings.public_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
             if not signature or not self._validator or not self._validator.validate(url, params, signature):
-                logger.warning(f"Rejected a voice webhook with a {'wrong' if signature else 'missing'} signature")
+                logger.warning(f"Rejected a {what} with a {'wrong' if signature else 'missing'} signature")
                 return Response("invalid Twilio signature", status_code=403, media_type="text/plain")
-        call_sid = params.get("CallSid", "")
-        if not call_sid.startswith("CA"):
+        if not params.get("CallSid", "").startswith("CA"):
             return Response("missing CallSid", status_code=400, media_type="text/plain")
+        return params
+
+    def _connect(self, call_sid: str) -> Response:
+        """TwiML connecting the call to the stream with a fresh token (and, with a registry, the action)."""
         response = VoiceResponse()
-        connect = Connect()
+        action = f"{self.settings.public_url}/twilio/continue" if self.registry is not None else None
+        connect = Connect(action=action) if action else Connect()
         stream = Stream(url=self.settings.stream_url)
         stream.parameter(name="token", value=self.tokens.issue(call_sid))
         connect.append(stream)
         response.append(connect)
-        logger.info(f"Call {call_sid} from {params.get('From', '?')}: connecting to {self.settings.stream_url}")
-        return Response(str(response), media_type="application/xml")
+        return _twiml(response)
 
     async def media_stream(self, websocket: WebSocket) -> None:
         """One call's media stream: handshake, token check, then the bot's pipeline until the call ends."""
@@ -173,7 +248,8 @@ class TwilioCalls:
             return
         call_sid = start["call_sid"]
         try:
-            claimed = self.live.claim(call_sid)
+            # Off the event loop: a claim is a file or a Redis round trip, and other calls' audio flows here.
+            claimed = await asyncio.to_thread(self.live.claim, call_sid)
         except ValueError as e:
             await _close(websocket, str(e))
             return
@@ -184,7 +260,7 @@ class TwilioCalls:
         try:
             await self._run_call(websocket, start)
         finally:
-            self.live.release(call_sid)
+            await asyncio.to_thread(self.live.release, call_sid)
 
     async def _read_start(self, websocket: WebSocket) -> dict[str, Any]:
         """Read up to the ``start`` message; validate it and the call's token."""
@@ -246,6 +322,7 @@ class TwilioCalls:
         )
         marks = PlayoutMarks(stream_sid)
         record = CallRecord(call_sid=call_sid, stream_sid=stream_sid, serializer=serializer, marks=marks)
+        history = await self._history(call_sid)
         session = Session(
             self.bot,
             transport,
@@ -255,15 +332,24 @@ class TwilioCalls:
             after_input=[DTMFAggregator(enable_direct_mode=True)],
             before_output=[marks],
             narrowband_input=True,
+            history=history,
         )
+        control = None
         if can_hang_up:
-            TwilioCallControl(
+            control = _CallControl(
                 account_sid=settings.account_sid or "",
                 auth_token=settings.auth_token or "",
                 call_sid=call_sid,
                 api_base_url=settings.api_base_url,
                 transfer_to=settings.transfer_to,
-            ).offer_tools(session.conversation)
+            )
+            control.offer_tools(session.conversation)
+        keeper = None
+        if self.registry is not None:
+            from vivavoce.call_store import ContextKeeper
+
+            keeper = ContextKeeper(self.registry, call_sid, session.conversation.context)
+            keeper.follow(session.conversation.user_aggregator, session.conversation.assistant_aggregator)
         session.end_when("on_client_disconnected")
         self.calls[call_sid] = record
         logger.info(f"Call {call_sid}: stream {stream_sid} started")
@@ -277,6 +363,34 @@ class TwilioCalls:
             if sum(serializer.rejected.values()):
                 logger.info(f"Call {call_sid}: dropped messages {dict(serializer.rejected)}")
             logger.info(f"Call {call_sid} ended")
+        # Not reached when the task is cancelled (the server stops): the call is not over then.
+        if keeper is not None:
+            await keeper.flush()
+            reason = TRANSFERRED if control and control.transferring else "hung up" if serializer.stopped else "ended"
+            await self._record_end(call_sid, reason)
+
+    async def _history(self, call_sid: str) -> list[dict[str, Any]]:
+        """The call's earlier LLM context from the registry: it goes on from another host."""
+        if self.registry is None:
+            return []
+        try:
+            history = await asyncio.to_thread(self.registry.load_context, call_sid)
+        except (ConnectionError, ValueError) as e:  # RegistryUnavailableError, or not JSON
+            logger.warning(f"Call {call_sid}: cannot read its earlier context from the call registry: {e}")
+            return []
+        if history:
+            logger.info(
+                f"Call {call_sid}: continues on this host with its context restored from the call registry "
+                f"({len(history)} earlier messages); no greeting"
+            )
+        return history
+
+    async def _record_end(self, call_sid: str, reason: str) -> None:
+        assert self.registry is not None
+        try:
+            await asyncio.to_thread(self.registry.end_call, call_sid, reason)
+        except ConnectionError as e:  # RegistryUnavailableError
+            logger.warning(f"Call {call_sid}: cannot record its end ({reason}) in the call registry: {e}")
 
 
 def serve(app: FastAPI, context: ServeContext) -> None:
@@ -285,13 +399,39 @@ def serve(app: FastAPI, context: ServeContext) -> None:
     settings = TwilioServerSettings.from_bot(
         context.bot.spec.transport, public_url=context.public_url, skip_signature=context.skip_signature
     )
-    calls = TwilioCalls(context.bot, settings, on_turn=context.on_turn, live=context.live)
+    calls = TwilioCalls(context.bot, settings, on_turn=context.on_turn, live=context.live, registry=context.registry)
     app.include_router(calls.router())
     app.state.calls = calls
 
 
+class _CallControl(TwilioCallControl):
+    """The call's REST tools, remembering a transfer: the call's end is then recorded as one."""
+
+    transferring = False
+
+    async def transfer(self, number: str | None = None) -> None:
+        """See :meth:`TwilioCallControl.transfer`."""
+        # Set first: the redirect ends the stream, maybe before the REST call returns.
+        self.transferring = True
+        try:
+            await super().transfer(number)
+        except BaseException:
+            self.transferring = False
+            raise
+
+
 class _Rejected(Exception):
     """The stream is closed before any pipeline starts; the message is the close reason."""
+
+
+def _hang_up() -> VoiceResponse:
+    response = VoiceResponse()
+    response.hangup()
+    return response
+
+
+def _twiml(response: VoiceResponse) -> Response:
+    return Response(str(response), media_type="application/xml")
 
 
 async def _close(websocket: WebSocket, reason: str) -> None:

@@ -146,6 +146,7 @@ def build_conversation(
     after_input: Sequence[FrameProcessor] = (),
     before_output: Sequence[FrameProcessor] = (),
     narrowband_input: bool = False,
+    history: Sequence[dict[str, Any]] = (),
 ) -> Conversation:
     """Build one conversation of ``bot`` over ``transport``.
 
@@ -154,12 +155,15 @@ def build_conversation(
     aggregator (which then records what was actually spoken). The caller's audio ends after the last
     step that uses it (the user aggregator, or a later stage that hears it, e.g. CSM), the bot's audio
     after the output transport. ``narrowband_input``: the caller's audio comes from an 8 kHz source
-    (a phone line), so the VAD can score it at 8 kHz as it is.
+    (a phone line), so the VAD can score it at 8 kHz as it is. ``history``: the LLM context messages of a
+    conversation that goes on (a call taken over from another host): the LLM starts with them, and the bot
+    does not greet again.
     """
     processors = {
         stage.index: _create(stage, BuildContext(system_prompt=bot.spec.system_prompt)) for stage in bot.stages
     }
     context = LLMContext()
+    context.set_messages(list(history))
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
@@ -196,7 +200,7 @@ def build_conversation(
         idle_timeout_secs=idle_timeout_secs,
         name=f"vivavoce:{bot.name}",
     )
-    if bot.spec.greeting:
+    if bot.spec.greeting and not history:
         _greet_on_start(worker, bot.spec.greeting)
     return Conversation(
         bot=bot,

@@ -25,6 +25,7 @@ from vivavoce.botfile import Bot, BotFileError, bot_file_model, load_bot  # noqa
 from vivavoce.console import console, model_loading_progress, print_error, print_problems, print_turns  # noqa: E402
 from vivavoce.packaged_models import ModelNotFoundError  # noqa: E402
 from vivavoce.registry import MissingDependencyError, TransportUnavailableError  # noqa: E402
+from vivavoce.worker_directory import REGISTRY_ENV, RegistryUnavailableError  # noqa: E402
 
 app = typer.Typer(
     help="vivavoce: self-hosted, real-time voice agents declared as pipeline files.",
@@ -141,6 +142,14 @@ def serve(
             "process is bound to one core by Python). Each loads the bot's models.",
         ),
     ] = 1,
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            envvar=REGISTRY_ENV,
+            help="redis://HOST:6379/0: agent hosts behind one load balancer share live calls, their "
+            "conversations and the stream-token secret there; a call whose host dies goes on on another.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show pipecat's debug log.")] = False,
 ) -> None:
     """Serve a bot over its transport (twilio: webhook + Media Streams; webrtc: signalling + playground at /)."""
@@ -151,10 +160,12 @@ def serve(
     _configure_logging(verbose, default="INFO")
     bot = _load(bot_file)
     try:
-        app = create_app(bot, public_url=public_url, skip_signature=insecure_skip_signature)
+        # Built here even for --workers N (each process builds its own): what is misconfigured, or a registry
+        # that does not answer, is said once, before any process starts.
+        app = create_app(bot, public_url=public_url, skip_signature=insecure_skip_signature, registry=registry)
         if workers == 1:
             _load_models(bot, done=f"is listening on http://{host}:{port}")
-    except ValueError as e:
+    except (ValueError, RegistryUnavailableError) as e:
         print_error(str(e))
         raise typer.Exit(EXIT_USER_ERROR) from None
     except (ModelNotFoundError, MissingDependencyError) as e:
@@ -174,11 +185,17 @@ def serve(
         settle_after_startup()
         uvicorn.run(app, **options)
         return
-    _serve_processes(bot_file, workers, public_url, insecure_skip_signature, verbose, options)
+    _serve_processes(bot_file, workers, public_url, insecure_skip_signature, registry, verbose, options)
 
 
 def _serve_processes(
-    bot_file: Path, workers: int, public_url: str | None, skip_signature: bool, verbose: bool, options: dict
+    bot_file: Path,
+    workers: int,
+    public_url: str | None,
+    skip_signature: bool,
+    registry: str | None,
+    verbose: bool,
+    options: dict,
 ) -> None:
     """``workers`` processes on the port (SO_REUSEPORT); each builds the app itself."""
     import secrets
@@ -200,7 +217,10 @@ def _serve_processes(
             "VIVAVOCE_LOG_LEVEL": "DEBUG" if verbose else os.environ.get("VIVAVOCE_LOG_LEVEL", "INFO"),
         }
     )
-    os.environ.setdefault(SHARED_SECRET_ENV, secrets.token_hex(32))
+    if registry:
+        os.environ[REGISTRY_ENV] = registry  # the processes share the secret with the other hosts, through it
+    else:
+        os.environ.setdefault(SHARED_SECRET_ENV, secrets.token_hex(32))
     if public_url:
         os.environ[PUBLIC_URL_ENV] = public_url
     if skip_signature:

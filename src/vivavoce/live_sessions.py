@@ -1,10 +1,14 @@
-"""Which sessions (calls) are live, across every process serving one bot.
+"""Which sessions (calls) are live, across every process (and host) serving one bot.
 
-`vivavoce serve --workers N` runs N processes behind one port; a call's media stream may land on any of
-them. Each live session is a file named after it in a directory the processes share, created with
-O_EXCL, so a second stream for the same call is refused whichever process it reaches, and /health
-counts every process's sessions. A process that dies leaves its files behind; they name its pid, so
-they are recognised as stale and ignored.
+A call's media stream may land on any serving process, so a claim on its id is taken where every process
+sees it: a second stream for the same call is refused whichever process it reaches, and /health counts
+every process's sessions. :class:`LiveCalls` is that interface; it has two implementations:
+
+- :class:`LiveSessions` (one host, `vivavoce serve --workers N`): each live session is a file named after
+  it in a directory the processes share, created atomically. A process that dies leaves its files behind;
+  they name its pid, so they are recognised as stale and ignored.
+- :class:`vivavoce.call_store.RedisCalls` (many hosts, `vivavoce serve --registry redis://...`): each claim
+  is a Redis lease renewed while the call lives, which expires a few seconds after its host dies.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 from loguru import logger
@@ -19,8 +24,39 @@ from loguru import logger
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
-class LiveSessions:
-    """Claims on session ids in a directory shared by the serving processes."""
+def check_session_id(session_id: str) -> str:
+    """``session_id`` if it is safe as a file or key name; ``ValueError`` otherwise."""
+    if not _SAFE_NAME.match(session_id):
+        raise ValueError(f"not a valid session id: {session_id[:40]!r}")
+    return session_id
+
+
+class LiveCalls(ABC):
+    """Claims on live session ids shared by every process serving one bot.
+
+    The methods are synchronous and short (a file or one Redis round trip): servers that must not block
+    their event loop call :meth:`claim` and :meth:`release` through ``asyncio.to_thread``.
+    """
+
+    @abstractmethod
+    def claim(self, session_id: str) -> bool:
+        """Mark ``session_id`` live for this process; False when a live process already holds it.
+        ``ValueError`` when the id is not a valid session id."""
+
+    @abstractmethod
+    def release(self, session_id: str) -> None:
+        """The session ended (only the holder's claim is removed)."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """Live sessions in all processes."""
+
+    def close(self) -> None:  # noqa: B027 - optional: most implementations hold nothing to close
+        """Stop what runs in the background and close connections."""
+
+
+class LiveSessions(LiveCalls):
+    """Claims on session ids in a directory shared by the serving processes of one host."""
 
     def __init__(self, directory: str | Path | None = None):
         """``directory`` is shared by all processes of one server; a private temporary one by default."""
@@ -61,9 +97,7 @@ class LiveSessions:
         return sum(1 for path in self.directory.iterdir() if not path.name.startswith(".") and self._holder_alive(path))
 
     def _path(self, session_id: str) -> Path:
-        if not _SAFE_NAME.match(session_id):
-            raise ValueError(f"not a valid session id: {session_id[:40]!r}")
-        return self.directory / session_id
+        return self.directory / check_session_id(session_id)
 
     @staticmethod
     def _holder_alive(path: Path) -> bool:

@@ -10,14 +10,18 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Response
 from loguru import logger
 
 from vivavoce.botfile import Bot
-from vivavoce.live_sessions import LiveSessions
+from vivavoce.live_sessions import LiveCalls, LiveSessions
 from vivavoce.metrics import ServeMetrics
 from vivavoce.turns import Turn
+
+if TYPE_CHECKING:
+    from vivavoce.call_store import RedisCalls
 
 PUBLIC_URL_ENV = "VIVAVOCE_PUBLIC_URL"
 # How `vivavoce serve --workers N` tells each serving process what to serve (see app_from_environment).
@@ -31,30 +35,47 @@ class ServeContext:
     """What a transport's ``serve`` gets: the bot, and what the server shares with every session."""
 
     bot: Bot
-    live: LiveSessions
-    """The sessions live in every process serving this bot (claims, counts)."""
+    live: LiveCalls
+    """The sessions live in every process (and host) serving this bot (claims, counts)."""
     on_turn: Callable[[Turn], None]
     """Called with every finished turn of every session (the metrics)."""
     public_url: str | None = None
     """Where clients reach the server from outside (a tunnel, a load balancer), if given."""
     skip_signature: bool = False
     """Accept unsigned webhooks (local development only)."""
+    registry: RedisCalls | None = None
+    """The Redis shared by agent hosts (``--registry``): also ``live``. None on one host."""
 
 
 def create_app(
-    bot: Bot, *, public_url: str | None = None, skip_signature: bool = False, live: LiveSessions | None = None
+    bot: Bot,
+    *,
+    public_url: str | None = None,
+    skip_signature: bool = False,
+    live: LiveCalls | None = None,
+    registry: str | None = None,
 ) -> FastAPI:
     """The app for ``bot``: its transport's routes plus ``GET /health`` and ``GET /metrics``.
 
     ``live`` is the session registry shared by all processes serving this bot (one process: its own).
-    Raises ``ValueError`` with what to fix when the transport cannot be served as configured.
+    ``registry`` (``redis://HOST:PORT/DB``): agent hosts share live calls, their context and the stream-token
+    secret there (see :mod:`vivavoce.call_store`); :class:`~vivavoce.worker_directory.RegistryUnavailableError`
+    names it when it does not answer. Raises ``ValueError`` with what to fix when the transport cannot be
+    served as configured.
     """
     app = FastAPI(title=f"vivavoce: {bot.name}", docs_url=None, redoc_url=None)
     started = time.time()
     transport = bot.spec.transport
     public_url = public_url or os.environ.get(PUBLIC_URL_ENV)
 
+    calls = None
+    if registry:
+        from vivavoce.call_store import RedisCalls
+
+        live = calls = RedisCalls(registry)
+        logger.info(f"live calls, their context and the stream-token secret are shared through {registry}")
     live = live or LiveSessions(os.environ.get(LIVE_SESSIONS_ENV) or None)
+    app.router.on_shutdown.append(live.close)
     metrics = ServeMetrics(active_sessions=live.count)
     if bot.transport.serve is None:
         raise ValueError(f"transport '{transport.kind}' is not served over HTTP: use `vivavoce run`")
@@ -62,7 +83,12 @@ def create_app(
     serve(
         app,
         ServeContext(
-            bot=bot, live=live, on_turn=metrics.observe_turn, public_url=public_url, skip_signature=skip_signature
+            bot=bot,
+            live=live,
+            on_turn=metrics.observe_turn,
+            public_url=public_url,
+            skip_signature=skip_signature,
+            registry=calls,
         ),
     )
     app.state.metrics = metrics
@@ -95,8 +121,12 @@ def app_from_environment() -> FastAPI:
 
     configure_logging(default="INFO")
     apply_realtime_env()
+    from vivavoce.worker_directory import REGISTRY_ENV
+
     bot = load_bot(os.environ[SERVE_BOT_ENV])
-    app = create_app(bot, skip_signature=os.environ.get(SKIP_SIGNATURE_ENV) == "1")
+    app = create_app(
+        bot, skip_signature=os.environ.get(SKIP_SIGNATURE_ENV) == "1", registry=os.environ.get(REGISTRY_ENV) or None
+    )
     load_models(bot)
     settle_after_startup()
     logger.info(f"process {os.getpid()} serves {bot.name} with its models loaded")

@@ -34,7 +34,8 @@ class Session:
     ``observers``: more pipecat observers for this session. ``on_turn``: called with each finished turn
     (metrics). ``timeline``/``speech_onset``: how the recorder times frames (a file transport's input
     timeline; the pipeline clock by default). ``enable_rtvi``: pipecat's RTVI, and each answered turn's
-    latency sent to the client over it. The rest is :func:`vivavoce.builder.build_conversation`'s.
+    latency sent to the client over it. ``history``: earlier LLM context messages of a conversation that
+    goes on (no greeting then). The rest is :func:`vivavoce.builder.build_conversation`'s.
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class Session:
         after_input: Sequence[FrameProcessor] = (),
         before_output: Sequence[FrameProcessor] = (),
         narrowband_input: bool = False,
+        history: Sequence[dict[str, Any]] = (),
     ):
         """Build the session's pipeline (models load on first use: see :meth:`prepare`)."""
         self.bot = bot
@@ -69,6 +71,7 @@ class Session:
             after_input=after_input,
             before_output=before_output,
             narrowband_input=narrowband_input,
+            history=history,
         )
         self.recorder.roles = self.conversation.processor_roles()
         self.recorder.follow(self.conversation.assistant_aggregator)
