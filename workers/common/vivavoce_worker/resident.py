@@ -16,6 +16,10 @@ before the worker serves. Family-independent: the loader and ``on_evict`` hold e
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import gc
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +30,20 @@ from typing import Any, Generic, TypeVar
 from loguru import logger
 
 M = TypeVar("M")
+
+
+def return_freed_memory() -> None:
+    """Collect cycles, then hand the C heap's free pages back to the system (glibc's ``malloc_trim``).
+
+    Without it an evicted model's memory stays in the allocator's per-thread arenas: measured on the Piper worker,
+    RSS grew by ~7 MB per load-and-evict cycle; with it RSS stays flat (bench/README.md, ``resident.py``).
+    """
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc:
+        trim = getattr(ctypes.CDLL(libc), "malloc_trim", None)  # glibc only
+        if trim is not None:
+            trim(0)
 
 
 @dataclass
@@ -48,7 +66,8 @@ class ResidentModels(Generic[M]):
     (None or 0: never); ``min_residency_s``: never evict a model loaded less than this ago; ``clock``: the
     time source (seconds, monotonic; tests pass their own); ``on_evict(key, model)``: frees what dropping the
     reference does not (e.g. a GPU cache); ``kind``: what the models are, for logs; ``sweep_every_s``: how often
-    idle models are looked for unasked, once ``start`` ran (None: only on ``release``, new loads and ``sweep``).
+    idle models are looked for unasked, once ``start`` ran (None: only on ``release``, new loads and ``sweep``);
+    ``trim_after_evict``: give an evicted model's memory back to the system (``return_freed_memory``).
     """
 
     def __init__(
@@ -64,18 +83,21 @@ class ResidentModels(Generic[M]):
         max_parallel_loads: int = 1,
         history: int = 32,
         sweep_every_s: float | None = 1.0,
+        trim_after_evict: bool = True,
     ):
         """Nothing is loaded until ``load_now`` or ``acquire``."""
         if cap is not None and cap < 1:
             raise ValueError(f"the resident cap must be at least 1, not {cap}")
         self._loader, self._on_evict, self._clock = loader, on_evict, clock
         self.cap, self.idle_ttl_s, self.min_residency_s = cap, idle_ttl_s or None, min_residency_s
-        self.kind, self.sweep_every_s = kind, sweep_every_s
+        self.kind, self.sweep_every_s, self.trim_after_evict = kind, sweep_every_s, trim_after_evict
         self._entries: dict[str, _Entry[M]] = {}
         self.loads = self.evictions = self.load_failures = 0
         self.events: deque[dict[str, Any]] = deque(maxlen=history)  # the latest loads and evictions, for /health
         # Loads get their own threads: a voice loading never holds up the generation of the others.
         self._executor = ThreadPoolExecutor(max_workers=max_parallel_loads, thread_name_prefix=f"{kind}-load")
+        # Trimming gets its own thread too: a load that evicted to make room does not wait for it.
+        self._trimmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{kind}-trim")
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
 
@@ -262,6 +284,10 @@ class ResidentModels(Generic[M]):
                 self._on_evict(entry.key, model)  # type: ignore[arg-type]
             except Exception:
                 logger.exception("freeing {} {} failed", self.kind, entry.key)
+        del model
+        if self.trim_after_evict:
+            with contextlib.suppress(RuntimeError):  # after stop(): the process is exiting anyway
+                self._trimmer.submit(return_freed_memory)
         return entry.key
 
     def _event(self, event: str, key: str, **facts: Any) -> None:
@@ -280,6 +306,7 @@ class ResidentModels(Generic[M]):
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._trimmer.shutdown(wait=False, cancel_futures=True)
 
     async def _sweep_every(self, interval_s: float) -> None:
         while True:
