@@ -10,6 +10,7 @@ conversation. The bot (tests/fleet_agent_bot.yaml) has a real LLM context and no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -31,14 +32,18 @@ from twilio_support import (
     PUBLIC_URL,
     Line,
     TwilioApiStandIn,
+    answer_call,
+    serving as serving_app,
     sign,
     stream_token,
     twilio_environ,
     voice_params,
     wait_until,
 )
+from vivavoce.botfile import load_bot
 from vivavoce.call_store import RedisCalls, call_key
 from vivavoce.samples import conversation
+from vivavoce.server import create_app
 from vivavoce.testing.media_streams import MediaStreamsCaller, call_sid
 from vivavoce.testing.processes import free_port, serving
 from vivavoce.testing.redis_server import RedisServer
@@ -132,44 +137,60 @@ def test_serve_with_an_unreachable_registry_is_a_clear_error() -> None:
     assert "Traceback" not in result.stderr
 
 
+async def test_a_call_taken_over_before_its_answer_is_answered_at_once(redis_server, store, monkeypatch) -> None:
+    """Its host died between the caller's words and the answer: the next host answers them, without a greeting."""
+    sid = call_sid()
+    earlier = [{"role": "assistant", "content": GREETING}, {"role": "user", "content": CALLER_WORDS}]
+    store.set(call_key(sid, "context"), json.dumps(earlier))
+    with TwilioApiStandIn() as api:
+        environ = twilio_environ(TWILIO_API_BASE_URL=api.url)
+        for name, value in environ.items():
+            monkeypatch.setenv(name, value)
+        app = create_app(load_bot(BOT, environ=environ), registry=redis_server.url)
+        try:
+            async with serving_app(app) as running:
+                token = await answer_call(running, sid)
+                async with MediaStreamsCaller(running.ws, token=token, call=sid) as caller, Line(caller):
+                    await wait_until(lambda: answered(store, sid, "Answer 1:"), 20, "the answer to the earlier words")
+        finally:
+            app.state.calls.registry.close()
+    assert [m["content"] for m in messages(store, sid) if m["role"] == "assistant"] == [
+        GREETING,
+        "Answer 1: you have spoken 1 times.",
+    ]
+
+
 # --- two agent hosts ------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Host:
-    name: str
-    port: int
+    """One agent host: its `vivavoce serve` process, its log, where it listens."""
+
     process: subprocess.Popen
     log: Path
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/twilio/ws"
+    http: str
+    ws: str
 
 
 @pytest.fixture(scope="module")
 def hosts(redis_server: RedisServer, tmp_path_factory) -> Iterator[tuple[Host, Host]]:
     """Hosts A and B behind one public URL (the load balancer), sharing the Redis."""
     logs = tmp_path_factory.mktemp("hosts")
+    a_port, b_port = free_port(), free_port()
     with TwilioApiStandIn() as api:
         env = {**os.environ, **twilio_environ(TWILIO_API_BASE_URL=api.url), "PYTHONPATH": _pythonpath()}
-        started: list[Host] = []
 
-        def start(name: str):
-            port = free_port()
+        def serve(port: int, log: Path) -> contextlib.AbstractContextManager[subprocess.Popen]:
             command = [sys.executable, "-m", "vivavoce.cli", "serve", str(BOT), "--port", str(port),
                        "--registry", redis_server.url]
-            return port, serving(command, health=f"http://127.0.0.1:{port}/health", env=env, log=logs / f"{name}.log")
+            return serving(command, health=f"http://127.0.0.1:{port}/health", env=env, log=log)
 
-        port_a, serve_a = start("a")
-        port_b, serve_b = start("b")
-        with serve_a as a, serve_b as b:
-            started += [Host("A", port_a, a, logs / "a.log"), Host("B", port_b, b, logs / "b.log")]
-            yield started[0], started[1]
+        with serve(a_port, logs / "a.log") as a, serve(b_port, logs / "b.log") as b:
+            yield tuple(
+                Host(process, logs / f"{name}.log", f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/twilio/ws")
+                for name, port, process in (("a", a_port, a), ("b", b_port, b))
+            )
 
 
 def _pythonpath() -> str:

@@ -29,7 +29,7 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from vivavoce.botfile import Bot
-from vivavoce.live_sessions import LiveCalls, LiveSessions
+from vivavoce.live_sessions import LiveCalls, LiveSessions, check_session_id
 from vivavoce.session import Session
 from vivavoce.transports.call_tokens import CallTokens, InvalidCallToken
 from vivavoce.transports.catalog import TwilioTransportConfig
@@ -164,6 +164,10 @@ class TwilioCalls:
             return params
         assert self.registry is not None
         call_sid = params["CallSid"]
+        try:
+            check_session_id(call_sid)  # it names keys in the registry
+        except ValueError as e:
+            return Response(str(e), status_code=400, media_type="text/plain")
         detail = ", ".join(f"{k} {params[k]}" for k in ("CallStatus", "StreamSid", "StreamError") if params.get(k))
         if params.get("CallStatus") in CALL_OVER:
             logger.info(f"Call {call_sid}: its stream ended with the call ({detail})")
@@ -186,17 +190,16 @@ class TwilioCalls:
         before it releases the lease. Redis failing: go on (a caller left in silence is the worse outcome).
         """
         assert self.registry is not None
-        from vivavoce.call_store import LEASE_SECS
-
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + LEASE_SECS + 2
+        patience = self.registry.lease_secs + 2
+        deadline = loop.time() + patience
         try:
             while True:
                 ended = await asyncio.to_thread(self.registry.ended, call_sid)
                 if ended or not await asyncio.to_thread(self.registry.is_claimed, call_sid):
                     return ended
                 if loop.time() > deadline:
-                    logger.warning(f"Call {call_sid}: its lease is still held after {LEASE_SECS + 2:.0f} s")
+                    logger.warning(f"Call {call_sid}: its lease is still held after {patience:.0f} s")
                     return None
                 await asyncio.sleep(0.2)
         except ConnectionError as e:  # RegistryUnavailableError

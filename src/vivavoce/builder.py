@@ -10,7 +10,7 @@ from typing import Any
 
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.vad_analyzer import VADParams
-from pipecat.frames.frames import InputAudioRawFrame, OutputAudioRawFrame, TTSSpeakFrame
+from pipecat.frames.frames import Frame, InputAudioRawFrame, LLMRunFrame, OutputAudioRawFrame, TTSSpeakFrame
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -156,8 +156,8 @@ def build_conversation(
     step that uses it (the user aggregator, or a later stage that hears it, e.g. CSM), the bot's audio
     after the output transport. ``narrowband_input``: the caller's audio comes from an 8 kHz source
     (a phone line), so the VAD can score it at 8 kHz as it is. ``history``: the LLM context messages of a
-    conversation that goes on (a call taken over from another host): the LLM starts with them, and the bot
-    does not greet again.
+    conversation that goes on (a call taken over from another host): the LLM starts with them, the bot does
+    not greet again, and it answers at once if the caller's last words were not answered.
     """
     processors = {
         stage.index: _create(stage, BuildContext(system_prompt=bot.spec.system_prompt)) for stage in bot.stages
@@ -200,8 +200,11 @@ def build_conversation(
         idle_timeout_secs=idle_timeout_secs,
         name=f"vivavoce:{bot.name}",
     )
-    if bot.spec.greeting and not history:
-        _greet_on_start(worker, bot.spec.greeting)
+    if history:
+        if history[-1].get("role") == "user":  # the answer was lost with the host that was to give it
+            _on_start(worker, LLMRunFrame())
+    elif bot.spec.greeting:
+        _on_start(worker, TTSSpeakFrame(bot.spec.greeting))
     return Conversation(
         bot=bot,
         worker=worker,
@@ -263,7 +266,9 @@ def _gates_answers(bot: Bot) -> bool:
     return bot.spec.turn_taking.end_of_turn.model == "adaptive" and bot.stage("stt") is not None
 
 
-def _greet_on_start(worker: PipelineWorker, greeting: str) -> None:
+def _on_start(worker: PipelineWorker, frame: Frame) -> None:
+    """Queue ``frame`` (the greeting, or a run of the LLM) once the pipeline has started."""
+
     @worker.event_handler("on_pipeline_started")
-    async def _greet(_worker: PipelineWorker, *_args: Any) -> None:
-        await worker.queue_frame(TTSSpeakFrame(greeting))
+    async def _first(_worker: PipelineWorker, *_args: Any) -> None:
+        await worker.queue_frame(frame)

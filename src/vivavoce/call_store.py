@@ -126,6 +126,7 @@ class RedisCalls(LiveCalls):
 
         self.url = url
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.lease_secs = lease_secs
         self._lease_ms = int(lease_secs * 1000)
         self._renew_secs = renew_secs
         self._redis = Redis.from_url(

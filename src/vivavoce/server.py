@@ -6,6 +6,7 @@ adds ``GET /health`` and ``GET /metrics`` and what every serving process shares.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -102,7 +103,8 @@ def create_app(
         return {
             "bot": bot.name,
             "transport": transport.kind,
-            "active_sessions": live.count(),
+            # Off the event loop: with a registry, counting is a Redis round trip.
+            "active_sessions": await asyncio.to_thread(live.count),
             "pid": os.getpid(),
             "uptime_s": round(time.time() - started),
         }
