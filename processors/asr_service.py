@@ -65,10 +65,13 @@ class AsrServiceSTTService(WebsocketSTTService):
         registry: str | None = None,
         api_key: str | None = None,
         language: str = "en",
+        has_fallback: bool = False,
         **kwargs: Any,
     ):
         """``url``: the service's ``ws://host:8001/v1/asr``, or ``registry`` (``redis://...``): the least
-        loaded ready ASR service in the fleet; ``api_key``: None reads the worker key variable."""
+        loaded ready ASR service in the fleet; ``api_key``: None reads the worker key variable;
+        ``has_fallback``: a fallback takes over when no service answers (this one then reports itself
+        unusable)."""
         if (url is None) == (registry is None):
             raise ValueError("an ASR service needs a url or a registry")
         settings = kwargs.pop("settings", None) or self.Settings(model=None, language=language)
@@ -77,6 +80,7 @@ class AsrServiceSTTService(WebsocketSTTService):
         self._route = WorkerRoute(registry, Selector(family="asr")) if registry else None
         self._api_key = worker_api_key(api_key)
         self._language = language
+        self._has_fallback = has_fallback
         self._receive_task = None
         self._unconfirmed = bytearray()  # audio sent since the last final: replayed after a failover
         self._in_speech = False  # speech began (the agent's VAD or the service said so) and no final came
@@ -123,7 +127,11 @@ class AsrServiceSTTService(WebsocketSTTService):
         except Exception as e:
             self._websocket = None
             where = self._url or (self._route.selector if self._route else None)
-            await self.push_error(error_msg=f"cannot reach the ASR service at {where}: {e}", exception=e)
+            await self.push_error(
+                error_msg=f"cannot reach the ASR service at {where}: {e}",
+                exception=e,
+                force_treat_as_permanent=self._has_fallback,  # the switcher moves on to the fallback
+            )
 
     async def _open(self) -> Any:
         """A socket to the service: the ``url``, or one picked from the registry."""
@@ -250,4 +258,5 @@ def create(config: AsrServiceConfig, context: BuildContext) -> AsrServiceSTTServ
         registry=config.registry,
         api_key=config.api_key.get_secret_value() if config.api_key else None,
         language=config.language,
+        has_fallback=config.fallback is not None,
     )

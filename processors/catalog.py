@@ -5,7 +5,7 @@ Only settings models live here; the services are imported when a pipeline is bui
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -42,6 +42,15 @@ class DeepgramConfig(ProcessorConfig):
     language: str = Field("en", description="Language code.")
 
 
+Fallback = Annotated[
+    dict[str, Any] | None,
+    Field(
+        description="Last resort, a pipeline entry of the same role (e.g. {kind: piper} in-process, {kind: whisper}) "
+        "that takes over for the rest of the call when no worker answers any more (pipecat's ServiceSwitcher)."
+    ),
+]
+
+
 class WorkerEndpointConfig(ProcessorConfig):
     """Where a worker-backed kind finds its worker: one worker (``url``), or the fleet's workers of the
     kind's family found through a registry (``registry``); see workers/README.md."""
@@ -58,6 +67,7 @@ class WorkerEndpointConfig(ProcessorConfig):
     api_key: SecretStr | None = Field(
         None, description="Write ${VIVAVOCE_WORKER_API_KEY}; unset: read that variable (none for --no-auth workers)."
     )
+    fallback: Fallback = None
 
     @model_validator(mode="after")
     def _one_place(self) -> WorkerEndpointConfig:
@@ -135,10 +145,14 @@ class PiperConfig(ProcessorConfig):
         "is complete; 0: whole sentences only.",
     )
 
+    fallback: Fallback = None
+
     @model_validator(mode="after")
     def _one_place(self) -> PiperConfig:
         if self.url is not None and self.registry is not None:
             raise ValueError("give at most one of 'url' (one worker) or 'registry' (the fleet's workers)")
+        if self.fallback is not None and self.url is None and self.registry is None:
+            raise ValueError("a fallback is for a worker (url or registry): in-process Piper has none to lose")
         return self
 
 

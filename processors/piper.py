@@ -71,6 +71,7 @@ def create(config: PiperConfig, context: BuildContext) -> TTSService:
             api_key=config.api_key.get_secret_value() if config.api_key else None,
             voice=config.voice,
             first_phrase_words=config.first_phrase_words,
+            has_fallback=config.fallback is not None,
         )
     return SharedPiperTTSService(
         voice=load_voice(config.voice), voice_name=config.voice, first_phrase_words=config.first_phrase_words

@@ -65,6 +65,7 @@ def connection_settings(config: WorkerTTSConfig) -> dict[str, Any]:
         "selector": Selector(family=config.kind, voice=getattr(config, "voice", None)),
         "api_key": config.api_key.get_secret_value() if config.api_key else None,
         "max_audio_ms": config.max_audio_ms,
+        "has_fallback": config.fallback is not None,
     }
 
 
@@ -90,16 +91,19 @@ class WorkerTTSService(WebsocketTTSService):
         selector: Selector | None = None,
         api_key: str | None = None,
         max_audio_ms: int | None = None,
+        has_fallback: bool = False,
         **kwargs: Any,
     ):
         """``url``: the worker's ``ws://host:port/v1/stream``, or ``registry`` (``redis://...``) and the
-        ``selector`` its workers must match; ``api_key``: None reads the env var."""
+        ``selector`` its workers must match; ``api_key``: None reads the env var; ``has_fallback``: a
+        fallback takes over when no worker answers (the service then reports itself unusable)."""
         super().__init__(push_start_frame=True, **kwargs)
         if (url is None) == (registry is None) or (registry is not None and selector is None):
             raise ValueError("a worker TTS needs a url, or a registry and a selector")
         self._url = url
         self._route = WorkerRoute(registry, selector) if registry else None
         self._failing_over = False
+        self._has_fallback = has_fallback
         self._api_key = worker_api_key(api_key)
         self._max_audio_ms = max_audio_ms
         self._receive_task = None
@@ -168,7 +172,11 @@ class WorkerTTSService(WebsocketTTSService):
         except Exception as e:
             self._websocket = None
             where = self._url or (self._route.selector if self._route else None)
-            await self.push_error(error_msg=f"cannot reach the worker at {where}: {e}", exception=e)
+            await self.push_error(
+                error_msg=f"cannot reach the worker at {where}: {e}",
+                exception=e,
+                force_treat_as_permanent=self._has_fallback,  # the switcher moves on to the fallback
+            )
             await self._call_event_handler("on_connection_error", f"{e}")
 
     async def _open(self) -> Any:

@@ -949,3 +949,53 @@ def test_unquoted_phone_numbers_are_read_as_numbers(tmp_path):
     bot = load_bot(path, environ={})
     assert bot.spec.transport.transfer_to == "+15550102030"
     assert bot.spec.transport.from_number == "+15557654321"
+
+
+# --- fallback ---------------------------------------------------------------------------------
+
+FLEET_TTS = """\
+pipeline:
+  - kind: whisper
+  - kind: smollm
+  - kind: piper
+    registry: redis://127.0.0.1:6379/0
+    fallback:
+{fallback}
+"""
+
+
+def test_a_fallback_is_a_pipeline_entry_of_the_same_role(tmp_path):
+    path = write(tmp_path, HEADER + FLEET_TTS.format(fallback="      kind: piper\n      first_phrase_words: 2"))
+    bot = load_bot(path, environ={})
+    tts = bot.stage("tts")
+    assert tts.fallback is not None and tts.fallback.kind.name == "piper"
+    assert tts.fallback.config.first_phrase_words == 2 and tts.fallback.config.registry is None
+
+
+@pytest.mark.parametrize(
+    "fallback, needle, expected",
+    [
+        ("      kind: pipr", "fallback:", "unknown processor kind 'pipr'; known kinds:"),
+        ("      kind: piper\n      voise: x", "voise", "unknown key 'voise'; allowed keys: kind, voice"),
+        ("      kind: whisper # here", "# here", "a fallback does the same job: a tts, not a stt"),
+        (
+            "      kind: piper\n      url: ws://h:8002/v1/stream\n      fallback: {kind: piper}",
+            "fallback: {kind",
+            "a fallback has no fallback of its own",
+        ),
+    ],
+)
+def test_a_bad_fallback_is_reported_at_its_line(tmp_path, fallback, needle, expected):
+    path = write(tmp_path, HEADER + FLEET_TTS.format(fallback=fallback))
+    error = load_error(path)
+    message = problem_at(error, path, line_of(path, needle))
+    assert "pipeline[2].fallback" in message and expected in message, message
+
+
+def test_in_process_piper_has_no_fallback(tmp_path):
+    path = write(
+        tmp_path,
+        HEADER + "pipeline:\n  - kind: whisper\n  - kind: smollm\n  - kind: piper\n    fallback: {kind: piper}\n",
+    )
+    error = load_error(path)
+    assert "a fallback is for a worker" in str(error), error

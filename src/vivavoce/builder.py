@@ -13,6 +13,7 @@ from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import Frame, InputAudioRawFrame, LLMRunFrame, OutputAudioRawFrame, TTSSpeakFrame
 from pipecat.observers.base_observer import BaseObserver
 from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.service_switcher import ServiceSwitcher, ServiceSwitcherStrategyFailover
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
@@ -108,7 +109,8 @@ def load_models(bot: Bot) -> None:
 
     Sessions built afterwards start instantly; calling this is optional (building loads lazily).
     """
-    loaders = [partial(s.kind.load_models, s.config) for s in bot.stages if s.kind is not None and s.kind.preload]
+    stages = [*bot.stages, *(s.fallback for s in bot.stages if s.fallback is not None)]
+    loaders = [partial(s.kind.load_models, s.config) for s in stages if s.kind is not None and s.kind.preload]
     end = bot.spec.turn_taking.end_of_turn
     if end.model == "adaptive" and end.audio_model == "smart_turn_v3":
         loaders.append(smart_turn_session)
@@ -123,9 +125,15 @@ def load_models(bot: Bot) -> None:
 
 def _create(stage: Stage, context: BuildContext) -> FrameProcessor:
     if stage.kind is not None:
-        return stage.kind.create(stage.config, context)
-    assert stage.processor_class is not None
-    return stage.processor_class(**stage.config.settings)  # type: ignore[attr-defined]
+        processor = stage.kind.create(stage.config, context)
+    else:
+        assert stage.processor_class is not None
+        processor = stage.processor_class(**stage.config.settings)  # type: ignore[attr-defined]
+    if stage.fallback is None:
+        return processor
+    # pipecat's switcher moves to the fallback once the worker service reports itself unusable (no worker
+    # of its fleet answered, or its one worker failed every reconnect); the call stays on it.
+    return ServiceSwitcher([processor, _create(stage.fallback, context)], ServiceSwitcherStrategyFailover)
 
 
 def vad_model_sample_rate(setting: str | int, *, narrowband_input: bool) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 
 from vivavoce import kinds
 from vivavoce.botfile.errors import BotFileError, Problem
@@ -22,7 +22,7 @@ from vivavoce.botfile.positions import (
     YamlSyntaxError,
     load_positioned_yaml,
 )
-from vivavoce.botfile.schema import CUSTOM_TAG, BotFileBase, bot_file_model, processor_tag
+from vivavoce.botfile.schema import CUSTOM_TAG, BotFileBase, bot_file_model, pipeline_entry, processor_tag
 from vivavoce.registry import (
     CustomProcessorConfig,
     ProcessorConfig,
@@ -49,6 +49,7 @@ class Stage:
     config: ProcessorConfig
     kind: ProcessorKind | None = None  # None for a dotted-path class
     processor_class: type | None = None  # set for a dotted-path class
+    fallback: Stage | None = None  # the entry's ``fallback``: takes over when its workers are gone
 
     @property
     def hears_input_audio(self) -> bool:
@@ -124,6 +125,8 @@ def _model_at(root: type[BaseModel], path: KeyPath, data: Any, registry: Process
             return None
         annotation = model.model_fields[part].annotation
         candidates = [t for t in _unwrap(annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+        if part == "fallback" and not candidates:  # a mapping validated as a pipeline entry (see _fallbacks)
+            candidates = [kind.config for kind in registry.kinds()]
     return _pick_model(candidates, data, registry)
 
 
@@ -200,10 +203,14 @@ class _ErrorTranslator:
             return f"{error['msg']}{quoted}"
         return f"{error['msg']}{quoted}"
 
-    def problems(self, error: ValidationError) -> list[Problem]:
+    def problem_at(self, path: KeyPath, message: str) -> Problem:
+        """A problem at ``path`` of the file."""
+        return Problem(self.file, self.document.position_of(path), path, message)
+
+    def problems(self, error: ValidationError, prefix: KeyPath = ()) -> list[Problem]:
         result = []
         for item in error.errors():
-            path = self.key_path(item["loc"])
+            path = self.key_path((*prefix, *item["loc"]))
             # A missing key has no position of its own: point at the mapping that lacks it.
             result.append(Problem(self.file, self.document.position_of(path), path, self.message(item, path)))
         return result
@@ -235,20 +242,57 @@ def _secret_problems(model: BaseModel, data: Any, path: KeyPath, interpolated: s
 
 
 def _stages(spec: BotFileBase, registry: ProcessorRegistry) -> tuple[list[Stage], list[tuple[KeyPath, str]]]:
+    stages, problems = _stages_of(spec.pipeline, registry, ("pipeline",))  # type: ignore[attr-defined]
+    problems += _order_problems(stages)
+    return stages, problems
+
+
+def _stages_of(
+    configs: list[ProcessorConfig], registry: ProcessorRegistry, path: KeyPath
+) -> tuple[list[Stage], list[tuple[KeyPath, str]]]:
+    """The stages of validated entries (``path``: where they are, for a dotted path that does not import)."""
     stages, problems = [], []
-    for index, config in enumerate(spec.pipeline):  # type: ignore[attr-defined]
+    for index, config in enumerate(configs):
         if isinstance(config, CustomProcessorConfig):
+            where = (*path, index, "kind") if path == ("pipeline",) else (*path, "kind")
             try:
                 cls = resolve_dotted_class(config.kind)
             except UnknownKindError as e:
-                problems.append((("pipeline", index, "kind"), str(e)))
+                problems.append((where, str(e)))
                 continue
             stages.append(Stage(index, config.role, config, processor_class=cls))
         else:
             kind = registry.get(config.kind)
             stages.append(Stage(index, kind.role, config, kind=kind))
-    problems += _order_problems(stages)
     return stages, problems
+
+
+def _fallbacks(
+    stages: list[Stage], data: dict, registry: ProcessorRegistry, translator: _ErrorTranslator, interpolated: set
+) -> list[Problem]:
+    """Validate each entry's ``fallback`` as a pipeline entry of the same role, and attach it to its stage."""
+    adapter = TypeAdapter(pipeline_entry(registry))
+    problems: list[Problem] = []
+    for stage in stages:
+        raw = getattr(stage.config, "fallback", None)
+        if raw is None:
+            continue
+        path: KeyPath = ("pipeline", stage.index, "fallback")
+        try:
+            config = adapter.validate_python(raw)
+        except ValidationError as e:
+            problems += translator.problems(e, prefix=path)
+            continue
+        found = _secret_problems(config, data["pipeline"][stage.index]["fallback"], path, interpolated)
+        fallback, kind_problems = _stages_of([config], registry, path)
+        if fallback and fallback[0].role != stage.role:
+            found.append(((*path, "kind"), f"a fallback does the same job: a {stage.role}, not a {fallback[0].role}"))
+        elif fallback and getattr(config, "fallback", None) is not None:
+            found.append(((*path, "fallback"), "a fallback has no fallback of its own"))
+        elif fallback:
+            stage.fallback = fallback[0]
+        problems += [translator.problem_at(p, m) for p, m in found + kind_problems]
+    return problems
 
 
 def _order_problems(stages: list[Stage]) -> list[tuple[KeyPath, str]]:
@@ -327,8 +371,10 @@ def load_bot(
     found = env_problems + _secret_problems(spec, data, (), interpolated)
     stages, order_problems = _stages(spec, registry)
     found += order_problems
-    if found:
-        raise BotFileError([Problem(file, document.position_of(p), p, m) for p, m in found])
+    fallback_problems = _fallbacks(stages, data, registry, translator, interpolated)
+    if found or fallback_problems:
+        positioned = [Problem(file, document.position_of(p), p, m) for p, m in found]
+        raise BotFileError(positioned + fallback_problems)
     return Bot(
         path=file, spec=spec, stages=stages, transport=transports.get(spec.transport.kind), document=document
     )

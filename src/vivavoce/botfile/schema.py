@@ -151,11 +151,16 @@ class BotFileBase(StrictModel):
     greeting: str | None = Field(None, description="Said by the bot when the conversation starts.")
 
 
-def bot_file_model(processors: ProcessorRegistry, transports: TransportRegistry) -> type[BotFileBase]:
-    """The BotFile model for the kinds registered now."""
+def pipeline_entry(processors: ProcessorRegistry) -> Any:
+    """The type of one pipeline entry (or a ``fallback``) for the kinds registered now."""
     members = [Annotated[kind.config, Tag(kind.name)] for kind in processors.kinds()]
     members.append(Annotated[CustomProcessorConfig, Tag(CUSTOM_TAG)])
-    entry = Annotated[Union[tuple(members)], Discriminator(processor_tag)]  # type: ignore[valid-type]
+    return Annotated[Union[tuple(members)], Discriminator(processor_tag)]  # type: ignore[valid-type]
+
+
+def bot_file_model(processors: ProcessorRegistry, transports: TransportRegistry) -> type[BotFileBase]:
+    """The BotFile model for the kinds registered now."""
+    entry = pipeline_entry(processors)
     transport = Annotated[
         Union[tuple(Annotated[kind.config, Tag(kind.name)] for kind in transports.kinds())],  # type: ignore[misc]
         Discriminator(kind_tag),
