@@ -6,8 +6,6 @@ tried at the desk); a ``local`` transport section chooses the devices.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pipecat.transports.base_transport import BaseTransport
 
 from vivavoce.botfile import Bot
@@ -23,8 +21,9 @@ class NoSoundDeviceError(TransportUnavailableError):
     """The machine has no usable microphone or speaker."""
 
 
-def check_sound_devices(_config: Any = None) -> None:
-    """Raise if pyaudio is missing or the machine has no microphone or no speaker."""
+def check_sound_devices(config: LocalTransportConfig) -> None:
+    """Raise if pyaudio is missing or the machine lacks the microphone or speaker ``config`` names (its
+    ``input_device``/``output_device`` index, or any device at all when unset)."""
     try:
         import pyaudio
     except ModuleNotFoundError as e:
@@ -37,16 +36,21 @@ def check_sound_devices(_config: Any = None) -> None:
         devices = [audio.get_device_info_by_index(i) for i in range(audio.get_device_count())]
     finally:
         audio.terminate()
-    has_input = any(d.get("maxInputChannels", 0) > 0 for d in devices)
-    has_output = any(d.get("maxOutputChannels", 0) > 0 for d in devices)
-    if not (has_input and has_output):
-        missing = "microphone" if not has_input else "speaker"
-        raise NoSoundDeviceError(f"no {missing} found on this machine: run on a recording with --input WAV")
+    for what, index, channels in (
+        ("microphone", config.input_device, "maxInputChannels"),
+        ("speaker", config.output_device, "maxOutputChannels"),
+    ):
+        usable = [i for i, d in enumerate(devices) if d.get(channels, 0) > 0]
+        if not usable:
+            raise NoSoundDeviceError(f"no {what} found on this machine: run on a recording with --input WAV")
+        if index is not None and index not in usable:
+            listed = ", ".join(f"{i} ({devices[i].get('name', '?')})" for i in usable)
+            raise NoSoundDeviceError(f"{what} device {index} does not exist here; {what}s: {listed}")
 
 
 def create_local_transport(config: LocalTransportConfig, *, sample_rate: int) -> BaseTransport:
     """pipecat's ``LocalAudioTransport`` on the default (or configured) devices."""
-    check_sound_devices()
+    check_sound_devices(config)
     from pipecat.transports.local.audio import LocalAudioTransport, LocalAudioTransportParams
 
     return LocalAudioTransport(

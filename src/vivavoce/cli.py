@@ -83,9 +83,11 @@ def run(
                 raise typer.Exit(EXIT_USER_ERROR)
             # Its own transport when it has a way to run here (local, daily), else the microphone.
             transport = bot.transport if bot.transport.run else kinds.transports.get("local")
+            # The bot's transport settings, or the microphone's defaults when it stands in for them.
+            settings = bot.spec.transport if transport is bot.transport else transport.config(kind=transport.name)
             try:
                 if transport.check:
-                    transport.load("check")(bot.spec.transport)
+                    transport.load("check")(settings)
             except TransportUnavailableError as e:
                 print_error(str(e))
                 raise typer.Exit(EXIT_USER_ERROR) from None
