@@ -30,3 +30,21 @@ class AnswerGateFrame(SystemFrame):
     answer: int = 0
     hold: bool = True
     not_before: float | None = None
+
+
+@dataclass
+class WorkerFailoverFrame(SystemFrame):
+    """A service lost its model worker mid-call and moved to another one; pushed by that service.
+
+    ``service``: what failed over (``"moshi"``, ``"tts"``, ``"stt"``...); ``from_url``: the worker lost;
+    ``to_url``: the worker now serving (None: none could be reached, and the service gives up); ``reason``:
+    how the loss was noticed (the socket closed, an error, no audio within a deadline); ``degraded``: the
+    new worker lacks state the old one had, so the call goes on but not as it would have (Moshi: the
+    conversation so far is forgotten). The turn recorder puts it in the report and the metrics.
+    """
+
+    service: str = ""
+    from_url: str | None = None
+    to_url: str | None = None
+    reason: str = ""
+    degraded: bool = False

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a server (`GET /metrics`): latency, barge-in, sessions.
+"""Prometheus metrics of a server (`GET /metrics`): latency, barge-in, sessions, worker failovers.
 
 With `vivavoce serve --workers N` every process writes its samples to PROMETHEUS_MULTIPROC_DIR (set by the
 command before the processes start) and any process answers a scrape with the sum over all of them.
@@ -48,6 +48,13 @@ class ServeMetrics:
             registry=self.registry,
         )
         self.turns = Counter("vivavoce_turns", "Turns observed.", registry=self.registry)
+        self.failovers = Counter(
+            "vivavoce_worker_failovers",
+            "Services that lost their model worker mid-call, by service and whether the call went on degraded "
+            "(state lost with the worker) or whole; to=none: no other worker answered.",
+            ["service", "degraded", "to"],
+            registry=self.registry,
+        )
         # Counted from the shared live-session claims, so it is already the total over processes.
         self._sessions_registry = CollectorRegistry()
         self._sessions_registry.register(_ActiveSessions(active_sessions))
@@ -63,6 +70,12 @@ class ServeMetrics:
             for stage, ms in turn.barge_in.to_dict().items():
                 if ms is not None:
                     self.barge_in.labels(stage=stage).observe(ms / 1000)
+        for failover in turn.failovers:
+            self.failovers.labels(
+                service=failover.service,
+                degraded=str(failover.degraded).lower(),
+                to="worker" if failover.to_url else "none",
+            ).inc()
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -36,7 +36,7 @@ from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_output import BaseOutputTransport
 
-from vivavoce.frames import BotOutputPauseFrame
+from vivavoce.frames import BotOutputPauseFrame, WorkerFailoverFrame
 
 STAGES = ("vad_stop", "stt", "turn_decision", "llm_first_token", "tts_first_audio", "transport")
 """Consecutive parts of voice-to-voice; they add up to it.
@@ -136,6 +136,32 @@ def _leading_words(text: str, fraction: float) -> list[str]:
 
 
 @dataclass
+class Failover:
+    """A service moved to another model worker mid-call (a :class:`~vivavoce.frames.WorkerFailoverFrame`)."""
+
+    at_s: float
+    """When, on the session's timeline (seconds)."""
+    service: str
+    from_url: str | None
+    to_url: str | None
+    """None: no other worker could be reached."""
+    reason: str
+    degraded: bool
+    """The new worker lacks state the lost one had (the call goes on, not as it would have)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's JSON form."""
+        return {
+            "at_s": round(self.at_s, 3),
+            "service": self.service,
+            "from": self.from_url,
+            "to": self.to_url,
+            "reason": self.reason,
+            "degraded": self.degraded,
+        }
+
+
+@dataclass
 class Turn:
     """One user utterance and the bot's answer; times in seconds on the transport timeline."""
 
@@ -157,6 +183,8 @@ class Turn:
     first_audio_s: float | None = None
     user_turn_open: bool = True
     spoken: SpokenText = field(default_factory=SpokenText)
+    failovers: list[Failover] = field(default_factory=list)
+    """Worker failovers while this was the latest turn (one before the first turn: the first): the metrics'."""
 
     @property
     def bot_text(self) -> str:
@@ -189,7 +217,7 @@ class Turn:
         rounded = {
             k: (round(v, 3) if isinstance(v, float) else v)
             for k, v in asdict(self).items()
-            if k not in ("barge_in", "spoken")
+            if k not in ("barge_in", "spoken", "failovers")
         }
         return {
             "user_text": self.user_text.strip(),
@@ -242,6 +270,8 @@ class TurnRecorder(BaseObserver):
         self._barge_turn: Turn | None = None
         self._barge_interrupted = False
         self.pauses: list[tuple[float, bool]] = []  # (timeline seconds, paused) of each BotOutputPauseFrame
+        self.failovers: list[Failover] = []  # every WorkerFailoverFrame, in order
+        self._unattached: list[Failover] = []  # failovers between turns, for the next turn
         self.roles: dict[str, str] = roles or {}
         self.turns: list[Turn] = []
         self._current: Turn | None = None
@@ -290,8 +320,12 @@ class TurnRecorder(BaseObserver):
         elif current is None or not current.user_turn_open:
             # The previous turn's answer may still be interrupted by this speech: report it later.
             self._report_finished(keep_last=1)
-            self._current = Turn(user_started_s=max(0.0, at - data.frame.start_secs))
-            self.turns.append(self._current)
+            self._new_turn(max(0.0, at - data.frame.start_secs))
+
+    def _new_turn(self, user_started_s: float) -> None:
+        self._current = Turn(user_started_s=user_started_s, failovers=self._unattached)
+        self._unattached = []
+        self.turns.append(self._current)
 
     def _unheard(self, turn: Turn) -> bool:
         """Whether no answer to ``turn`` has been heard (nor pipecat says the bot spoke)."""
@@ -307,8 +341,7 @@ class TurnRecorder(BaseObserver):
     def _user_started(self, data: FramePushed, at: float) -> None:
         self._activity(at)
         if self._current is None:  # a turn started by a transcript alone, with no VAD event
-            self._current = Turn(user_started_s=at)
-            self.turns.append(self._current)
+            self._new_turn(at)
 
     def _user_stopped(self, data: FramePushed, at: float) -> None:
         self._activity(at)
@@ -432,6 +465,24 @@ class TurnRecorder(BaseObserver):
             if not is_silence(data.frame.audio):  # the silence TTS services pad an answer with is not heard
                 answer.bot_stopped_s = end
 
+    def _failover(self, data: FramePushed, at: float) -> None:
+        frame = data.frame
+        failover = Failover(at, frame.service, frame.from_url, frame.to_url, frame.reason, frame.degraded)
+        self.failovers.append(failover)
+        # On the latest turn, which is not handed to on_turn (the metrics) before the next one begins; before
+        # the first turn, on the first.
+        (self._current.failovers if self._current is not None else self._unattached).append(failover)
+
+    @property
+    def degraded(self) -> bool:
+        """Whether a failover lost state: the call went on, but not as it would have."""
+        return any(f.degraded for f in self.failovers)
+
+    def report_fields(self) -> dict[str, Any]:
+        """The report's session-level ``failovers`` (timeline seconds, service, from, to, reason, degraded)
+        and ``degraded``."""
+        return {"failovers": [f.to_dict() for f in self.failovers], "degraded": self.degraded}
+
     def _metrics(self, data: FramePushed, at: float) -> None:
         target = self._responding or self._current
         if target is None:
@@ -459,6 +510,7 @@ class TurnRecorder(BaseObserver):
         InterruptionFrame: _interruption,
         BotOutputPauseFrame: _pause,
         MetricsFrame: _metrics,
+        WorkerFailoverFrame: _failover,
     }
     observed_frame_types = tuple(_HANDLERS)
     """What the recorder acts on (see :mod:`vivavoce.conversation_worker`)."""

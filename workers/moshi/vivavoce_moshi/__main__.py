@@ -7,9 +7,12 @@ import argparse
 from loguru import logger
 
 from vivavoce_moshi.gate import GateSettings
-from vivavoce_worker.cli import add_common_args, auth_from_args, resolve_device, serve
+from vivavoce_worker.cli import add_common_args, auth_from_args, fleet_membership, resolve_device, serve
 
 DEFAULT_REPO = "kyutai/moshiko-pytorch-bf16"
+DEFAULT_SLOTS = 4
+FAMILY = "moshi"
+"""The worker's family in the fleet's registry (what a bot file's ``moshi`` kind picks from)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -17,7 +20,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vivavoce-moshi-worker", description=__doc__)
     add_common_args(parser, default_port=8998)
     parser.add_argument("--hf-repo", default=DEFAULT_REPO, help="published weights to load without --model")
-    parser.add_argument("--slots", type=int, default=4, help="conversations served at once (the batch size)")
+    parser.add_argument("--slots", type=int, default=None,
+                        help=f"conversations served at once: the batch size, and the fleet's --max-sessions "
+                        f"(one limit; give either; default {DEFAULT_SLOTS})")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                         help="LM weights (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--tick-ms", type=float, default=80.0, help="frame clock (80 ms: Mimi's frame)")
@@ -31,7 +36,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the model stays silent until the user has been quiet this long")
     parser.add_argument("--gate-threshold-db", type=float, default=GateSettings.threshold_db,
                         help="input level (dBFS per 80 ms frame) counted as user speech")
+    # A conversation holds a batch slot for its whole length: the slots are the session limit, so
+    # --max-sessions (the fleet's name for it) and --slots are one setting, not two limits.
+    parser.set_defaults(max_sessions=None)
     args = parser.parse_args(argv)
+    if args.slots is not None and args.max_sessions is not None and args.slots != args.max_sessions:
+        parser.error(f"--slots {args.slots} and --max-sessions {args.max_sessions} are the same limit: give one")
+    args.slots = args.max_sessions = args.slots or args.max_sessions or DEFAULT_SLOTS
     if args.slots < 1:
         parser.error("--slots must be at least 1")
     return args
@@ -58,7 +69,15 @@ def main(argv: list[str] | None = None) -> None:
     engine.warmup()
     gate = GateSettings(not args.no_gate, args.gate_silence_ms, args.gate_threshold_db)
     logger.info(f"Moshi ready on {device}: {args.slots} conversations, gating {'on' if gate.enabled else 'off'}")
-    serve(create_app(FrameLoop(engine, tick_ms=args.tick_ms), auth, device=device, gate=gate), args)
+    frame_loop = FrameLoop(engine, tick_ms=args.tick_ms)
+    # Registered (with --registry) only now, loaded and warmed up. A drain waits for the conversations, which
+    # go on until their clients hang up or --drain-secs passes. No queue_depth: a conversation never waits
+    # for a slot (a full worker refuses it), so the load agents compare is conversations per slot.
+    admission, drain = fleet_membership(
+        args, family=FAMILY, busy=lambda: frame_loop.active, path="/api/chat", models=[str(engine.weights)]
+    )
+    app = create_app(frame_loop, auth, device=device, gate=gate, admission=admission)
+    serve(app, args, drain=drain)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ Every binary message starts with a kind byte, as in moshi's own server:
   (the server sends one 80 ms frame, 3840 bytes, per message);
 - ``0x02`` + UTF-8: a piece of the model's text (server to client);
 - ``0x05`` + UTF-8: an error (server to client), as in Kyutai's Rust server. A malformed message gets one
-  and is dropped; a broken Opus stream or a full server gets one, then the socket closes with the reason.
+  and is dropped; a broken Opus stream, a full server or a draining one (SIGTERM) gets one, then the socket
+  closes with the reason (1013, try again later, for full and draining: before the handshake byte).
 
 Query parameters: ``api_key``, ``codec`` (``opus``, ``pcm16``), ``gate`` (``on``/``off``),
 ``gate_silence_ms``, ``gate_threshold_db``. The API key may also come as the ``X-API-Key`` or
@@ -26,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
@@ -38,6 +39,7 @@ from vivavoce_moshi.engine import SAMPLE_RATE
 from vivavoce_moshi.frame_loop import Conversation, FrameLoop
 from vivavoce_moshi.gate import GateSettings
 from vivavoce_worker.auth import ApiKeyAuth
+from vivavoce_worker.fleet import TRY_AGAIN_LATER, Admission
 from vivavoce_worker.health import health_router
 
 PROTOCOL = "kyutai-moshi"
@@ -52,7 +54,6 @@ MAX_MESSAGE_BYTES = 1 << 20
 WS_UNSUPPORTED_DATA = 1003
 WS_POLICY_VIOLATION = 1008
 WS_INVALID_PAYLOAD = 1007
-WS_TRY_AGAIN_LATER = 1013
 
 
 class BadRequest(ValueError):
@@ -162,20 +163,33 @@ async def _receive_loop(ws: WebSocket, conversation: Conversation, codec: Any) -
             await error("too much audio queued: send audio in real time")
 
 
-def create_app(frame_loop: FrameLoop, auth: ApiKeyAuth, *, device: str, gate: GateSettings) -> FastAPI:
-    """The worker's app around a loaded (and warmed-up) engine."""
+def create_app(
+    frame_loop: FrameLoop, auth: ApiKeyAuth, *, device: str, gate: GateSettings, admission: Admission | None = None
+) -> FastAPI:
+    """The worker's app around a loaded (and warmed-up) engine.
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI):
-        task = asyncio.create_task(frame_loop.run())
-        yield
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
-
-    app = FastAPI(title="vivavoce Moshi worker", lifespan=lifespan)
+    ``admission``: the fleet's session limit and drain state (default: the engine's slots, never draining);
+    its ``max_sessions`` must not exceed the slots.
+    """
+    admission = admission or Admission(max_sessions=frame_loop.capacity)
+    app = FastAPI(title="vivavoce Moshi worker")
     engine = frame_loop.engine
     conversations = {"finished": 0, "refused": 0}
+    loop_task: list[asyncio.Task] = []
+
+    # Startup and shutdown handlers rather than a lifespan: the fleet's serve() adds the registry entry's
+    # start and removal as handlers of the same kind, which FastAPI skips when a lifespan is given.
+    async def start_frames() -> None:
+        loop_task.append(asyncio.create_task(frame_loop.run()))
+
+    async def stop_frames() -> None:
+        for task in loop_task:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    app.router.add_event_handler("startup", start_frames)
+    app.router.add_event_handler("shutdown", stop_frames)
 
     def live() -> dict[str, Any]:
         stats = frame_loop.stats()
@@ -189,6 +203,8 @@ def create_app(frame_loop: FrameLoop, auth: ApiKeyAuth, *, device: str, gate: Ga
             "queue_depth": stats["queued_frames"],
             "requests": dict(conversations),
             **stats,
+            "max_sessions": admission.max_sessions,
+            "state": "draining" if admission.draining else "ready",
         }
 
     app.include_router(health_router(model=engine.name, device=device, extra=live))
@@ -215,9 +231,16 @@ def create_app(frame_loop: FrameLoop, auth: ApiKeyAuth, *, device: str, gate: Ga
         except BadRequest as e:
             await refuse(ws, WS_POLICY_VIOLATION, str(e))
             return
+        refusal = admission.refusal()
+        if refusal is not None:  # before the handshake byte: the agent tries another worker
+            reason = refusal if admission.draining else f"server full: {refusal}"
+            await refuse(ws, TRY_AGAIN_LATER, reason)
+            return
+        admission.active += 1  # counted before the first await, so two handshakes cannot both take the last slot
         conversation = await frame_loop.join(settings)
-        if conversation is None:
-            await refuse(ws, WS_TRY_AGAIN_LATER, f"server full: {frame_loop.capacity} conversations in progress")
+        if conversation is None:  # only if admission allows more than the slots
+            admission.active -= 1
+            await refuse(ws, TRY_AGAIN_LATER, f"server full: {frame_loop.capacity} conversations in progress")
             return
         codec = CODECS[codec_name]()
         sender = asyncio.create_task(_send_loop(ws, conversation, codec))
@@ -227,6 +250,7 @@ def create_app(frame_loop: FrameLoop, auth: ApiKeyAuth, *, device: str, gate: Ga
         except WebSocketDisconnect:
             pass
         finally:
+            admission.active -= 1
             await frame_loop.leave(conversation)
             conversations["finished"] += 1
             conversation.outbox.put_nowait(None)
