@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 import websockets
 
 from vivavoce.packaged_models import piper_voice
-from worker_support import REPO, start_piper
+from worker_support import REPO, piper_python, start_piper
 
 sys.path.insert(0, str(REPO / "workers" / "common"))
 
@@ -338,3 +339,14 @@ async def test_a_piper_worker_loads_voices_on_demand_and_evicts_beyond_its_cap(t
         body = health(url)
         assert "carol" in [v["id"] for v in body["voices"]] and body["loads"] == 6
         assert len(body["resident"]) == 2 and body["resident"][0]["id"] == "carol"
+
+
+def test_the_piper_worker_refuses_a_cap_below_what_it_loads_at_start(tmp_path):
+    amy = copy_voice(tmp_path, "amy")
+    for args, says in (
+        (["--resident-cap", "0"], "--resident-cap must be at least 1"),
+        (["--resident-cap", "1", "--preload", str(amy)], "below the 2 voices loaded at start"),
+    ):
+        command = [str(piper_python()), "-m", "vivavoce_piper", "--no-auth", *args]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and says in done.stderr, done.stderr
