@@ -18,7 +18,7 @@ import subprocess
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import pytest
@@ -451,19 +451,72 @@ def test_dockerfiles_copy_what_exists_and_install_as_the_makefile_does():
             known = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
             assert set(extras) <= set(known), f"{path.name}: unknown extras {set(extras) - set(known)}"
             assert {"twilio", "webrtc", "fleet"} <= set(extras), f"{path.name}: `vivavoce serve` needs these extras"
+            # `pip install ".[...]"` in the WORKDIR builds the package from what was copied there: pyproject.toml
+            # and every folder its package-dir maps.
+            workdir = PurePosixPath([rest for word, rest in instructions if word == "WORKDIR"][-1])
+            package_dirs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+            for needed in ["pyproject.toml", *package_dirs.values()]:
+                assert in_repo(image_to_repo(path), workdir / needed), f"{path.name}: {needed} is not copied"
             continue
         target = re.search(rf"^workers/{family}/\.venv/\.setup-done:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
         assert target, f"{path.name}: no `make worker-{family}` recipe to follow in the Makefile"
         pins = re.findall(r'"([\w.-]+==[\w.]+)"', target.group(1))
         missing = [pin for pin in pins if pin not in runs]
         assert not missing, f"{path.name}: installs none of {missing}, which `make worker-{family}` installs"
-        assert "-r requirements.txt" in runs, f"{path.name}: does not install requirements.txt"
-        workdirs = [rest for word, rest in instructions if word == "WORKDIR"]
-        assert workdirs and workdirs[-1].endswith(f"workers/{family}"), (
-            f"{path.name}: requirements.txt installs ../common and . relative to workers/{family}: WORKDIR there"
+        assert f"workers/{family}/requirements.txt" in installed_requirements(path), (
+            f"{path.name}: does not install workers/{family}/requirements.txt"
         )
-        copied = {rest.split()[0] for word, rest in instructions if word == "COPY"}
-        assert {"workers/common", f"workers/{family}"} <= copied, f"{path.name}: copies {copied}"
+
+
+def image_to_repo(path: Path) -> dict[PurePosixPath, Path]:
+    """Where each COPY puts a repository path in the image: image path -> repo path."""
+    copies = {}
+    workdir = PurePosixPath("/")
+    for word, rest in dockerfile_instructions(path):
+        if word == "WORKDIR":
+            workdir = workdir / rest
+        if word == "COPY" and not rest.startswith("--from"):
+            *sources, dest = [s for s in rest.split() if not s.startswith("--")]
+            base = PurePosixPath(os.path.normpath(workdir / dest))  # a relative dest is under the WORKDIR
+            for source in sources:
+                copies[base / Path(source).name if dest.endswith("/") else base] = REPO / source
+    return copies
+
+
+def in_repo(copies: dict[PurePosixPath, Path], image_path: PurePosixPath) -> Path | None:
+    """The repo path an image path was copied from (None: no COPY put it there)."""
+    for target, source in copies.items():
+        if image_path == target or target in image_path.parents:
+            return source / image_path.relative_to(target)
+    return None
+
+
+def installed_requirements(path: Path) -> list[str]:
+    """The requirements files a Dockerfile's RUNs install (``pip install -r FILE`` in the WORKDIR of the time),
+    as repo paths; each must have been copied into the image, and so must every ``-e DIR`` it installs (the
+    workers' requirements install ../common and . by relative path)."""
+    copies = image_to_repo(path)
+    workdir = PurePosixPath("/")
+    found = []
+    for word, rest in dockerfile_instructions(path):
+        if word == "WORKDIR":
+            workdir = workdir / rest
+        if word != "RUN":
+            continue
+        for name in re.findall(r"(?:^|\s)-r\s+(\S+)", rest):
+            image_file = PurePosixPath(os.path.normpath(workdir / name))
+            repo_file = in_repo(copies, image_file)
+            assert repo_file and repo_file.is_file(), f"{path.name}: -r {name} in {workdir}: not copied from the repo"
+            found.append(str(repo_file.relative_to(REPO)))
+            for line in repo_file.read_text().splitlines():
+                if line.startswith("-e "):
+                    image_dir = PurePosixPath(os.path.normpath(image_file.parent / line[3:].strip()))
+                    repo_dir = in_repo(copies, image_dir)
+                    assert repo_dir and (repo_dir / "pyproject.toml").is_file(), (
+                        f"{path.name}: {repo_file.relative_to(REPO)} installs {line[3:]} ({image_dir}), "
+                        "which no COPY put in the image"
+                    )
+    return found
 
 
 # --------------------------------------------------------------------------------------------------- ports
