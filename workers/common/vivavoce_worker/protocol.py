@@ -89,23 +89,34 @@ _client_message = TypeAdapter(ClientMessage)
 
 
 class ProtocolError(Exception):
-    """A message the server refuses; becomes an ``error`` reply, the socket stays open."""
+    """A message or request the server refuses; becomes an ``error`` reply, the socket stays open.
 
-    def __init__(self, code: str, message: str, request_id: str | None = None):
+    ``id_key``: the key the reply names the request by: ``id`` on ``/v1/stream``, ``request_id`` on
+    ``/v1/tts`` (see :func:`error_message`).
+    """
+
+    def __init__(self, code: str, message: str, request_id: str | None = None, *, id_key: str = "id"):
         """``code``: machine-readable (see PROTOCOL.md); ``message``: for people."""
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.id_key = id_key
 
     def reply(self) -> dict[str, Any]:
         """The ``error`` message for this refusal."""
-        return error_message(self.code, self.message, self.request_id)
+        return error_message(self.code, self.message, self.request_id, id_key=self.id_key)
 
 
-def error_message(code: str, message: str, request_id: str | None = None) -> dict[str, Any]:
-    """An ``error`` server message."""
-    return {"type": "error", "id": request_id, "code": code, "message": message}
+def error_message(code: str, message: str, request_id: str | None = None, *, id_key: str = "id") -> dict[str, Any]:
+    """An ``error`` server message, its request's id under ``id_key``.
+
+    ``/v1/stream``'s ``id`` is always there (null when the refused message named no request: its requests
+    always have an id); ``/v1/tts``'s optional ``request_id`` is there only when the client gave one.
+    """
+    if id_key == "id":
+        return {"type": "error", "id": request_id, "code": code, "message": message}
+    return {"type": "error", "code": code, "message": message, **({id_key: request_id} if request_id else {})}
 
 
 def parse_client_message(raw: str) -> SynthesizeMessage | CancelMessage:

@@ -13,7 +13,6 @@ import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Response, WebSocket
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from starlette.websockets import WebSocketDisconnect
 
 from vivavoce_worker.audio import float_to_pcm16, mulaw_8k, resample, wav_bytes
 from vivavoce_worker.auth import ApiKeyAuth
@@ -35,6 +34,7 @@ from vivavoce_worker.protocol import (
     error_message,
     parse_client_message,
 )
+from vivavoce_worker.socket_loop import RequestSocket
 from vivavoce_worker.tts_service import serve_tts_socket
 
 MAX_NATIVE_SESSIONS = 256
@@ -83,52 +83,26 @@ def _request(msg: SynthesizeMessage | SynthesizeBody, request_id: str) -> Synthe
     )
 
 
-class _Socket:
+class _Socket(RequestSocket):
     """One protocol connection: its requests run one at a time, in order (binary frames belong to the
     request of the latest ``start``)."""
 
+    route = "/v1/stream"
+
     def __init__(self, ws: WebSocket, queue: GenerationQueue, session: Any):
-        self.ws = ws
+        super().__init__(ws)
         self.queue = queue
         self.session = session
         self.pending: dict[str, SynthesisRequest] = {}
         self.active: SynthesisRequest | None = None
         self._todo: asyncio.Queue[SynthesisRequest] = asyncio.Queue()
-        self._send_lock = asyncio.Lock()
 
-    async def send_json(self, data: dict[str, Any]) -> None:
-        async with self._send_lock:
-            await self.ws.send_json(data)
+    async def handle(self, text: str) -> None:
+        await self._handle(parse_client_message(text))
 
-    async def send_bytes(self, data: bytes) -> None:
-        async with self._send_lock:
-            await self.ws.send_bytes(data)
-
-    async def run(self) -> None:
-        worker = asyncio.create_task(self._work())
-        try:
-            while True:
-                message = await self.ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                if message.get("bytes") is not None:
-                    await self.send_json(error_message("binary_not_expected", "clients send JSON text messages only"))
-                    continue
-                try:
-                    await self._handle(parse_client_message(message.get("text") or ""))
-                except ProtocolError as e:
-                    logger.info("protocol error {}: {}", e.code, e.message)
-                    await self.send_json(e.reply())
-        except WebSocketDisconnect:
-            return
-        finally:
-            for request in [*self.pending.values(), *([self.active] if self.active else [])]:
-                request.cancelled.set()
-            worker.cancel()
-            try:
-                await worker
-            except asyncio.CancelledError:
-                pass
+    def cancel_all(self) -> None:
+        for request in [*self.pending.values(), *([self.active] if self.active else [])]:
+            request.cancelled.set()
 
     async def _handle(self, msg: SynthesizeMessage | CancelMessage) -> None:
         if isinstance(msg, CancelMessage):
@@ -149,7 +123,7 @@ class _Socket:
         self.pending[msg.id] = request
         self._todo.put_nowait(request)
 
-    async def _work(self) -> None:
+    async def work(self) -> None:
         while True:
             request = await self._todo.get()
             if request.cancelled.is_set():

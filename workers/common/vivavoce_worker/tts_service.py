@@ -23,7 +23,6 @@ import numpy as np
 from fastapi import WebSocket
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from starlette.websockets import WebSocketDisconnect
 
 from vivavoce_worker.engine import (
     GenerationQueue,
@@ -40,8 +39,10 @@ from vivavoce_worker.protocol import (
     MAX_PENDING_PER_SOCKET,
     MAX_TEXT_CHARS,
     MIN_FRAME_MS,
+    ProtocolError,
     check_output_format,
 )
+from vivavoce_worker.socket_loop import RequestSocket
 
 DEFAULT_SAMPLE_RATE = 24000
 MESSAGE_TYPES = ("synthesize", "register_voice", "cancel")
@@ -99,48 +100,37 @@ _MODELS: dict[str, type[BaseModel]] = {
 }
 
 
-class TtsError(Exception):
-    """A refusal; becomes ``{"type": "error", "code", "message"[, "request_id"]}``, the socket stays open."""
-
-    def __init__(self, code: str, message: str, request_id: str | None = None):
-        """``code``: machine-readable (PROTOCOL.md lists them); ``message``: for people."""
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.request_id = request_id
-
-    def reply(self) -> dict[str, Any]:
-        """The ``error`` message."""
-        return tts_error(self.code, self.message, self.request_id)
+ID_KEY = "request_id"
+"""The key ``/v1/tts`` replies name a request by."""
 
 
-def tts_error(code: str, message: str, request_id: str | None = None) -> dict[str, Any]:
-    """An ``error`` message of ``/v1/tts``."""
-    return {"type": "error", "code": code, "message": message, **({"request_id": request_id} if request_id else {})}
+def _refusal(code: str, message: str, request_id: str | None = None) -> ProtocolError:
+    """A ``/v1/tts`` refusal: ``{"type": "error", "code", "message"[, "request_id"]}``, the socket stays open."""
+    return ProtocolError(code, message, request_id, id_key=ID_KEY)
 
 
 def parse_tts_message(raw: str) -> TtsMessage:
-    """Parse one text frame; ``TtsError`` says what is wrong with it."""
+    """Parse one text frame; a ``ProtocolError`` says what is wrong with it."""
     if len(raw.encode()) > MAX_MESSAGE_BYTES:
-        raise TtsError("too_large", f"message larger than {MAX_MESSAGE_BYTES} bytes")
+        raise _refusal("too_large", f"message larger than {MAX_MESSAGE_BYTES} bytes")
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise TtsError("bad_json", f"not JSON: {e}") from None
+        raise _refusal("bad_json", f"not JSON: {e}") from None
     if not isinstance(data, dict):
-        raise TtsError("bad_message", "a message is a JSON object with a `type`")
-    request_id = data.get("request_id") if isinstance(data.get("request_id"), str) else None
+        raise _refusal("bad_message", "a message is a JSON object with a `type`")
+    request_id = data.get(ID_KEY) if isinstance(data.get(ID_KEY), str) else None
     kind = data.get("type")
     if kind not in _MODELS:
-        raise TtsError("unknown_type", f"unknown message type {kind!r}: expected one of {MESSAGE_TYPES}", request_id)
+        raise _refusal("unknown_type", f"unknown message type {kind!r}: expected one of {MESSAGE_TYPES}", request_id)
     text = data.get("text")
     if kind == "synthesize" and isinstance(text, str) and len(text) > MAX_TEXT_CHARS:
-        raise TtsError("text_too_long", f"text is {len(text)} characters: at most {MAX_TEXT_CHARS}", request_id)
+        raise _refusal("text_too_long", f"text is {len(text)} characters: at most {MAX_TEXT_CHARS}", request_id)
     try:
         return _MODELS[kind].model_validate(data)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'message'}: {err['msg']}" for err in e.errors())
-        raise TtsError("bad_message", problems, request_id) from None
+        raise _refusal("bad_message", problems, request_id) from None
 
 
 @dataclass
@@ -154,81 +144,60 @@ class _Job:
     sent: int = field(default=0)
 
 
-class _TtsSocket:
+class _TtsSocket(RequestSocket):
     """One ``/v1/tts`` connection: jobs run one at a time, in order; audio is announced chunk by chunk."""
 
+    route = "/v1/tts"
+    id_key = ID_KEY
     _ids = itertools.count(1)
 
     def __init__(self, ws: WebSocket, queue: GenerationQueue):
-        self.ws = ws
+        super().__init__(ws)
         self.queue = queue
         self.engine = queue.engine
         self.session = queue.engine.new_session()  # no conversation context on /v1/tts, but engines expect one
         self.jobs: list[_Job] = []  # queued and running, oldest first
         self._todo: asyncio.Queue[_Job] = asyncio.Queue()
-        self._send_lock = asyncio.Lock()
 
-    async def send_json(self, data: dict[str, Any]) -> None:
-        async with self._send_lock:
-            await self.ws.send_json(data)
+    async def handle(self, text: str) -> None:
+        await self._handle(parse_tts_message(text))
 
-    async def run(self) -> None:
-        worker = asyncio.create_task(self._work())
-        try:
-            while True:
-                message = await self.ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                try:
-                    if message.get("bytes") is not None:
-                        raise TtsError("binary_not_expected", "clients send JSON text messages only")
-                    await self._handle(parse_tts_message(message.get("text") or ""))
-                except TtsError as e:
-                    logger.info("/v1/tts error {}: {}", e.code, e.message)
-                    await self.send_json(e.reply())
-        except WebSocketDisconnect:
-            return
-        finally:
-            for job in self.jobs:
-                job.cancelled = True
-                if job.request is not None:
-                    job.request.cancelled.set()
-            worker.cancel()
-            try:
-                await worker
-            except asyncio.CancelledError:
-                pass
+    def cancel_all(self) -> None:
+        for job in self.jobs:
+            job.cancelled = True
+            if job.request is not None:
+                job.request.cancelled.set()
 
     async def _handle(self, msg: TtsMessage) -> None:
         if isinstance(msg, TtsCancel):
             await self._cancel(msg.request_id)
             return
         if len(self.jobs) > MAX_PENDING_PER_SOCKET:
-            raise TtsError("busy", f"more than {MAX_PENDING_PER_SOCKET} requests queued on this socket", msg.request_id)
+            raise _refusal("busy", f"more than {MAX_PENDING_PER_SOCKET} requests queued on this socket", msg.request_id)
         job = _Job(msg)
         if isinstance(msg, TtsRegisterVoice):
             if self.engine.voice_registry is None:
-                raise TtsError("not_supported", f"{self.engine.name} does not clone voices", msg.request_id)
+                raise _refusal("not_supported", f"{self.engine.name} does not clone voices", msg.request_id)
         else:
             try:
                 job.service = self.engine.service_options(msg.chunk_size, msg.emotion)
             except NotSupported as e:
-                raise TtsError("not_supported", str(e), msg.request_id) from None
+                raise _refusal("not_supported", str(e), msg.request_id) from None
             except ValueError as e:
-                raise TtsError("bad_message", str(e), msg.request_id) from None
+                raise _refusal("bad_message", str(e), msg.request_id) from None
         self.jobs.append(job)
         self._todo.put_nowait(job)
 
     async def _cancel(self, request_id: str | None) -> None:
         targets = [j for j in self.jobs if request_id is None or j.message.request_id == request_id]
         if request_id is not None and not targets:
-            raise TtsError("unknown_id", f"no queued or running request {request_id!r}", request_id)
+            raise _refusal("unknown_id", f"no queued or running request {request_id!r}", request_id)
         for job in targets:
             job.cancelled = True
             if job.request is not None:
                 job.request.cancelled.set()  # running: its synthesis_complete follows once generation stops
 
-    async def _work(self) -> None:
+    async def work(self) -> None:
         while True:
             job = await self._todo.get()
             try:
@@ -239,7 +208,7 @@ class _TtsSocket:
                     await self._complete(job, GenerationStats(cancelled=True), 0.0)
                 else:
                     await self._synthesize(job)
-            except TtsError as e:
+            except ProtocolError as e:
                 await self.send_json(e.reply())
             finally:
                 self.jobs.remove(job)
@@ -248,14 +217,14 @@ class _TtsSocket:
         try:
             data = base64.b64decode(msg.reference_audio, validate=True)
         except (binascii.Error, ValueError):
-            raise TtsError("bad_audio", "`reference_audio` is not valid base64", msg.request_id) from None
+            raise _refusal("bad_audio", "`reference_audio` is not valid base64", msg.request_id) from None
         try:
             info = await self.engine.voice_registry.register(msg.voice_id, data)
         except ValueError as e:
-            raise TtsError("bad_audio", str(e), msg.request_id) from None
+            raise _refusal("bad_audio", str(e), msg.request_id) from None
         except Exception as e:
             logger.exception("registering voice {} failed", msg.voice_id)
-            raise TtsError("engine_error", f"{type(e).__name__}: {e}", msg.request_id) from None
+            raise _refusal("engine_error", f"{type(e).__name__}: {e}", msg.request_id) from None
         reply = {"type": "voice_registered", "voice_id": msg.voice_id, "seconds": info.get("seconds")}
         await self.send_json({**reply, **({"request_id": msg.request_id} if msg.request_id else {})})
 
@@ -263,15 +232,14 @@ class _TtsSocket:
         header = {"type": "audio_chunk", "chunk_id": job.sent, "duration_ms": round(1000 * len(samples) / rate, 3)}
         if job.message.request_id:
             header["request_id"] = job.message.request_id
-        async with self._send_lock:  # header and audio travel together: an error reply never splits them
-            await self.ws.send_json(header)
-            await self.ws.send_bytes(samples.astype("<f4").tobytes())
+        # Header and audio travel together: an error reply never splits them.
+        await self.send_json_and_bytes(header, samples.astype("<f4").tobytes())
         job.sent += 1
 
     async def _synthesize(self, job: _Job) -> None:
         msg: TtsSynthesize = job.message  # type: ignore[assignment]
         if msg.voice_id is not None and not self.engine.known_voice(msg.voice_id):
-            raise TtsError(
+            raise _refusal(
                 "unknown_voice", f"no voice {msg.voice_id!r} on this {self.engine.name} worker", msg.request_id
             )
         rate = msg.sample_rate
@@ -310,14 +278,14 @@ class _TtsSocket:
                 await out(reframer.push(samples))
             await out(reframer.flush())
         except UnknownVoice as e:
-            raise TtsError("unknown_voice", str(e), msg.request_id) from None
+            raise _refusal("unknown_voice", str(e), msg.request_id) from None
         except NotSupported as e:
-            raise TtsError("not_supported", str(e), msg.request_id) from None
+            raise _refusal("not_supported", str(e), msg.request_id) from None
         except ValueError as e:
-            raise TtsError("bad_request", str(e), msg.request_id) from None
+            raise _refusal("bad_request", str(e), msg.request_id) from None
         except Exception as e:
             logger.exception("synthesis failed for {}", request.id)
-            raise TtsError("engine_error", f"{type(e).__name__}: {e}", msg.request_id) from None
+            raise _refusal("engine_error", f"{type(e).__name__}: {e}", msg.request_id) from None
         if held and not request.cancelled.is_set():
             pieces = held if chunk is not None else [np.concatenate(held)]
             for piece in pieces:
