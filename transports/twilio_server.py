@@ -15,6 +15,7 @@ through the load balancer, to a live host, which goes on with the call's context
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -118,14 +119,17 @@ class TwilioCalls:
         on_turn: Callable[[Turn], None] | None = None,
         live: LiveCalls | None = None,
         registry: RedisCalls | None = None,
+        stopping: threading.Event | None = None,
     ):
         """Serve ``bot``; ``observers`` gives each call's pipeline more observers; ``on_turn`` gets every
         completed turn of every call (metrics); ``live`` is shared with the other serving processes;
-        ``registry``: the Redis shared with other agent hosts (then also ``live``)."""
+        ``registry``: the Redis shared with other agent hosts (then also ``live``); ``stopping``: set when
+        this host stops (with a registry its calls then go on on other hosts)."""
         self.bot = bot
         self._on_turn = on_turn
         self.settings = settings
         self.registry = registry
+        self._stopping = stopping or threading.Event()
         self.tokens = CallTokens(
             secret=settings.auth_token.encode() if settings.auth_token else None,
             ttl_secs=settings.token_ttl_secs,
@@ -311,6 +315,7 @@ class TwilioCalls:
             auth_token=settings.auth_token,
             base_url=settings.api_base_url,
             params=TwilioStreamSerializer.InputParams(auto_hang_up=can_hang_up),
+            keep_call=self._handing_over,
         )
         transport = PausableFastAPIWebsocketTransport(
             websocket,
@@ -366,11 +371,18 @@ class TwilioCalls:
             if sum(serializer.rejected.values()):
                 logger.info(f"Call {call_sid}: dropped messages {dict(serializer.rejected)}")
             logger.info(f"Call {call_sid} ended")
-        # Not reached when the task is cancelled (the server stops): the call is not over then.
+        # Not reached when the task is cancelled: the call is not over then.
         if keeper is not None:
             await keeper.flush()
+            if self._handing_over():
+                logger.info(f"Call {call_sid}: this host stops: the call goes on on another (its <Connect action>)")
+                return
             reason = TRANSFERRED if control and control.transferring else "hung up" if serializer.stopped else "ended"
             await self._record_end(call_sid, reason)
+
+    def _handing_over(self) -> bool:
+        """Whether calls ending now go on on other hosts: this host stops, and they share a registry."""
+        return self.registry is not None and self._stopping.is_set()
 
     async def _history(self, call_sid: str) -> list[dict[str, Any]]:
         """The call's earlier LLM context from the registry: it goes on from another host."""
@@ -402,7 +414,14 @@ def serve(app: FastAPI, context: ServeContext) -> None:
     settings = TwilioServerSettings.from_bot(
         context.bot.spec.transport, public_url=context.public_url, skip_signature=context.skip_signature
     )
-    calls = TwilioCalls(context.bot, settings, on_turn=context.on_turn, live=context.live, registry=context.registry)
+    calls = TwilioCalls(
+        context.bot,
+        settings,
+        on_turn=context.on_turn,
+        live=context.live,
+        registry=context.registry,
+        stopping=context.stopping,
+    )
     app.include_router(calls.router())
     app.state.calls = calls
 

@@ -13,6 +13,7 @@ import binascii
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -41,11 +42,14 @@ class TwilioStreamSerializer(TwilioFrameSerializer):
 
     Rejected messages are logged (once per kind, then counted in ``rejected``) and dropped: the call
     goes on. A ``mark`` echo becomes an ``InputTransportMessageFrame`` with ``{"mark": name, "at": t}``.
+    ``keep_call``: asked when the stream ends; true keeps the call up (pipecat's serializer hangs it up), as
+    when the host stops and another host is to go on with the call.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, keep_call: Callable[[], bool] | None = None, **kwargs: Any):
         """See :class:`TwilioFrameSerializer`."""
         super().__init__(*args, **kwargs)
+        self._keep_call = keep_call
         # soxr's default (VHQ) stream resampler releases 8 kHz input in bursts, which holds caller audio
         # back from the VAD (a later barge-in: measured by bench/twilio_load.py, figures in bench/README.md);
         # QQ emits steadily, and a phone line has nothing above 4 kHz for the better filter to keep.
@@ -96,6 +100,13 @@ class TwilioStreamSerializer(TwilioFrameSerializer):
         if event == "stop":
             self.stopped = True
         return None
+
+    async def _hang_up_call(self) -> None:
+        """pipecat's hang-up at the stream's end, unless the call is to go on elsewhere."""
+        if self._keep_call is not None and self._keep_call():
+            logger.info(f"Call {self._call_sid}: not hung up: it goes on on another host")
+            return
+        await super()._hang_up_call()
 
     async def _media(self, message: dict, data: str | bytes) -> Frame | None:
         media = message.get("media")

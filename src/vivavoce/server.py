@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Response
 from loguru import logger
@@ -46,6 +48,8 @@ class ServeContext:
     """Accept unsigned webhooks (local development only)."""
     registry: RedisCalls | None = None
     """The Redis shared by agent hosts (``--registry``): also ``live``. None on one host."""
+    stopping: threading.Event | None = None
+    """Set when the server is told to stop (SIGTERM, SIGINT), before it closes its connections."""
 
 
 def create_app(
@@ -77,6 +81,8 @@ def create_app(
         logger.info(f"live calls, their context and the stream-token secret are shared through {registry}")
     live = live or LiveSessions(os.environ.get(LIVE_SESSIONS_ENV) or None)
     app.router.on_shutdown.append(live.close)
+    stopping = threading.Event()
+    app.router.on_startup.append(lambda: _flag_stop_signals(stopping))
     metrics = ServeMetrics(active_sessions=live.count)
     if bot.transport.serve is None:
         raise ValueError(f"transport '{transport.kind}' is not served over HTTP: use `vivavoce run`")
@@ -90,6 +96,7 @@ def create_app(
             public_url=public_url,
             skip_signature=skip_signature,
             registry=calls,
+            stopping=stopping,
         ),
     )
     app.state.metrics = metrics
@@ -110,6 +117,24 @@ def create_app(
         }
 
     return app
+
+
+def _flag_stop_signals(stopping: threading.Event) -> None:
+    """Set ``stopping`` on SIGTERM and SIGINT, then let the server's own handlers (uvicorn's, installed before
+    the app starts) stop it: sessions then know their end is the host's, not the call's."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread can handle signals; a server run elsewhere has nobody to tell it
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue  # the signal does not stop this server gracefully: nothing to tell the sessions
+
+        def flag(signum: int, frame: Any, previous: Callable[..., Any] = previous) -> None:
+            stopping.set()
+            previous(signum, frame)
+
+        signal.signal(sig, flag)
 
 
 def app_from_environment() -> FastAPI:
