@@ -1,4 +1,4 @@
-"""The Chatterbox worker's server code (voices, protocol, cancel) and ``ChatterboxTTSService``.
+"""The Chatterbox worker's server code (voices, both protocols, register_voice, cancel) and ``ChatterboxTTSService``.
 
 chatterbox-streaming itself cannot be installed on CI's torch, so the worker runs a deterministic
 tone engine from tests/chatterbox_test_worker.py behind the real server, voice registry and CLI.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import wave
 
 import httpx
@@ -21,20 +22,9 @@ from pipecat.tests.utils import SleepFrame, run_test
 
 from test_workers_csm import AUTH, speak, ws_url
 from vivavoce.processors.chatterbox import ChatterboxTTSService
-from worker_support import API_KEY, REPO, worker_process
+from worker_support import API_KEY, REPO, recv_json, tone_wav, tts_synthesize, worker_process
 
 RATE = 24000
-
-
-def tone_wav(hz: float, seconds: float, rate: int = 16000) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.sin(2 * np.pi * hz * t) * 9000).astype("<i2").tobytes())
-    return buf.getvalue()
 
 
 def pitch(pcm: bytes, rate: int = RATE) -> float:
@@ -103,6 +93,40 @@ def test_voices_survive_a_restart(voices_dir, tmp_path):
         with wave.open(io.BytesIO(wav.content)) as w:
             assert pitch(w.readframes(w.getnframes())) == pytest.approx(350, rel=0.02)
         assert httpx.delete(f"{url}/voices/kept", headers=AUTH).status_code == 200
+
+
+async def test_register_voice_on_a_worker_that_clones(tmp_path):
+    """Chatterbox's server over its test engine: a voice is a pitch, taken from the registered clip."""
+    args = ["tests/chatterbox_test_worker.py", "--voices-dir", str(tmp_path / "voices")]
+    env = {"PYTHONPATH": str(REPO / "workers" / "chatterbox")}
+    with worker_process(args, log=tmp_path / "worker.log", env=env) as url:
+        async with websockets.connect(ws_url(url, "/v1/tts"), additional_headers=AUTH) as ws:
+            not_audio = base64.b64encode(b"RIFF but not audio").decode()
+            too_short = base64.b64encode(tone_wav(300, 0.2)).decode()
+            for clip, code in ((not_audio, "bad_audio"), ("%%% not base64", "bad_audio"), (too_short, "bad_audio")):
+                await ws.send(json.dumps({"type": "register_voice", "voice_id": "low", "reference_audio": clip}))
+                reply = await recv_json(ws)
+                assert reply["type"] == "error" and reply["code"] == code, reply
+            _, _, refused = await tts_synthesize(ws, "Twenty characters!!", voice_id="low")
+            assert refused["code"] == "unknown_voice"
+            clip = base64.b64encode(tone_wav(300, 2.0)).decode()
+            await ws.send(
+                json.dumps({"type": "register_voice", "voice_id": "low", "reference_audio": clip, "request_id": "r"})
+            )
+            assert await recv_json(ws) == {
+                "type": "voice_registered",
+                "voice_id": "low",
+                "seconds": 2.0,
+                "request_id": "r",
+            }
+            _, _, refused = await tts_synthesize(ws, "Twenty characters!!", voice_id="low", emotion="angry")
+            assert refused["code"] == "not_supported"  # the test engine has no emotion control
+            _, chunks, done = await tts_synthesize(ws, "Twenty characters!!", voice_id="low", chunk_size=100)
+            audio = np.concatenate(chunks)
+            assert {len(c) for c in chunks[:-1]} == {2400} and len(audio) / 24000 == pytest.approx(1.14, abs=0.05)
+            crossings = np.count_nonzero(np.diff(np.signbit(audio)))
+            assert crossings / 2 / (len(audio) / 24000) == pytest.approx(300, rel=0.03)  # the registered voice
+        assert [v["id"] for v in httpx.get(f"{url}/voices", headers=AUTH).json()["voices"]] == ["low"]
 
 
 async def test_service_streams_resampled_audio_and_cancels_on_interruption(worker):

@@ -2,20 +2,16 @@
 
 The worker runs from its own venv (``make worker-piper``) on the packaged en_US-joe-medium voice. Its
 speech is transcribed back with faster-whisper tiny.en and its loudness measured with pyloudnorm (an
-independent BS.1770 meter). ``register_voice`` is checked on a worker that clones voices: the
-Chatterbox server over its test engine (tests/chatterbox_test_worker.py).
+independent BS.1770 meter). ``register_voice`` on a worker that clones voices is in test_workers_chatterbox.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 import os
 import re
 import shutil
-import wave
 
 import httpx
 import numpy as np
@@ -25,7 +21,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from vivavoce.packaged_models import piper_voice
-from worker_support import API_KEY, REPO, start_piper, worker_process
+from worker_support import API_KEY, recv_json, start_piper, tts_synthesize
 
 AUTH = {"X-API-Key": API_KEY}
 TARGET = -16.0
@@ -99,26 +95,6 @@ def true_peak_dbtp(samples: np.ndarray, rate: int) -> float:
     return 20 * np.log10(np.abs(up).max())
 
 
-async def recv_json(ws) -> dict:
-    message = await asyncio.wait_for(ws.recv(), 60)
-    assert isinstance(message, str), "binary where a JSON message was expected"
-    return json.loads(message)
-
-
-async def synthesize(ws, text: str, **fields) -> tuple[list[dict], list[np.ndarray], dict]:
-    """One ``synthesize``: its audio_chunk headers, their float32 audio, and the closing message."""
-    await ws.send(json.dumps({"type": "synthesize", "text": text, **fields}))
-    headers, chunks = [], []
-    while True:
-        message = await recv_json(ws)
-        if message["type"] != "audio_chunk":
-            return headers, chunks, message
-        audio = await asyncio.wait_for(ws.recv(), 60)
-        assert isinstance(audio, bytes), "an audio_chunk header must be followed by its audio"
-        headers.append(message)
-        chunks.append(np.frombuffer(audio, "<f4"))
-
-
 def test_health_names_the_voice_rate_and_loudness(piper, piper_off):
     body = httpx.get(f"{piper}/health").json()
     assert body["engine"] == "piper" and body["device"] == "cpu" and body["sample_rate"] == 22050
@@ -131,7 +107,7 @@ def test_health_names_the_voice_rate_and_loudness(piper, piper_off):
 @pytest.mark.e2e
 async def test_tts_streams_announced_float32_chunks_that_say_the_text_at_the_target_loudness(piper, whisper):
     async with websockets.connect(ws_url(piper), additional_headers=AUTH) as ws:
-        headers, chunks, done = await synthesize(ws, TEXT, voice_id="en_US-joe-medium", request_id="w1")
+        headers, chunks, done = await tts_synthesize(ws, TEXT, voice_id="en_US-joe-medium", request_id="w1")
     assert done["type"] == "synthesis_complete" and not done["cancelled"] and done["request_id"] == "w1"
     assert [h["chunk_id"] for h in headers] == list(range(len(chunks))) and done["chunks_sent"] == len(chunks) >= 2
     assert all(
@@ -163,12 +139,12 @@ async def test_stream_protocol_speaks_pcm16_at_the_target_loudness(piper, whispe
 
 async def test_48k_20ms_frames_chunk_sizes_and_whole_utterances(piper):
     async with websockets.connect(ws_url(piper), additional_headers=AUTH) as ws:
-        headers, chunks, done = await synthesize(ws, "Framed for the browser.", sample_rate=48000, frame_ms=20)
+        headers, chunks, done = await tts_synthesize(ws, "Framed for the browser.", sample_rate=48000, frame_ms=20)
         assert {len(c) for c in chunks} == {960} and {h["duration_ms"] for h in headers} == {20.0}
         assert done["sample_rate"] == 48000 and done["chunks_sent"] == len(chunks) > 20
-        _, chunks, done = await synthesize(ws, "Cut into half seconds, please.", chunk_size=500)
+        _, chunks, done = await tts_synthesize(ws, "Cut into half seconds, please.", chunk_size=500)
         assert {len(c) for c in chunks[:-1]} == {12000} and 0 < len(chunks[-1]) <= 12000
-        _, chunks, done = await synthesize(ws, "One piece. Two sentences.", streaming=False)
+        _, chunks, done = await tts_synthesize(ws, "One piece. Two sentences.", streaming=False)
         assert len(chunks) == 1 == done["chunks_sent"] and len(chunks[0]) / 24000 > 1.0
     async with websockets.connect(ws_url(piper, "/v1/stream"), additional_headers=AUTH) as ws:
         await ws.send(
@@ -204,7 +180,7 @@ async def test_bad_input_gets_its_error_and_the_socket_stays_usable(piper):
             assert reply["type"] == "error" and reply["code"] == code and reply["message"], (raw, reply)
         await ws.send(b"\x00\x01")
         assert (await recv_json(ws))["code"] == "binary_not_expected"
-        _, chunks, done = await synthesize(ws, "Still here.", request_id="after")
+        _, chunks, done = await tts_synthesize(ws, "Still here.", request_id="after")
         assert done["type"] == "synthesis_complete" and done["request_id"] == "after" and len(chunks) >= 1
 
 
@@ -228,7 +204,7 @@ async def test_the_key_is_required(piper):
             await ws.recv()
     assert closed.value.rcvd.code == 1008
     async with websockets.connect(ws_url(piper) + f"?api_key={API_KEY}") as ws:
-        _, chunks, done = await synthesize(ws, "Okay.")
+        _, chunks, done = await tts_synthesize(ws, "Okay.")
         assert done["type"] == "synthesis_complete" and chunks
 
 
@@ -238,7 +214,7 @@ async def test_two_sockets_are_isolated(piper, whisper):
 
     async def clean() -> tuple[list[np.ndarray], dict]:
         async with websockets.connect(ws_url(piper), additional_headers=AUTH) as ws:
-            _, chunks, done = await synthesize(ws, TEXT, request_id="clean")
+            _, chunks, done = await tts_synthesize(ws, TEXT, request_id="clean")
             return chunks, done
 
     async def noisy() -> tuple[list[np.ndarray], list[dict]]:
@@ -270,8 +246,8 @@ async def test_loudness_off_leaves_the_voice_as_piper_made_it(piper_off, whisper
     from piper import PiperVoice
 
     async with websockets.connect(ws_url(piper_off)) as ws:  # --no-auth
-        _, chunks, done = await synthesize(ws, TEXT, sample_rate=22050)  # the voice's own rate: no resampling
-        _, copy_chunks, _ = await synthesize(ws, OTHER, voice_id="joe-copy")
+        _, chunks, done = await tts_synthesize(ws, TEXT, sample_rate=22050)  # the voice's own rate: no resampling
+        _, copy_chunks, _ = await tts_synthesize(ws, OTHER, voice_id="joe-copy")
     assert done["type"] == "synthesis_complete"
     # Piper scales each sentence to full scale: untouched, its peaks are exactly 1.0 (under -1 dBTP after
     # normalisation), and its loudness is what Piper in this process makes of the same text.
@@ -281,48 +257,3 @@ async def test_loudness_off_leaves_the_voice_as_piper_made_it(piper_off, whisper
     assert lufs(np.concatenate(chunks), 22050) == pytest.approx(np.mean(own), abs=1.0)
     assert abs(lufs(np.concatenate(chunks), 22050) - TARGET) > 1.0  # so the comparison above means something
     assert_says(whisper, np.concatenate(copy_chunks), 24000, OTHER)  # the second voice, loaded by path
-
-
-def tone_wav(hz: float, seconds: float, rate: int = 16000) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.sin(2 * np.pi * hz * t) * 9000).astype("<i2").tobytes())
-    return buf.getvalue()
-
-
-async def test_register_voice_on_a_worker_that_clones(tmp_path):
-    """Chatterbox's server over its test engine: a voice is a pitch, taken from the registered clip."""
-    args = ["tests/chatterbox_test_worker.py", "--voices-dir", str(tmp_path / "voices")]
-    env = {"PYTHONPATH": str(REPO / "workers" / "chatterbox")}
-    with worker_process(args, log=tmp_path / "worker.log", env=env) as url:
-        async with websockets.connect(ws_url(url), additional_headers=AUTH) as ws:
-            not_audio = base64.b64encode(b"RIFF but not audio").decode()
-            too_short = base64.b64encode(tone_wav(300, 0.2)).decode()
-            for clip, code in ((not_audio, "bad_audio"), ("%%% not base64", "bad_audio"), (too_short, "bad_audio")):
-                await ws.send(json.dumps({"type": "register_voice", "voice_id": "low", "reference_audio": clip}))
-                reply = await recv_json(ws)
-                assert reply["type"] == "error" and reply["code"] == code, reply
-            _, _, refused = await synthesize(ws, "Twenty characters!!", voice_id="low")
-            assert refused["code"] == "unknown_voice"
-            clip = base64.b64encode(tone_wav(300, 2.0)).decode()
-            await ws.send(
-                json.dumps({"type": "register_voice", "voice_id": "low", "reference_audio": clip, "request_id": "r"})
-            )
-            assert await recv_json(ws) == {
-                "type": "voice_registered",
-                "voice_id": "low",
-                "seconds": 2.0,
-                "request_id": "r",
-            }
-            _, _, refused = await synthesize(ws, "Twenty characters!!", voice_id="low", emotion="angry")
-            assert refused["code"] == "not_supported"  # the test engine has no emotion control
-            _, chunks, done = await synthesize(ws, "Twenty characters!!", voice_id="low", chunk_size=100)
-            audio = np.concatenate(chunks)
-            assert {len(c) for c in chunks[:-1]} == {2400} and len(audio) / 24000 == pytest.approx(1.14, abs=0.05)
-            crossings = np.count_nonzero(np.diff(np.signbit(audio)))
-            assert crossings / 2 / (len(audio) / 24000) == pytest.approx(300, rel=0.03)  # the registered voice
-        assert [v["id"] for v in httpx.get(f"{url}/voices", headers=AUTH).json()["voices"]] == ["low"]

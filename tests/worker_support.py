@@ -1,17 +1,26 @@
-"""Starting real worker processes from their own virtualenvs for the tests."""
+"""Starting real worker processes from their own virtualenvs for the tests, and talking to them."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import os
+import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from vivavoce.testing.processes import free_port, serving
 
-__all__ = ["API_KEY", "REPO", "csm_python", "free_port", "piper_python", "start_asr", "start_piper", "worker_process"]
+__all__ = [
+    "API_KEY", "REPO", "csm_python", "free_port", "piper_python", "recv_json", "start_asr", "start_piper",
+    "tone_wav", "tts_synthesize", "worker_process",
+]  # fmt: skip
 
 REPO = Path(__file__).resolve().parents[1]
 CSM_PYTHON = REPO / "workers" / "csm" / ".venv" / "bin" / "python"
@@ -71,3 +80,40 @@ def start_asr(log: Path, *args: str, auth: bool = True):
     env = {**os.environ, "VIVAVOCE_WORKER_API_KEY": API_KEY}
     url = f"http://127.0.0.1:{port}"
     return url, serving(command, health=f"{url}/health", env=env, cwd=REPO, log=log, ready_secs=120, stop_secs=20)
+
+
+# --- talking to a worker --------------------------------------------------------------------------------
+
+
+async def recv_json(ws: Any) -> dict[str, Any]:
+    """The next message on an open worker socket, which must be JSON text (not audio)."""
+    message = await asyncio.wait_for(ws.recv(), 60)
+    assert isinstance(message, str), "binary where a JSON message was expected"
+    return json.loads(message)
+
+
+async def tts_synthesize(ws: Any, text: str, **fields: Any) -> tuple[list[dict], list[np.ndarray], dict]:
+    """One ``synthesize`` on an open ``/v1/tts`` socket: its ``audio_chunk`` headers, their float32 audio,
+    and the message that closed it (``synthesis_complete`` or an ``error``)."""
+    await ws.send(json.dumps({"type": "synthesize", "text": text, **fields}))
+    headers, chunks = [], []
+    while True:
+        message = await recv_json(ws)
+        if message["type"] != "audio_chunk":
+            return headers, chunks, message
+        audio = await asyncio.wait_for(ws.recv(), 60)
+        assert isinstance(audio, bytes), "an audio_chunk header must be followed by its audio"
+        headers.append(message)
+        chunks.append(np.frombuffer(audio, "<f4"))
+
+
+def tone_wav(hz: float, seconds: float, rate: int = 16000) -> bytes:
+    """A sine as a 16-bit mono WAV: a voice clip whose pitch the Chatterbox test engine takes."""
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.sin(2 * np.pi * hz * t) * 9000).astype("<i2").tobytes())
+    return buf.getvalue()
