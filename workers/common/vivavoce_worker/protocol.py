@@ -119,17 +119,23 @@ def error_message(code: str, message: str, request_id: str | None = None, *, id_
     return {"type": "error", "code": code, "message": message, **({id_key: request_id} if request_id else {})}
 
 
-def parse_client_message(raw: str) -> SynthesizeMessage | CancelMessage:
-    """Parse one text frame; ``ProtocolError`` says what is wrong with it."""
+def load_message(raw: str, *, id_key: str = "id") -> tuple[dict[str, Any], str | None]:
+    """One text frame as a JSON object, and the request id it gives under ``id_key`` (None when it gives
+    none); ``ProtocolError`` when it is too large, not JSON, or not an object."""
     if len(raw.encode()) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("too_large", f"message larger than {MAX_MESSAGE_BYTES} bytes")
+        raise ProtocolError("too_large", f"message larger than {MAX_MESSAGE_BYTES} bytes", id_key=id_key)
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise ProtocolError("bad_json", f"not JSON: {e}") from None
+        raise ProtocolError("bad_json", f"not JSON: {e}", id_key=id_key) from None
     if not isinstance(data, dict):
-        raise ProtocolError("bad_message", "a message is a JSON object with a `type`")
-    request_id = data.get("id") if isinstance(data.get("id"), str) else None
+        raise ProtocolError("bad_message", "a message is a JSON object with a `type`", id_key=id_key)
+    return data, data.get(id_key) if isinstance(data.get(id_key), str) else None
+
+
+def parse_client_message(raw: str) -> SynthesizeMessage | CancelMessage:
+    """Parse one text frame; ``ProtocolError`` says what is wrong with it."""
+    data, request_id = load_message(raw)
     if data.get("type") not in ("synthesize", "cancel"):
         raise ProtocolError(
             "unknown_type", f"unknown message type {data.get('type')!r}: expected 'synthesize' or 'cancel'", request_id

@@ -14,7 +14,6 @@ import asyncio
 import base64
 import binascii
 import itertools
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,12 +34,12 @@ from vivavoce_worker.engine import (
 from vivavoce_worker.framing import Reframer, samples_for_ms
 from vivavoce_worker.protocol import (
     MAX_FRAME_MS,
-    MAX_MESSAGE_BYTES,
     MAX_PENDING_PER_SOCKET,
     MAX_TEXT_CHARS,
     MIN_FRAME_MS,
     ProtocolError,
     check_output_format,
+    load_message,
 )
 from vivavoce_worker.socket_loop import RequestSocket
 
@@ -111,15 +110,7 @@ def _refusal(code: str, message: str, request_id: str | None = None) -> Protocol
 
 def parse_tts_message(raw: str) -> TtsMessage:
     """Parse one text frame; a ``ProtocolError`` says what is wrong with it."""
-    if len(raw.encode()) > MAX_MESSAGE_BYTES:
-        raise _refusal("too_large", f"message larger than {MAX_MESSAGE_BYTES} bytes")
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise _refusal("bad_json", f"not JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise _refusal("bad_message", "a message is a JSON object with a `type`")
-    request_id = data.get(ID_KEY) if isinstance(data.get(ID_KEY), str) else None
+    data, request_id = load_message(raw, id_key=ID_KEY)
     kind = data.get("type")
     if kind not in _MODELS:
         raise _refusal("unknown_type", f"unknown message type {kind!r}: expected one of {MESSAGE_TYPES}", request_id)
