@@ -34,6 +34,7 @@ from pipecat.services.stt_service import WebsocketSTTService
 from pipecat.utils.time import time_now_iso8601
 from websockets.protocol import State
 
+from vivavoce.frames import WorkerFailoverFrame
 from vivavoce.processors.worker_client import worker_api_key
 from vivavoce.worker_directory import PING_INTERVAL_SECS, PING_TIMEOUT_SECS, Selector, WorkerRoute
 
@@ -169,6 +170,9 @@ class AsrServiceSTTService(WebsocketSTTService):
             f"{self}: failed over from {lost} to {self._url}: {len(replay) / 2 / self.sample_rate:.1f} s of the "
             f"utterance in progress streamed again{' and flushed' if self._awaiting_final else ''}"
         )
+        # Nothing is lost: the utterance in flight is heard again by the new service.
+        failover = WorkerFailoverFrame(service="stt", from_url=lost, to_url=self._url, reason="connection lost")
+        await self.push_frame(failover)
         return reconnected
 
     async def _disconnect_websocket(self) -> None:

@@ -29,6 +29,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import WebsocketTTSService
 from websockets.protocol import State
 
+from vivavoce.frames import WorkerFailoverFrame
 from vivavoce.worker_directory import PING_INTERVAL_SECS, PING_TIMEOUT_SECS, Selector, WorkerRoute
 
 if TYPE_CHECKING:
@@ -251,6 +252,7 @@ class WorkerTTSService(WebsocketTTSService):
             for request_id, context_id in self._request_context.items()
         ]
         worker = self._route.current.key if self._route and self._route.current else None
+        lost = self._url
         self._failing_over = True
         try:
             reconnected = await super()._reconnect_websocket(attempt_number)
@@ -267,6 +269,9 @@ class WorkerTTSService(WebsocketTTSService):
             await self._send_request(text, context_id)
         if carried:
             logger.warning(f"{self}: failed over to {self._url}: {len(carried)} unfinished sentence(s) sent again")
+        # Nothing is lost: what the worker had not said is asked of the new one (CSM's context goes inline).
+        failover = WorkerFailoverFrame(service="tts", from_url=lost, to_url=self._url, reason="connection lost")
+        await self.push_frame(failover)
         for context_id in list(contexts):
             await self._maybe_close(context_id)
         return reconnected

@@ -29,6 +29,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 from websockets.exceptions import ConnectionClosed
 
+from vivavoce.frames import WorkerFailoverFrame
 from vivavoce.processors.asr_service import AsrServiceSTTService
 from vivavoce.testing.conversation_eval import normalise_words, word_errors
 from vivavoce.testing.real_speech import RATE, utterances
@@ -58,6 +59,7 @@ class Transcripts(FrameProcessor):
     def __init__(self) -> None:
         super().__init__()
         self.finals: list[str] = []
+        self.failovers: list[WorkerFailoverFrame] = []
         self.arrived = asyncio.Event()
         self.on_partial = None
 
@@ -66,6 +68,8 @@ class Transcripts(FrameProcessor):
         if isinstance(frame, InterimTranscriptionFrame) and self.on_partial:
             self.on_partial()
             self.on_partial = None
+        elif isinstance(frame, WorkerFailoverFrame):
+            self.failovers.append(frame)
         elif isinstance(frame, TranscriptionFrame):
             self.finals.append(frame.text)
             self.arrived.set()
@@ -184,6 +188,10 @@ async def test_an_asr_service_registers_and_a_killed_one_loses_none_of_the_utter
                 )
                 assert processes[first].wait(5) == -signal.SIGKILL
                 assert call.connects[-1] != first, call.connects
+                # Reported, for the report and the metrics: whole, not degraded.
+                [failover] = call.transcripts.failovers
+                assert (failover.service, failover.from_url, failover.to_url) == ("stt", first, call.connects[-1])
+                assert not failover.degraded
                 # The whole utterance was transcribed by the other service: its start too, which only the dead
                 # one had heard when it died.
                 assert wer(utterance.text, heard) <= 0.35, (utterance.text, heard)
