@@ -37,6 +37,8 @@ class FileRunResult:
     duration_secs: float
     pauses: list[tuple[float, bool]] = field(default_factory=list)
     """When the bot's audio was paused (True) and resumed (False), in timeline seconds."""
+    failovers: dict[str, Any] = field(default_factory=lambda: {"failovers": [], "degraded": False})
+    """The session's worker failovers and whether any lost state (``TurnRecorder.report_fields``)."""
 
     def report(self) -> dict[str, Any]:
         """The JSON report (``turns`` with per-turn timing, plus a summary)."""
@@ -49,6 +51,7 @@ class FileRunResult:
             "run_duration_s": round(self.duration_secs, 3),
             "turns": [turn.to_dict() for turn in self.turns],
             "summary": summarize(self.turns),
+            **self.failovers,
         }
 
     def write(self, output: Path | None = None, report: Path | None = None) -> None:
@@ -109,4 +112,5 @@ async def run_on_recording(
         output_sample_rate=transport.output_sample_rate,
         duration_secs=loop.time() - started,
         pauses=recorder.pauses,
+        failovers=recorder.report_fields(),
     )
