@@ -61,6 +61,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from vivavoce.frames import WorkerFailoverFrame
+from vivavoce.processors.worker_client import worker_api_key
 from vivavoce.worker_directory import PING_INTERVAL_SECS, PING_TIMEOUT_SECS, Selector, WorkerRoute
 
 if TYPE_CHECKING:
@@ -105,7 +106,8 @@ class MoshiS2SService(FrameProcessor):
         **kwargs: Any,
     ):
         """``url``: the worker's ``ws://host:port/api/chat``, or ``registry`` (``redis://...``) to pick one of
-        the fleet's ``moshi`` workers by load; ``api_key``: sent as ``X-API-Key``.
+        the fleet's ``moshi`` workers by load; ``api_key``: sent as ``X-API-Key`` (None: the worker key
+        variable).
 
         ``gate``: the worker's turn gating (Moshi stays silent while the user speaks), which reopens after
         ``gate_silence_ms`` of the user below ``gate_threshold_db`` (dBFS). The bot's audio above
@@ -120,7 +122,7 @@ class MoshiS2SService(FrameProcessor):
             raise ValueError("a Moshi service needs a url or a registry, not both")
         self._url = url  # the worker in use (with a registry: set once one is picked)
         self._route = WorkerRoute(registry, Selector(family=FAMILY)) if registry else None
-        self._api_key = api_key
+        self._api_key = worker_api_key(api_key)
         self._gate = gate
         self._gate_silence_ms = gate_silence_ms
         self._gate_threshold_db = gate_threshold_db
