@@ -36,7 +36,7 @@ def return_freed_memory() -> None:
     """Collect cycles, then hand the C heap's free pages back to the system (glibc's ``malloc_trim``).
 
     Without it an evicted model's memory stays in the allocator's per-thread arenas: measured on the Piper worker,
-    RSS grew by ~7 MB per load-and-evict cycle; with it RSS stays flat (bench/README.md, ``resident.py``).
+    RSS grew by 150 MB over 11 load-and-evict cycles, and by 15-30 MB with it (bench/README.md, ``resident.py``).
     """
     gc.collect()
     libc = ctypes.util.find_library("c")
