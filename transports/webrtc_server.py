@@ -172,7 +172,8 @@ class WebRTCSessions:
             body = OfferBody.model_validate(await _json_body(request))
             _check_sdp(body.sdp)
             renegotiation = body.pc_id is not None and body.pc_id in self.sessions
-            if not renegotiation and self.live.count() >= self.config.max_sessions:
+            # Off the event loop: with a registry a count is a Redis round trip, and other calls' audio flows here.
+            if not renegotiation and await asyncio.to_thread(self.live.count) >= self.config.max_sessions:
                 raise BadRequest(503, f"the server is busy ({self.config.max_sessions} sessions): try again later")
         except BadRequest as e:
             return _error(e.status, str(e))
@@ -251,18 +252,19 @@ class WebRTCSessions:
             logger.info(f"WebRTC session {peer.pc_id}: connected in {peer.connected_s * 1000:.0f} ms")
 
         session.end_when("on_client_disconnected")
-        self.live.claim(peer.live_id)  # ids are unique: the claim only counts the session
         self.sessions[peer.pc_id] = peer
         peer.task = asyncio.create_task(self._run(peer, session))
 
     async def _run(self, peer: WebRTCSession, session: Session) -> None:
+        # Ids are unique: the claim only counts the session (off the loop: a Redis round trip with a registry).
+        await asyncio.to_thread(self.live.claim, peer.live_id)
         try:
             await session.run()
         except Exception as e:  # one session's failure ends that session only
             logger.exception(f"WebRTC session {peer.pc_id} failed: {e}")
         finally:
             self.sessions.pop(peer.pc_id, None)
-            self.live.release(peer.live_id)
+            await asyncio.to_thread(self.live.release, peer.live_id)
             await peer.connection.disconnect()
             logger.info(f"WebRTC session {peer.pc_id} ended")
 

@@ -103,7 +103,8 @@ def create_app(
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=metrics.content_type)
+        # In a thread: the active-sessions gauge reads the live calls (files, or Redis with a registry).
+        return Response(await asyncio.to_thread(metrics.render), media_type=metrics.content_type)
 
     @app.get("/health")
     async def health() -> dict:
