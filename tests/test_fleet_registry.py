@@ -173,3 +173,26 @@ async def test_an_unreachable_registry_is_a_clear_error_on_both_sides():
     worker = Registration(url, family="piper", url="ws://h:1/v1/stream", max_sessions=1, stats=dict)
     with pytest.raises(RegistryError, match=f"registry at {url} does not answer"):
         await worker.start()
+
+
+def test_a_worker_with_the_voice_loaded_is_preferred_to_a_less_busy_one_that_would_load_it():
+    def entry(i: int, active: int, resident: tuple[str, ...] | None) -> WorkerEntry:
+        return WorkerEntry(key=f"k{i}", family="piper", url=f"ws://h:{i}/v1/stream", boot_id=str(i), version="",
+                           state="ready", max_sessions=10, active_sessions=active, queue_depth=0,
+                           voices=("joe", "amy"), resident=resident)  # fmt: skip
+
+    warm, cold = entry(0, 6, ("amy",)), entry(1, 1, ("joe",))
+    rng = random.Random(3)
+    assert {choose([warm, cold], rng, voice="amy").key for _ in range(20)} == {"k0"}
+    assert {choose([warm, cold], rng, voice="joe").key for _ in range(20)} == {"k1"}
+    # Without on-demand voices (no resident field) every voice is loaded: load alone decides.
+    assert choose([entry(0, 6, None), entry(1, 1, None)], rng, voice="amy").key == "k1"
+    # As a worker whose voices load on demand writes its entry, and as one whose voices are all loaded does.
+    on_demand = Registration("redis://127.0.0.1:1/0", family="piper", url="ws://h:1/v1/stream", max_sessions=4,
+                             stats=dict, voices=["joe", "amy"], resident=lambda: ["amy"])  # fmt: skip
+    parsed = WorkerEntry.parse("k", {k: str(v) for k, v in on_demand.fields().items()})
+    assert parsed.resident == ("amy",) and parsed.has_loaded("amy") and not parsed.has_loaded("joe")
+    all_loaded = Registration("redis://127.0.0.1:1/0", family="csm", url="ws://h:2/v1/stream", max_sessions=4,
+                              stats=dict, voices=["joe"])  # fmt: skip
+    assert "resident" not in all_loaded.fields()
+    assert WorkerEntry.parse("k", {k: str(v) for k, v in all_loaded.fields().items()}).has_loaded("joe")

@@ -318,7 +318,7 @@ async def test_a_piper_worker_loads_voices_on_demand_and_evicts_beyond_its_cap(t
 
         # Unknown: a clear error naming the voices it has, on both protocols; nothing loads.
         _, refused = await tts(url, "nobody")
-        assert refused["code"] == "unknown_voice"
+        assert refused["code"] == "unknown_voice" and all(v in refused["message"] for v in (JOE, "amy", "bob"))
         _, refused = await stream(url, "nobody")
         assert refused["type"] == "error" and all(v in refused["message"] for v in (JOE, "amy", "bob"))
 

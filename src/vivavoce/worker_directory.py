@@ -3,15 +3,17 @@
 Key layout (``workers/PROTOCOL.md``, "Registry"), written by each worker, read here:
 
 - ``vivavoce:worker:<family>:<boot_id>``: a hash with the worker's ``family``, ``url``, ``models`` and
-  ``voices`` (JSON lists), ``max_sessions``, ``active_sessions``, ``queue_depth``, ``state`` (``ready`` or
-  ``draining``), ``boot_id`` and ``version``; it expires a few seconds after the worker stops refreshing it.
+  ``voices`` (JSON lists; ``resident``, where voices load on demand: those loaded now), ``max_sessions``,
+  ``active_sessions``, ``queue_depth``, ``state`` (``ready`` or ``draining``), ``boot_id`` and ``version``;
+  it expires a few seconds after the worker stops refreshing it.
 - ``vivavoce:workers:<family>``: a sorted set of those keys, scored by when each expires (ms since the
   epoch), so the live ones are one ``ZRANGEBYSCORE`` away: no ``KEYS`` scan, and a crashed worker drops
   out when its score passes even before its hash expires.
 
-A worker is picked by load with the power of two choices: two ready workers that match at random, the
-less loaded of them. Nothing here is a health check: the agent notices a dead worker on its socket.
-:class:`WorkerRoute` is one conversation's way to a worker (the TTS, ASR and Moshi clients share it).
+A worker is picked by load with the power of two choices: two ready workers that match at random, the one
+that has the voice loaded, else the less loaded of them. Nothing here is a health check: the agent notices
+a dead worker on its socket. :class:`WorkerRoute` is one conversation's way to a worker (the TTS, ASR and
+Moshi clients share it).
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class WorkerEntry:
     queue_depth: int
     models: tuple[str, ...] = ()
     voices: tuple[str, ...] = ()
+    resident: tuple[str, ...] | None = None
+    """The voices loaded now (None: every voice is: the worker loads none on demand)."""
 
     @classmethod
     def parse(cls, key: str, fields: Mapping[bytes | str, bytes | str]) -> WorkerEntry:
@@ -97,6 +101,7 @@ class WorkerEntry:
                 queue_depth=int(text.get("queue_depth", "0")),
                 models=tuple(_string_list(text.get("models", "[]"))),
                 voices=tuple(_string_list(text.get("voices", "[]"))),
+                resident=tuple(_string_list(text["resident"])) if "resident" in text else None,
             )
         except KeyError as e:
             raise MalformedEntryError(f"{key}: missing field {e}") from None
@@ -112,6 +117,10 @@ class WorkerEntry:
     def load(self) -> float:
         """Sessions and queued requests per session slot: what the choice compares."""
         return (self.active_sessions + self.queue_depth) / self.max_sessions
+
+    def has_loaded(self, voice: str | None) -> bool:
+        """Whether ``voice`` is loaded now (None, or a worker without on-demand voices: yes)."""
+        return voice is None or self.resident is None or voice in self.resident
 
     @property
     def has_room(self) -> bool:
@@ -190,7 +199,7 @@ class WorkerDirectory:
             entries = await self._entries(keys[start : start + size])
             found += [e for e in entries if selector.matches(e) and e.has_room]
             start, size = start + size, size * 2
-        return choose(found[:2])
+        return choose(found[:2], voice=selector.voice)
 
     async def _live_keys(self, family: str) -> list[str]:
         from redis.exceptions import RedisError
@@ -227,12 +236,16 @@ class WorkerDirectory:
         return entries
 
 
-def choose(candidates: list[WorkerEntry], rng: Any = random) -> WorkerEntry | None:
-    """Two at random, the less loaded (one candidate: it; none: None)."""
+def choose(candidates: list[WorkerEntry], rng: Any = random, *, voice: str | None = None) -> WorkerEntry | None:
+    """Two at random, the one that has ``voice`` loaded, else the less loaded (one candidate: it; none: None).
+
+    A voice loaded on demand costs the first request its load (bench/README.md, ``resident.py``), more than
+    a busier worker costs it."""
     if len(candidates) <= 1:
         return candidates[0] if candidates else None
     first, second = rng.sample(candidates, 2)
-    return first if first.load <= second.load else second
+    rank = lambda e: (not e.has_loaded(voice), e.load)  # noqa: E731
+    return first if rank(first) <= rank(second) else second
 
 
 class WorkerRoute:

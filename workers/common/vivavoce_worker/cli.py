@@ -146,9 +146,13 @@ def run_worker(engine: Engine, args: argparse.Namespace, *, routers_for=None) ->
     )
     routers = routers_for(queue, auth) if routers_for else ()
 
-    def voices() -> list[str]:
+    def voices(loaded_only: bool = False) -> list[str]:
         listed = engine.health().get("voices") or []
-        return [v["id"] if isinstance(v, dict) else str(v) for v in listed]
+        return [
+            v["id"] if isinstance(v, dict) else str(v)
+            for v in listed
+            if not (loaded_only and isinstance(v, dict) and v.get("resident") is False)
+        ]
 
     admission, drain = fleet_membership(
         args,
@@ -156,6 +160,7 @@ def run_worker(engine: Engine, args: argparse.Namespace, *, routers_for=None) ->
         stats=lambda: {"queue_depth": queue.depth},
         busy=lambda: queue.streaming,
         voices=voices,
+        resident=lambda: voices(loaded_only=True),
     )
     serve(create_app(engine, auth, queue=queue, routers=routers, admission=admission), args, drain=drain)
 
@@ -169,12 +174,14 @@ def fleet_membership(
     path: str = "/v1/stream",
     models: Sequence[str] = (),
     voices=(),
+    resident=None,
 ) -> tuple[Admission, Drain]:
     """A worker's admission (``--max-sessions``, refusing while draining) and its drain on SIGTERM, with its
     registry entry when ``--registry`` is given (advertising ``path`` on this host, or ``--advertise-url``).
 
     ``busy()``: requests in progress that a drain waits for; ``stats()``: live figures besides the active
-    sessions (e.g. ``queue_depth``); ``voices``: a list or a callable read at each refresh.
+    sessions (e.g. ``queue_depth``); ``voices``: a list or a callable read at each refresh; ``resident``: a
+    callable giving the voices loaded now, for workers that load the others on demand.
     """
     admission = Admission(max_sessions=args.max_sessions)
     registration = None
@@ -189,6 +196,7 @@ def fleet_membership(
             stats=lambda: {"active_sessions": admission.active, **stats()},
             models=models,
             voices=voices,
+            resident=resident,
             version=PROTOCOL,
         )
     return admission, Drain(admission, busy, registration, drain_secs=args.drain_secs)

@@ -133,6 +133,10 @@ class Engine(ABC):
         """
         return None
 
+    def voice_names(self) -> list[str]:
+        """The voices a request may name, for error messages (families with a ``voices`` mapping: its keys)."""
+        return list(getattr(self, "voices", None) or ())
+
     def known_voice(self, voice: str) -> bool:
         """Whether ``voice`` can be asked for (families with a ``voices`` mapping: one of its keys)."""
         voices = getattr(self, "voices", None)

@@ -40,6 +40,7 @@ class Registration:
         stats: Callable[[], dict[str, int]],
         models: Sequence[str] = (),
         voices: Callable[[], Sequence[str]] | Sequence[str] = (),
+        resident: Callable[[], Sequence[str]] | None = None,
         version: str = "",
         ttl_ms: int = 3000,
         refresh_secs: float = 1.0,
@@ -54,6 +55,7 @@ class Registration:
         self.index = f"{KEY_PREFIX}:workers:{family}"
         self.state = "ready"
         self._stats, self._models, self._voices, self._version = stats, list(models), voices, version
+        self._resident = resident
         self._ttl_ms, self._refresh_secs = ttl_ms, refresh_secs
         self._redis = Redis.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=2.0)
         self._task: asyncio.Task | None = None
@@ -74,6 +76,8 @@ class Registration:
             "queue_depth": int(stats.get("queue_depth", 0)),
             "models": json.dumps(self._models),
             "voices": json.dumps(list(voices)),
+            # Loaded now (the rest of `voices` loads on demand): agents prefer a worker that has theirs.
+            **({"resident": json.dumps(list(self._resident()))} if self._resident is not None else {}),
         }
 
     async def start(self) -> None:

@@ -230,8 +230,10 @@ class _TtsSocket(RequestSocket):
     async def _synthesize(self, job: _Job) -> None:
         msg: TtsSynthesize = job.message  # type: ignore[assignment]
         if msg.voice_id is not None and not self.engine.known_voice(msg.voice_id):
+            names = self.engine.voice_names()
+            listed = f"; it has {', '.join(names)}" if names else ""
             raise _refusal(
-                "unknown_voice", f"no voice {msg.voice_id!r} on this {self.engine.name} worker", msg.request_id
+                "unknown_voice", f"no voice {msg.voice_id!r} on this {self.engine.name} worker{listed}", msg.request_id
             )
         rate = msg.sample_rate
         if msg.frame_ms:

@@ -133,6 +133,10 @@ class PiperEngine(Engine):
                 except (OSError, ValueError, KeyError) as e:  # one bad config must not hide the others
                     logger.warning("skipping Piper voice {}: {}: {}", path, type(e).__name__, e)
 
+    def voice_names(self) -> list[str]:
+        """Every voice it can serve, loaded or not."""
+        return list(self.known)
+
     def known_voice(self, voice: str) -> bool:
         """Whether ``voice`` can be served: named at start, or a file in ``--voices-dir`` (looked for again)."""
         if voice not in self.known:
@@ -181,7 +185,7 @@ class PiperEngine(Engine):
         """Make the request's voice resident (loading it if needed) and hold it until the request is done."""
         voice_id = self._voice_id(request)
         if not self.known_voice(voice_id):
-            raise UnknownVoice(f"unknown voice {voice_id!r}: this worker has {', '.join(self.known)}")
+            raise UnknownVoice(f"unknown voice {voice_id!r}: this worker has {', '.join(self.voice_names())}")
         cold = not self.resident.is_resident(voice_id)
         started = time.perf_counter()
         await self.resident.acquire(voice_id)
