@@ -35,8 +35,8 @@ from pipecat.utils.time import time_now_iso8601
 from websockets.protocol import State
 
 from vivavoce.frames import WorkerFailoverFrame
-from vivavoce.processors.worker_client import worker_api_key
-from vivavoce.worker_directory import PING_INTERVAL_SECS, PING_TIMEOUT_SECS, Selector, WorkerRoute
+from vivavoce.processors.worker_client import open_worker_socket, worker_api_key
+from vivavoce.worker_directory import Selector, WorkerRoute
 
 if TYPE_CHECKING:
     from vivavoce.build_context import BuildContext
@@ -136,21 +136,7 @@ class AsrServiceSTTService(WebsocketSTTService):
 
     async def _open(self) -> Any:
         """A socket to the service: the ``url``, or one picked from the registry."""
-        headers = {"X-API-Key": self._api_key} if self._api_key else {}
-        if self._route is None:
-            return await self._websocket_connect(self._url, additional_headers=headers)
-
-        async def open_socket(url: str, timeout_secs: float) -> Any:
-            return await self._websocket_connect(
-                url,
-                additional_headers=headers,
-                open_timeout=timeout_secs,
-                ping_interval=PING_INTERVAL_SECS,
-                ping_timeout=PING_TIMEOUT_SECS,
-            )
-
-        websocket = await self._route.connect(open_socket)
-        self._url = self._route.current.url
+        websocket, self._url = await open_worker_socket(self, url=self._url, route=self._route, api_key=self._api_key)
         return websocket
 
     async def _reconnect_websocket(self, attempt_number: int) -> bool:

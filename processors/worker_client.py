@@ -27,6 +27,7 @@ from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import ErrorFrame, Frame, StartFrame, TTSAudioRawFrame, TTSStoppedFrame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import WebsocketTTSService
+from pipecat.services.websocket_service import WebsocketService
 from websockets.protocol import State
 
 from vivavoce.frames import WorkerFailoverFrame
@@ -43,6 +44,28 @@ CHARS_PER_SEC = 14.0
 def worker_api_key(explicit: str | None = None, env: str = API_KEY_ENV) -> str | None:
     """The worker API key: ``explicit`` if given, else ``$VIVAVOCE_WORKER_API_KEY`` (None: no auth)."""
     return explicit or os.environ.get(env) or None
+
+
+async def open_worker_socket(
+    service: WebsocketService, *, url: str | None, route: WorkerRoute | None, api_key: str | None
+) -> tuple[Any, str]:
+    """A socket from pipecat's ``service`` to its worker, and that worker's URL: ``url``, or a worker its
+    ``route`` picks from the registry (with keepalive pings: a vanished host is noticed)."""
+    headers = {"X-API-Key": api_key} if api_key else {}
+    if route is None:
+        return await service._websocket_connect(url, additional_headers=headers), url
+
+    async def open_socket(worker_url: str, timeout_secs: float) -> Any:
+        return await service._websocket_connect(
+            worker_url,
+            additional_headers=headers,
+            open_timeout=timeout_secs,
+            ping_interval=PING_INTERVAL_SECS,
+            ping_timeout=PING_TIMEOUT_SECS,
+        )
+
+    websocket = await route.connect(open_socket)
+    return websocket, route.current.url
 
 
 def unspoken_rest(text: str, heard_ms: float) -> str:
@@ -182,21 +205,7 @@ class WorkerTTSService(WebsocketTTSService):
 
     async def _open(self) -> Any:
         """A socket to the worker: the ``url``, or a worker picked from the registry."""
-        headers = {"X-API-Key": self._api_key} if self._api_key else {}
-        if self._route is None:
-            return await self._websocket_connect(self._url, additional_headers=headers)
-
-        async def open_socket(url: str, timeout_secs: float) -> Any:
-            return await self._websocket_connect(
-                url,
-                additional_headers=headers,
-                open_timeout=timeout_secs,
-                ping_interval=PING_INTERVAL_SECS,
-                ping_timeout=PING_TIMEOUT_SECS,
-            )
-
-        websocket = await self._route.connect(open_socket)
-        self._url = self._route.current.url
+        websocket, self._url = await open_worker_socket(self, url=self._url, route=self._route, api_key=self._api_key)
         return websocket
 
     async def _disconnect_websocket(self):
