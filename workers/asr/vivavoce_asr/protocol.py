@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vivavoce_worker.protocol import ProtocolError
 
 PROTOCOL = "vivavoce-asr/1"
 MODEL_RATE = 16000  # what Silero VAD, Smart Turn and Whisper hear; other rates are resampled to it
@@ -36,24 +38,14 @@ ERROR_CODES = (
 )
 
 
-class AsrError(Exception):
+class AsrError(ProtocolError):
     """Input the server refuses; becomes an ``error`` message and the session goes on (except at capacity)."""
 
     def __init__(self, code: str, message: str):
         """``code``: one of :data:`ERROR_CODES`; ``message``: for people."""
-        super().__init__(message)
         assert code in ERROR_CODES, code
-        self.code = code
-        self.message = message
-
-    def reply(self) -> dict[str, Any]:
-        """The ``error`` message for this refusal."""
-        return error_message(self.code, self.message)
-
-
-def error_message(code: str, message: str) -> dict[str, Any]:
-    """An ``error`` server message."""
-    return {"type": "error", "code": code, "message": message}
+        # No request ids on this protocol: the reply is {"type": "error", "code", "message"}.
+        super().__init__(code, message, id_key="request_id")
 
 
 class ConfigMessage(BaseModel):

@@ -8,7 +8,7 @@ from fastapi import FastAPI, WebSocket
 from loguru import logger
 
 from vivavoce_asr.engine import ModelThread
-from vivavoce_asr.protocol import MODEL_RATE, PROTOCOL, WS_TRY_AGAIN_LATER, error_message
+from vivavoce_asr.protocol import MODEL_RATE, PROTOCOL, WS_TRY_AGAIN_LATER, AsrError
 from vivavoce_asr.session import AsrSession, SessionSettings
 from vivavoce_worker.auth import ApiKeyAuth
 from vivavoce_worker.fleet import Admission
@@ -85,7 +85,7 @@ def create_app(
             served["refused_draining" if draining else "refused_full"] += 1
             logger.warning("refused a stream: {}", refusal)
             code = "draining" if draining else "too_many_connections"
-            await ws.send_json(error_message(code, f"{refusal}: try again later"))
+            await ws.send_json(AsrError(code, f"{refusal}: try again later").reply())
             await ws.close(code=WS_TRY_AGAIN_LATER, reason=refusal[:100])
             return
         admission.active += 1

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import soxr
 from loguru import logger
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from vivavoce_asr.engine import LONGEST_WINDOW_SAMPLES, Job, ModelThread, Transcript
 from vivavoce_asr.protocol import (
@@ -26,11 +26,12 @@ from vivavoce_asr.protocol import (
     MODEL_RATE,
     AsrError,
     ConfigMessage,
-    error_message,
     parse_text,
 )
 from vivavoce_asr.turns import Paused, Resumed, SpeechStarted, State, TurnDetector, TurnEnded, TurnParams
 from vivavoce_asr.vad import WINDOW
+from vivavoce_worker.protocol import ProtocolError
+from vivavoce_worker.socket_loop import RequestSocket
 
 
 @dataclass(frozen=True)
@@ -84,12 +85,15 @@ class AudioBuffer:
             self.start = position
 
 
-class AsrSession:
-    """The state of one stream and its socket's receive loop (:meth:`run`)."""
+class AsrSession(RequestSocket):
+    """The state of one stream; its socket's receive loop (:meth:`run`) is the workers' shared one, and its
+    work task sends the events in order (:meth:`work`)."""
+
+    route = "/v1/asr"
 
     def __init__(self, ws: WebSocket, models: ModelThread, settings: SessionSettings):
         """A stream with the default config until the client sends its own."""
-        self.ws = ws
+        super().__init__(ws)
         self.models = models
         self.settings = settings
         self.sample_rate = MODEL_RATE
@@ -121,31 +125,32 @@ class AsrSession:
 
     # -- the socket ---------------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Serve the socket until the client leaves."""
-        sender = asyncio.create_task(self._send_loop())
-        try:
-            while True:
-                message = await self.ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                try:
-                    if message.get("bytes") is not None:
-                        await self._audio(message["bytes"])
-                    else:
-                        self._text(message.get("text") or "")
-                except AsrError as e:
-                    logger.info("stream error {}: {}", e.code, e.message)
-                    self._send(e.reply())
-        except WebSocketDisconnect:
-            return
-        finally:
-            self._close()
-            sender.cancel()
-            await asyncio.gather(sender, *self._tasks, return_exceptions=True)
-            while not self._out.empty():  # finals never sent: their coroutines are closed, not leaked
-                if asyncio.iscoroutine(item := self._out.get_nowait()):
-                    item.close()
+    async def handle(self, text: str) -> None:
+        """A ``config`` or ``flush`` message."""
+        self._text(text)
+
+    async def handle_bytes(self, data: bytes) -> None:
+        """An audio frame."""
+        await self._audio(data)
+
+    async def refuse(self, error: ProtocolError) -> None:
+        """Refusals take their place in the event order."""
+        self._send(error.reply())
+
+    async def work(self) -> None:
+        """Send the events in order, each final once it is transcribed."""
+        await self._send_loop()
+
+    def cancel_all(self) -> None:
+        """The client has gone: cancel the jobs and tasks in flight."""
+        self._close()
+
+    async def closed(self) -> None:
+        """Wait for the cancelled tasks; close the finals never sent (their coroutines are not leaked)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while not self._out.empty():
+            if asyncio.iscoroutine(item := self._out.get_nowait()):
+                item.close()
 
     def _close(self) -> None:
         for job in [self._partial, self._verdict, *self._prepared.values()]:
@@ -273,7 +278,7 @@ class AsrSession:
         except asyncio.CancelledError:
             return
         except Exception as e:
-            self._send(error_message("engine_error", f"Smart Turn failed: {type(e).__name__}: {e}"))
+            self._send(AsrError("engine_error", f"Smart Turn failed: {type(e).__name__}: {e}").reply())
             return
         self._handle(self._turns.verdict(pause, probability))
 
@@ -300,7 +305,7 @@ class AsrSession:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            return error_message("engine_error", f"transcription failed: {type(e).__name__}: {e}")
+            return AsrError("engine_error", f"transcription failed: {type(e).__name__}: {e}").reply()
         base = offset / MODEL_RATE
         # Whisper's alignment stretches the first word back over the pre-roll's silence; the VAD knows
         # better when the speech began (give or take a window).
@@ -341,7 +346,7 @@ class AsrSession:
         except asyncio.CancelledError:
             return
         except Exception as e:
-            self._send(error_message("engine_error", f"partial transcription failed: {type(e).__name__}: {e}"))
+            self._send(AsrError("engine_error", f"partial transcription failed: {type(e).__name__}: {e}").reply())
             return
         if self._partial is job:
             self._partial = None

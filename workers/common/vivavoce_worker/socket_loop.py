@@ -1,9 +1,10 @@
-"""The receive loop and send lock shared by the worker's request sockets (``/v1/stream`` and its native
-route, ``/v1/tts``); see workers/PROTOCOL.md.
+"""The receive loop and send lock shared by the workers' sockets (``/v1/stream`` and its native route,
+``/v1/tts``, and the ASR service's ``/v1/asr``); see workers/PROTOCOL.md.
 
-Both protocols take JSON text messages, refuse a bad one with an ``error`` reply and keep the socket open,
-run the socket's requests one at a time in a worker task, and cancel what is left when the client goes.
-They differ in their messages and in the key a reply names its request by (``id`` or ``request_id``).
+Every protocol takes JSON text messages (the ASR service also audio frames), refuses a bad one with an
+``error`` reply and keeps the socket open, runs the socket's work in a task of its own, and cancels what is
+left when the client goes. They differ in their messages and in the key a reply names its request by
+(``id`` or ``request_id``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ class RequestSocket(ABC):
     async def handle(self, text: str) -> None:
         """Parse and act on one text message; raise :class:`ProtocolError` to refuse it."""
 
+    async def handle_bytes(self, data: bytes) -> None:
+        """Act on one binary frame (by default, refused: clients send text)."""
+        raise ProtocolError("binary_not_expected", "clients send JSON text messages only", id_key=self.id_key)
+
+    async def refuse(self, error: ProtocolError) -> None:
+        """Answer a refused message (by default at once)."""
+        await self.send_json(error.reply())
+
+    async def closed(self) -> None:  # noqa: B027 (optional hook: most sockets have nothing left)
+        """The client has gone and the work task has ended: release what is left."""
+
     @abstractmethod
     async def work(self) -> None:
         """Run the socket's requests one at a time, until cancelled."""
@@ -68,13 +80,12 @@ class RequestSocket(ABC):
                     return
                 try:
                     if message.get("bytes") is not None:
-                        raise ProtocolError(
-                            "binary_not_expected", "clients send JSON text messages only", id_key=self.id_key
-                        )
-                    await self.handle(message.get("text") or "")
+                        await self.handle_bytes(message["bytes"])
+                    else:
+                        await self.handle(message.get("text") or "")
                 except ProtocolError as e:
                     logger.info("{} error {}: {}", self.route, e.code, e.message)
-                    await self.send_json(e.reply())
+                    await self.refuse(e)
         except WebSocketDisconnect:
             return
         finally:
@@ -84,3 +95,4 @@ class RequestSocket(ABC):
                 await worker
             except asyncio.CancelledError:
                 pass
+            await self.closed()
