@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
+import subprocess
+import time
 from collections.abc import Iterator
 
-from vivavoce.testing.processes import free_port, serving
+from vivavoce.testing.processes import free_port, serving, stop
 
 
 class RedisServer:
@@ -34,6 +36,19 @@ class RedisServer:
     @contextlib.contextmanager
     def running(self) -> Iterator[RedisServer]:
         """Run the server until the block ends."""
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        with serving(command, health=self._answers, ready_secs=20, stop_secs=5):
+        with contextlib.ExitStack() as self._stack:
+            self._start()
             yield self
+
+    def _start(self) -> None:
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process: subprocess.Popen = self._stack.enter_context(
+            serving(command, health=self._answers, ready_secs=20, stop_secs=5)
+        )
+
+    def restart(self, down_secs: float = 0.0) -> None:
+        """Stop the server (SIGTERM), wait ``down_secs``, start it again on the same port, empty; returns once
+        it answers. Blocking: call it in a thread from async code."""
+        stop(self.process, 5)
+        time.sleep(down_secs)
+        self._start()
