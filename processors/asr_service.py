@@ -35,7 +35,7 @@ from pipecat.utils.time import time_now_iso8601
 from websockets.protocol import State
 
 from vivavoce.frames import WorkerFailoverFrame
-from vivavoce.processors.worker_client import open_worker_socket, worker_api_key
+from vivavoce.processors.worker_client import ROUTED_RECONNECT, open_worker_socket, worker_api_key
 from vivavoce.worker_directory import Selector, WorkerRoute
 
 if TYPE_CHECKING:
@@ -76,7 +76,8 @@ class AsrServiceSTTService(WebsocketSTTService):
         if (url is None) == (registry is None):
             raise ValueError("an ASR service needs a url or a registry")
         settings = kwargs.pop("settings", None) or self.Settings(model=None, language=language)
-        super().__init__(ttfs_p99_latency=FINAL_WAIT_SECS, settings=settings, **kwargs)
+        routed = ROUTED_RECONNECT if registry else {}
+        super().__init__(ttfs_p99_latency=FINAL_WAIT_SECS, settings=settings, **routed, **kwargs)
         self._url = url
         self._route = WorkerRoute(registry, Selector(family="asr")) if registry else None
         self._api_key = worker_api_key(api_key)
@@ -110,12 +111,6 @@ class AsrServiceSTTService(WebsocketSTTService):
             await self.cancel_task(self._receive_task)
             self._receive_task = None
         await self._disconnect_websocket()
-
-    async def cleanup(self) -> None:
-        """Close the registry connections too (one route per conversation)."""
-        await super().cleanup()
-        if self._route is not None:
-            await self._route.close()
 
     async def _connect_websocket(self) -> None:
         try:

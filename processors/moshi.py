@@ -218,7 +218,7 @@ class MoshiS2SService(FrameProcessor):
             await self._fail(f"Moshi worker refused the conversation: {e}")
             return
         except (OSError, TimeoutError, WebSocketException) as e:  # refused, no such path (HTTP 404), bad URL...
-            where = self._url or f"the registry {self._route.directory.url}"
+            where = self._url or f"the registry {self._route.registry}"
             await self._fail(f"Moshi worker at {where} unreachable: {e}", e)
             return
         logger.info(f"{self}: connected to the Moshi worker at {self._url}")
@@ -237,8 +237,6 @@ class MoshiS2SService(FrameProcessor):
         if self._ws:
             await self._ws.close()
             self._ws = None
-        if self._route is not None:
-            await self._route.close()
         await self._end_utterance()
 
     async def _send_audio(self, frame: InputAudioRawFrame) -> None:

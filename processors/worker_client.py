@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from pipecat.audio.utils import create_stream_resampler
-from pipecat.frames.frames import ErrorFrame, Frame, StartFrame, TTSAudioRawFrame, TTSStoppedFrame
+from pipecat.frames.frames import Frame, StartFrame, TTSAudioRawFrame, TTSStoppedFrame
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import WebsocketTTSService
 from pipecat.services.websocket_service import WebsocketService
@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 API_KEY_ENV = "VIVAVOCE_WORKER_API_KEY"
 CHARS_PER_SEC = 14.0
 """A typical speaking rate, to tell how much of a sentence was heard when its worker died."""
+QUIET_SECS = 10.0
+"""How long a reply's audio may pause before pipecat ends the reply. Its default, 3 s, cut replies whose
+worker was being replaced or was busy (bench/fleet.py); a reply whose requests are all done ends at once."""
+ROUTED_RECONNECT = {"reconnect_backoff_min_wait": 0.5, "reconnect_backoff_max_wait": 2.0}
+"""pipecat's waits between reconnect attempts, for a service routed by the registry: each attempt tries
+other workers than the one that failed, so there is no reason to wait pipecat's 4-10 s between them."""
 
 
 def worker_api_key(explicit: str | None = None, env: str = API_KEY_ENV) -> str | None:
@@ -121,7 +127,8 @@ class WorkerTTSService(WebsocketTTSService):
         """``url``: the worker's ``ws://host:port/v1/stream``, or ``registry`` (``redis://...``) and the
         ``selector`` its workers must match; ``api_key``: None reads the env var; ``has_fallback``: a
         fallback takes over when no worker answers (the service then reports itself unusable)."""
-        super().__init__(push_start_frame=True, **kwargs)
+        kwargs.setdefault("stop_frame_timeout_s", QUIET_SECS)
+        super().__init__(push_start_frame=True, **(ROUTED_RECONNECT if registry else {}), **kwargs)
         if (url is None) == (registry is None) or (registry is not None and selector is None):
             raise ValueError("a worker TTS needs a url, or a registry and a selector")
         self._url = url
@@ -181,12 +188,6 @@ class WorkerTTSService(WebsocketTTSService):
             self._receive_task = None
         await self._disconnect_websocket()
 
-    async def cleanup(self):
-        """Close the registry connections too (one route per conversation)."""
-        await super().cleanup()
-        if self._route is not None:
-            await self._route.close()
-
     async def _connect_websocket(self):
         try:
             if self._websocket and self._websocket.state is State.OPEN:
@@ -217,44 +218,50 @@ class WorkerTTSService(WebsocketTTSService):
             logger.debug(f"{self}: closing the worker socket: {e}")
         finally:
             self._websocket = None
-            self._request_context.clear()
-            self._contexts.clear()
-            self._heard_ms.clear()
-            self._texts.clear()
             self._playing = None
+            if not self._failing_over:  # a failover carries the requests over to the next worker
+                self._forget_requests()
             await self._call_event_handler("on_disconnected")
+
+    def _forget_requests(self) -> None:
+        self._request_context.clear()
+        self._contexts.clear()
+        self._heard_ms.clear()
+        self._texts.clear()
 
     # --- requests -----------------------------------------------------------------------------
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
-        """Send one sentence; its audio arrives on the receive task."""
-        if not self._websocket or self._websocket.state is not State.OPEN:
-            await self._connect()
-        try:
-            await self._send_request(text, context_id)
-        except Exception as e:
-            yield ErrorFrame(error=f"worker send failed: {e}")
-            yield TTSStoppedFrame(context_id=context_id)
-            return
+        """Send one sentence; its audio arrives on the receive task. While the worker is being replaced the
+        sentence waits: the failover sends it with the rest of the reply."""
+        message = self._record(text, context_id)
+        if not self._reconnect_in_progress:
+            if not self._websocket or self._websocket.state is not State.OPEN:
+                await self._connect()
+            try:
+                await self._websocket.send(json.dumps(message))
+            except Exception as e:  # a dying socket: the receive task notices, and the failover sends it again
+                logger.warning(f"{self}: sending {message['id']} failed ({e}); it waits for the failover")
         await self.start_tts_usage_metrics(text)
         await self.start_ttfb_metrics()
         yield None
 
-    async def _send_request(self, text: str, context_id: str) -> str:
+    def _record(self, text: str, context_id: str) -> dict[str, Any]:
+        """Register a request for ``text`` in its context (pending until its ``done``); its message."""
         request_id = f"{context_id}/{next(self._seq)}"
         message = {"type": "synthesize", "id": request_id, "text": text, **self.request_fields(text, request_id)}
         if self._max_audio_ms:
             message["max_audio_ms"] = self._max_audio_ms
-        await self._websocket.send(json.dumps(message))
         self._request_context[request_id] = context_id
         self._texts[request_id] = text
         self._contexts.setdefault(context_id, _ContextRequests()).pending.add(request_id)
-        return request_id
+        return message
 
     async def _reconnect_websocket(self, attempt_number: int) -> bool:
         """pipecat's reconnect (to another worker, with a registry), then the failover: what the lost
-        worker had not said yet (the rest of the sentence it was speaking, the sentences queued behind it)
-        is asked of the new one, in the same audio contexts."""
+        worker had not said yet (the rest of the sentence it was speaking, the sentences queued behind it or
+        waiting for the new worker) is asked of the new one, in the same audio contexts. A failed attempt
+        keeps all of it for the next."""
         contexts = {context_id: requests.flushed for context_id, requests in self._contexts.items()}
         unfinished = [
             (context_id, unspoken_rest(self._texts.get(request_id, ""), self._heard_ms.get(request_id, 0.0)))
@@ -271,11 +278,12 @@ class WorkerTTSService(WebsocketTTSService):
             return reconnected
         if worker is not None and self._route.current.key != worker:
             await self.on_worker_changed()
+        self._forget_requests()  # the lost worker's; what it had not said is asked again below
         for context_id, flushed in contexts.items():
             self._contexts[context_id] = _ContextRequests(flushed=flushed)
         carried = [(c, text) for c, text in unfinished if text and c in self._contexts]
         for context_id, text in carried:
-            await self._send_request(text, context_id)
+            await self._websocket.send(json.dumps(self._record(text, context_id)))
         if carried:
             logger.warning(f"{self}: failed over to {self._url}: {len(carried)} unfinished sentence(s) sent again")
         # Nothing is lost: what the worker had not said is asked of the new one (CSM's context goes inline).

@@ -18,9 +18,11 @@ Moshi clients share it).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -152,18 +154,42 @@ class Selector:
         )
 
 
+_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, WorkerDirectory]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class WorkerDirectory:
     """Reads the registry at ``url`` (``redis://HOST:PORT/DB``) and picks workers by load."""
 
     def __init__(self, url: str, *, connect_timeout_secs: float = 2.0):
         """Create the client; nothing connects until the first read."""
         from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
         self.url = url
+        # One retry on a fresh connection: after Redis restarts, a pooled connection's first command fails
+        # ("Connection closed by server") though Redis is back; a failover must not lose an attempt to it.
         self._redis = Redis.from_url(
-            url, socket_connect_timeout=connect_timeout_secs, socket_timeout=connect_timeout_secs
+            url,
+            socket_connect_timeout=connect_timeout_secs,
+            socket_timeout=connect_timeout_secs,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
         )
         self._reported: set[str] = set()  # malformed keys already logged
+
+    @classmethod
+    def shared(cls, url: str) -> WorkerDirectory:
+        """This event loop's directory of ``url``: every conversation of a process routes through one
+        connection pool (a client per conversation costs a connection and a handshake per call)."""
+        loop = asyncio.get_running_loop()
+        per_loop = _SHARED.setdefault(loop, {})
+        if url not in per_loop:
+            per_loop[url] = cls(url)
+        return per_loop[url]
 
     async def close(self) -> None:
         """Close the connections."""
@@ -253,8 +279,10 @@ class WorkerRoute:
     tries; a worker that failed or refused is avoided for a while, so reconnecting lands on another."""
 
     def __init__(self, registry: str, selector: Selector):
-        """Route to workers matching ``selector`` in the registry at ``registry`` (``redis://...``)."""
-        self.directory = WorkerDirectory(registry)
+        """Route to workers matching ``selector`` in the registry at ``registry`` (``redis://...``); the
+        directory is made on the first connect, in the event loop that uses it."""
+        self.registry = registry
+        self._directory: WorkerDirectory | None = None
         self.selector = selector
         self.current: WorkerEntry | None = None
         self._avoid: dict[str, float] = {}  # registry key -> when it failed
@@ -263,17 +291,20 @@ class WorkerRoute:
         """A socket to a worker, from ``open_socket(url, timeout_secs)``; connecting again means the current
         worker failed. :class:`ConnectionError` when no worker answers (:class:`RegistryUnavailableError` when
         the registry does not)."""
+        if self._directory is None:
+            self._directory = WorkerDirectory.shared(self.registry)
         now = time.monotonic()
         if self.current is not None:
             self._avoid[self.current.key] = now
         self._avoid = {key: at for key, at in self._avoid.items() if now - at < AVOID_SECS}
         failure: Exception | None = None
         for _ in range(ROUTE_TRIES):
-            entry = await self.directory.pick(self.selector, exclude=self._avoid)
+            entry = await self._directory.pick(self.selector, exclude=self._avoid)
             if entry is None:
                 break
             try:
                 socket = await open_socket(entry.url, CONNECT_TIMEOUT_SECS)
+                await _not_refused(socket)
             except Exception as e:  # refused (full, draining), unreachable or too slow: the next one
                 logger.warning(f"{self.selector.family} worker {entry.url} failed to connect ({e}); trying another")
                 self._avoid[entry.key] = time.monotonic()
@@ -283,10 +314,24 @@ class WorkerRoute:
             logger.debug(f"routed to {self.selector.family} worker {entry.url} (load {entry.load:.2f})")
             return socket
         raise ConnectionError(
-            f"no ready {self.selector.family} worker in {self.directory.url} answered"
-            + (f": {failure}" if failure else "")
+            f"no ready {self.selector.family} worker in {self.registry} answered" + (f": {failure}" if failure else "")
         )
 
-    async def close(self) -> None:
-        """Close the registry connections."""
-        await self.directory.close()
+
+REFUSAL_WAIT_SECS = 0.05
+"""How long a new socket is watched for a refusal: a full or draining worker closes it (1013) right after the
+handshake, the close frame hard on the heels of the handshake's reply. Caught here, the route moves on to
+another worker at once; caught later, the first request would be sent into a closed socket."""
+
+
+async def _not_refused(socket: Any) -> None:
+    """Raise :class:`ConnectionRefusedError` when ``socket`` (a websockets client connection) is closed by
+    its worker right after opening."""
+    wait_closed = getattr(socket, "wait_closed", None)
+    if wait_closed is None:
+        return
+    try:
+        await asyncio.wait_for(wait_closed(), REFUSAL_WAIT_SECS)
+    except TimeoutError:
+        return  # still open: admitted
+    raise ConnectionRefusedError(f"refused: {socket.close_code} {socket.close_reason or ''}".strip())
