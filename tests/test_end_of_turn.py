@@ -272,3 +272,36 @@ async def test_an_answer_not_heard_yet_is_held_when_the_user_is_heard_going_on(m
         await asyncio.sleep(0.01)
     release = [f for f in pushed if isinstance(f, AnswerGateFrame)][-1]
     assert release.answer == armed[0].answer and not release.hold
+
+
+async def test_a_held_answer_stays_held_while_the_user_is_still_audible(monkeypatch):
+    # Under load the VAD can confirm resumed speech after ONSET_HOLD_SECS: the answer must not play into it.
+    monkeypatch.setattr("vivavoce.end_of_turn.ONSET_HOLD_SECS", 0.1)
+    strategy, stopped, _ = await _strategy(audio=0.9, words=0.5, min_silence_secs=0.0, max_silence_secs=5.0, gate=True)
+    pushed: list = []
+
+    @strategy.event_handler("on_push_frame")
+    async def _push(_strategy, frame, direction):
+        pushed.append(frame)
+
+    def gates() -> list[AnswerGateFrame]:
+        return [f for f in pushed if isinstance(f, AnswerGateFrame)]
+
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+    for _ in range(5):
+        await strategy.process_frame(_audio(3000))
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await strategy.process_frame(_transcript("It was the age of foolishness."))
+    await _until(stopped)
+    for _ in range(3):
+        await strategy.process_frame(_audio(2500))  # held
+    assert [f.hold for f in gates()] == [False, True]
+    for _ in range(8):  # three times ONSET_HOLD_SECS of the user still talking, the VAD not confirming yet
+        await asyncio.sleep(0.04)
+        await strategy.process_frame(_audio(2500))
+    assert [f.hold for f in gates()] == [False, True], "released while the user was still talking"
+    for _ in range(50):  # quiet again (it was not speech after all): the answer plays
+        if len(gates()) > 2:
+            break
+        await asyncio.sleep(0.01)
+    assert [f.hold for f in gates()] == [False, True, False]

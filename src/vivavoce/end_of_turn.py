@@ -220,7 +220,12 @@ ONSET_FLOOR_RMS = 150.0
 ONSET_SECS = 0.04
 """Loud input this long holds an answer not heard yet."""
 ONSET_HOLD_SECS = 0.5
-"""An answer held on loud input plays this much later if the VAD does not confirm speech meanwhile."""
+"""An answer held on loud input plays once the input has been quiet this long and the VAD has not confirmed
+speech meanwhile (a cough, a door)."""
+ONSET_MAX_HOLD_SECS = 2.0
+"""...and at the latest this long after the hold, however loud the input (a noisy room). While the user is
+still audible the answer stays held: under load the VAD can confirm resumed speech later than
+ONSET_HOLD_SECS, and an answer released then talks over the rest of the sentence (bench/README.md)."""
 
 RESUME_MARGIN_SECS = 0.3
 """Beyond the VAD's start_secs, how late it can report speech that resumed in a pause (an early answer is
@@ -292,6 +297,7 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         self._speech_rms = 0.0  # loudest 20 ms of the turn's speech
         self._loud_secs = 0.0
         self._reheld = False
+        self._last_loud = 0.0  # time.monotonic() of the last loud input while an answer is held
         self._releasing: int | None = None  # the early answer waiting for this pause's verdict
         self._resume_secs = 0.2  # how long the VAD takes to hear speech resume (its start_secs)
         self._audio = audio
@@ -393,7 +399,7 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def _watch(self, frame: InputAudioRawFrame) -> None:
         """Follow the caller's level; hold the answer not heard yet when they are heard going on."""
-        if not self._vad_speaking and (self._watching is None or self._reheld):
+        if not self._vad_speaking and self._watching is None:
             return  # most frames of a call: nothing to measure
         samples = np.frombuffer(frame.audio, dtype=np.int16).astype(np.float32)
         if not len(samples):
@@ -402,20 +408,32 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         if self._vad_speaking:
             self._speech_rms = max(self._speech_rms, rms)
             return
-        if rms < max(ONSET_FLOOR_RMS, ONSET_RATIO * self._speech_rms):
+        loud = rms >= max(ONSET_FLOOR_RMS, ONSET_RATIO * self._speech_rms)
+        if self._reheld:
+            if loud:
+                self._last_loud = time.monotonic()  # still audible: the hold goes on (see _unhold)
+            return
+        if not loud:
             self._loud_secs = 0.0
             return
         self._loud_secs += len(samples) / (frame.sample_rate or 16000)
         if self._loud_secs >= ONSET_SECS:
             self._reheld = True
+            self._last_loud = time.monotonic()
             answer = self._watching
             logger.debug(f"{self}: the user is heard going on: answer {answer} held")
             await self.push_frame(AnswerGateFrame(answer=answer, hold=True))
             self.task_manager.create_task(self._unhold(answer), f"{self}::unhold")
 
     async def _unhold(self, answer: int) -> None:
-        """The VAD never confirmed the speech: play the held answer after all."""
+        """The VAD never confirmed the speech: play the held answer after all, once the input has gone
+        quiet (at the latest ONSET_MAX_HOLD_SECS after the hold)."""
+        latest = time.monotonic() + ONSET_MAX_HOLD_SECS
         await asyncio.sleep(ONSET_HOLD_SECS)
+        while self._watching == answer and time.monotonic() - self._last_loud < ONSET_HOLD_SECS:
+            if time.monotonic() >= latest:
+                break
+            await asyncio.sleep(0.05)
         if self._watching == answer and self._releasing != answer:
             await self.push_frame(
                 AnswerGateFrame(answer=answer, hold=False, not_before=max(self._clock(), self._watch_not_before))
