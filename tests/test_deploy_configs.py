@@ -230,6 +230,13 @@ HELP_ENV = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1", "TERM": "dumb"}
 """Wide and plain: rich (typer's help) cuts long option names to the terminal's width."""
 
 
+def help_of(command: list[str], cwd: Path) -> str:
+    """The ``--help`` text ``command`` prints (it must succeed)."""
+    result = subprocess.run(command, cwd=cwd, env=HELP_ENV, capture_output=True, text=True, timeout=HELP_TIMEOUT_S)
+    assert result.returncode == 0, f"{' '.join(command[1:])} failed:\n{result.stderr}"
+    return result.stdout
+
+
 @cache
 def worker_help(module: str) -> str | None:
     """``python -m module --help`` in its worker's own virtualenv (built by ``make worker-<family>``); None
@@ -240,16 +247,7 @@ def worker_help(module: str) -> str | None:
     python = family_dir / ".venv" / "bin" / "python"
     if not python.exists():
         return None
-    result = subprocess.run(
-        [str(python), "-m", module, "--help"],
-        cwd=family_dir,
-        env=HELP_ENV,
-        capture_output=True,
-        text=True,
-        timeout=HELP_TIMEOUT_S,
-    )
-    assert result.returncode == 0, f"{module} --help failed:\n{result.stderr}"
-    return result.stdout
+    return help_of([str(python), "-m", module, "--help"], family_dir)
 
 
 @cache
@@ -258,16 +256,7 @@ def serve_help() -> str:
     vivavoce = REPO / ".venv" / "bin" / "vivavoce"
     if not vivavoce.exists():
         pytest.skip("the agent's .venv is missing: `make setup` builds it (`make test` does, before pytest)")
-    result = subprocess.run(
-        [str(vivavoce), "serve", "--help"],
-        cwd=REPO,
-        env=HELP_ENV,
-        capture_output=True,
-        text=True,
-        timeout=HELP_TIMEOUT_S,
-    )
-    assert result.returncode == 0, f"vivavoce serve --help failed:\n{result.stderr}"
-    return result.stdout
+    return help_of([str(vivavoce), "serve", "--help"], REPO)
 
 
 def lists_flag(help_text: str, flag: str) -> bool:

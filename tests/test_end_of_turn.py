@@ -242,7 +242,8 @@ def _audio(level: int, secs: float = 0.02) -> InputAudioRawFrame:
     return InputAudioRawFrame(audio=samples.tobytes(), sample_rate=16000, num_channels=1)
 
 
-async def test_an_answer_not_heard_yet_is_held_when_the_user_is_heard_going_on(monkeypatch):
+async def _an_answer_watched(monkeypatch) -> tuple[AdaptiveTurnStopStrategy, list]:
+    """A finished turn whose answer is open but watched (ONSET_HOLD_SECS 0.1 s), and the frames pushed."""
     monkeypatch.setattr("vivavoce.end_of_turn.ONSET_HOLD_SECS", 0.1)
     strategy, stopped, _ = await _strategy(audio=0.9, words=0.5, min_silence_secs=0.0, max_silence_secs=5.0, gate=True)
     pushed: list = []
@@ -257,6 +258,11 @@ async def test_an_answer_not_heard_yet_is_held_when_the_user_is_heard_going_on(m
     await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
     await strategy.process_frame(_transcript("It was the age of foolishness."))
     await _until(stopped)
+    return strategy, pushed
+
+
+async def test_an_answer_not_heard_yet_is_held_when_the_user_is_heard_going_on(monkeypatch):
+    strategy, pushed = await _an_answer_watched(monkeypatch)
     armed = [f for f in pushed if isinstance(f, AnswerGateFrame)]
     assert [(f.hold, f.not_before) for f in armed] == [(False, 0.0)]  # open, but watched
     await strategy.process_frame(_audio(40))  # the room: nothing
@@ -276,23 +282,11 @@ async def test_an_answer_not_heard_yet_is_held_when_the_user_is_heard_going_on(m
 
 async def test_a_held_answer_stays_held_while_the_user_is_still_audible(monkeypatch):
     # Under load the VAD can confirm resumed speech after ONSET_HOLD_SECS: the answer must not play into it.
-    monkeypatch.setattr("vivavoce.end_of_turn.ONSET_HOLD_SECS", 0.1)
-    strategy, stopped, _ = await _strategy(audio=0.9, words=0.5, min_silence_secs=0.0, max_silence_secs=5.0, gate=True)
-    pushed: list = []
-
-    @strategy.event_handler("on_push_frame")
-    async def _push(_strategy, frame, direction):
-        pushed.append(frame)
+    strategy, pushed = await _an_answer_watched(monkeypatch)
 
     def gates() -> list[AnswerGateFrame]:
         return [f for f in pushed if isinstance(f, AnswerGateFrame)]
 
-    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
-    for _ in range(5):
-        await strategy.process_frame(_audio(3000))
-    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
-    await strategy.process_frame(_transcript("It was the age of foolishness."))
-    await _until(stopped)
     for _ in range(3):
         await strategy.process_frame(_audio(2500))  # held
     assert [f.hold for f in gates()] == [False, True]

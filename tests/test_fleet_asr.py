@@ -35,7 +35,7 @@ from vivavoce.testing.conversation_eval import normalise_words, word_errors
 from vivavoce.testing.real_speech import RATE, utterances
 from vivavoce.testing.redis_server import RedisServer
 from vivavoce.worker_directory import Selector, WorkerDirectory
-from worker_support import start_asr
+from worker_support import eventually, start_asr
 
 pytestmark = pytest.mark.e2e
 ASR = Selector(family="asr")
@@ -146,13 +146,9 @@ def wer(reference: str, heard: str) -> float:
     return errors / max(1, words)
 
 
-async def entries_when(directory: WorkerDirectory, check, secs: float = 10.0):
-    deadline = time.monotonic() + secs
-    while True:
-        entries = await directory.workers(ASR)
-        if check(entries) or time.monotonic() > deadline:
-            return entries
-        await asyncio.sleep(0.1)
+def entries_when(directory: WorkerDirectory, check, secs: float = 10.0):
+    """The registry's ASR services once ``check(entries)`` holds (the last read if it never does)."""
+    return eventually(lambda: directory.workers(ASR), check, secs)
 
 
 async def refusal(url: str, *, after_secs: float) -> tuple[int | None, str | None]:

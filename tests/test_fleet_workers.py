@@ -23,7 +23,7 @@ from vivavoce.processors.piper_worker import PiperWorkerTTSService
 from vivavoce.testing.redis_server import RedisServer
 from vivavoce.testing.tts_probe import Conversation, speak_reply
 from vivavoce.worker_directory import Selector, WorkerDirectory
-from worker_support import REPO, free_port, start_piper
+from worker_support import REPO, eventually, free_port, start_piper
 
 sys.path.insert(0, str(REPO / "workers" / "common"))
 from vivavoce_worker.registration import Registration  # noqa: E402
@@ -38,14 +38,9 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-async def entries_when(directory: WorkerDirectory, check, secs: float = 5.0):
+def entries_when(directory: WorkerDirectory, check, secs: float = 5.0):
     """The registry's Piper workers once ``check(entries)`` holds (the last read if it never does)."""
-    deadline = time.monotonic() + secs
-    while True:
-        entries = await directory.workers(JOE)
-        if check(entries) or time.monotonic() > deadline:
-            return entries
-        await asyncio.sleep(0.1)
+    return eventually(lambda: directory.workers(JOE), check, secs)
 
 
 def registered_pipers(tmp_path, registry: str, *names: str) -> list[tuple[str, Any]]:

@@ -39,6 +39,7 @@ from vivavoce.session import Session
 from vivavoce.testing.redis_server import RedisServer
 from vivavoce.wav import InputAudio
 from vivavoce.worker_directory import Selector, WorkerDirectory
+from worker_support import eventually
 
 sys.path.insert(0, str(REPO / "workers" / "common"))
 import test_fleet_registry  # noqa: E402
@@ -62,14 +63,6 @@ def tiny(tmp_path_factory) -> Path:
 def fleet_worker(tiny: Path, redis_server: RedisServer, *args: str):
     """A tiny-Moshi worker registered in ``redis_server`` (greedy, no gating)."""
     return moshi_worker(tiny, "--greedy", "--no-gate", "--registry", redis_server.url, *args)
-
-
-async def eventually(read, check, secs: float = 10.0):
-    """``await read()`` once ``check`` holds of it (the last read if it never does)."""
-    deadline = time.monotonic() + secs
-    while not check(value := await read()) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    return value
 
 
 def registry_when(directory: WorkerDirectory, check):

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import time
 import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +19,8 @@ import pytest
 from vivavoce.testing.processes import free_port, serving
 
 __all__ = [
-    "API_KEY", "REPO", "csm_python", "free_port", "piper_python", "recv_json", "start_asr", "start_piper",
-    "tone_wav", "tts_synthesize", "worker_process",
+    "API_KEY", "REPO", "csm_python", "eventually", "free_port", "piper_python", "recv_json", "start_asr",
+    "start_piper", "tone_wav", "tts_synthesize", "worker_process",
 ]  # fmt: skip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,3 +118,11 @@ def tone_wav(hz: float, seconds: float, rate: int = 16000) -> bytes:
         w.setframerate(rate)
         w.writeframes((np.sin(2 * np.pi * hz * t) * 9000).astype("<i2").tobytes())
     return buf.getvalue()
+
+
+async def eventually(read, check, secs: float = 10.0):
+    """``await read()`` once ``check`` holds of it (the last read if it never does), polled every 0.1 s."""
+    deadline = time.monotonic() + secs
+    while not check(value := await read()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return value

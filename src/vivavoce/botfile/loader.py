@@ -271,12 +271,13 @@ def _fallbacks(
     stages: list[Stage], data: dict, registry: ProcessorRegistry, translator: _ErrorTranslator, interpolated: set
 ) -> list[Problem]:
     """Validate each entry's ``fallback`` as a pipeline entry of the same role, and attach it to its stage."""
-    adapter = TypeAdapter(pipeline_entry(registry))
     problems: list[Problem] = []
+    adapter = None  # built for the first fallback only: most bot files have none
     for stage in stages:
         raw = getattr(stage.config, "fallback", None)
         if raw is None:
             continue
+        adapter = adapter or TypeAdapter(pipeline_entry(registry))
         path: KeyPath = ("pipeline", stage.index, "fallback")
         try:
             config = adapter.validate_python(raw)
