@@ -9,7 +9,9 @@ at the output transport as soon as the VAD fires, so the caller hears it stop ju
   paused, unless its transcript asks the bot to stop ("stop", "wait", "no"...) or has two words that
   are neither acknowledgements nor fillers ("try again"). What was said stays out of the LLM context
   (a ``UserBackchannelFrame``). Short sounds are where a small STT is least reliable (tiny.en hears
-  "mm-hm" as "and the MHM"), so fillers and hums do not count;
+  "mm-hm" as "and the MHM", or as "and then make them"), so fillers and hums do not count, and the
+  words must survive the STT's second reading where it offers one (the ``whisper`` kind's
+  ``SecondReading``: the audio decoded again, primed to expect an acknowledgement);
 - the user speaks again within ``resume_within_secs`` of a resume: they are talking, not acknowledging;
 - still undecided ``resume_within_secs`` after the pause: an interruption if the user is still speaking,
   otherwise noise (no words came), and the bot resumes.
@@ -114,8 +116,9 @@ class BargeInController(FrameProcessor):
         ``vad_stop_secs``: the VAD reports the end of speech this late, so speech is long enough only if
         the VAD still hears it ``min_speech_secs + vad_stop_secs`` after it fired.
         """
-        # It decides from flags and timers and never waits: it runs in the pushing processor's task
-        # (pipecat's direct mode) rather than paying a queue and a task switch per 20 ms frame.
+        # It decides from flags and timers and waits only for a short transcript's second reading: it runs
+        # in the pushing processor's task (pipecat's direct mode) rather than paying a queue and a task
+        # switch per 20 ms frame.
         super().__init__(enable_direct_mode=True, **kwargs)
         self._vad_stop_secs = vad_stop_secs
         self._min_speech_secs = min_speech_secs
@@ -127,6 +130,7 @@ class BargeInController(FrameProcessor):
         self._bot_stopped_at = 0.0
         self._user_speaking = False
         self._paused = False
+        self._outcome: str | None = None  # how the latest pause ended: "resumed" or "interrupted"
         self._resumed_at: float | None = None
         self._deadline: asyncio.Task | None = None
         self._register_event_handler("on_bot_paused")
@@ -145,6 +149,8 @@ class BargeInController(FrameProcessor):
             self._reply_open = False
         elif isinstance(frame, InterruptionFrame):
             self._reply_open = False
+            if self._paused:
+                self._outcome = "interrupted"
             self._end_pause()
         elif isinstance(frame, VADUserStartedSpeakingFrame) and not self._user_speaking:
             self._user_speaking = True
@@ -159,17 +165,48 @@ class BargeInController(FrameProcessor):
             return
         elif isinstance(frame, TranscriptionFrame) and self._paused:
             text = frame.text.strip()
-            if _mentions(text, self._stop_words) or len(content_words(text)) >= 2:
+            stop = await self._asks_to_stop(frame)
+            if self._outcome == "interrupted":
+                pass  # decided while the second reading ran (the user kept talking): the words are a turn
+            elif stop:
                 await self._interrupt(f"words {text!r}")
             else:
-                await self._resume(f"backchannel {text!r}")
+                if self._paused:
+                    await self._resume(f"backchannel {text!r}")
                 await self.push_frame(UserBackchannelFrame(frame.text, frame.user_id, frame.timestamp), direction)
                 return
-        elif isinstance(frame, TranscriptionFrame) and self._over_the_bot() and is_backchannel(frame.text):
+        elif (
+            isinstance(frame, TranscriptionFrame)
+            and self._over_the_bot()
+            and (is_backchannel(frame.text) or is_backchannel(await self._second_reading(frame)))
+        ):
             # A backchannel heard while the bot speaks (e.g. in a gap between its sentences).
             await self.push_frame(UserBackchannelFrame(frame.text, frame.user_id, frame.timestamp), direction)
             return
         await self.push_frame(frame, direction)
+
+    async def _asks_to_stop(self, frame: TranscriptionFrame) -> bool:
+        """Whether short speech over the bot asks it to stop: a stop word, or two words that mean something.
+
+        Words that only a small STT's misreading of a hum produced do not count: when the STT offers a
+        second reading (``frame.result.as_backchannel()``, e.g. the ``whisper`` kind's), the words must
+        survive it too.
+        """
+        text = frame.text.strip()
+        if _mentions(text, self._stop_words):
+            return True
+        if len(content_words(text)) < 2:
+            return False
+        return len(content_words(await self._second_reading(frame))) >= 2
+
+    async def _second_reading(self, frame: TranscriptionFrame) -> str:
+        """The STT's reading of the speech as an acknowledgement, where it offers one; else the transcript."""
+        reread = getattr(frame.result, "as_backchannel", None)
+        if reread is None:
+            return frame.text
+        second = await reread()
+        logger.debug(f"{self}: {frame.text.strip()!r} read again expecting an acknowledgement: {second!r}")
+        return second
 
     def _over_the_bot(self) -> bool:
         """Whether the bot is speaking, or is in a gap inside a reply that has more to say."""
@@ -189,7 +226,7 @@ class BargeInController(FrameProcessor):
         if self._resumed_at is not None and loop.time() - self._resumed_at < self._resume_within_secs:
             await self._interrupt("speaking again right after a backchannel")
             return
-        self._paused = True
+        self._paused, self._outcome = True, None
         await self.push_frame(BotOutputPauseFrame(paused=True))
         await self._call_event_handler("on_bot_paused")
         self._deadline = self.create_task(self._decide_by_time(), name="barge-in-deadline")
@@ -207,6 +244,7 @@ class BargeInController(FrameProcessor):
 
     async def _resume(self, reason: str) -> None:
         self._end_pause()
+        self._outcome = "resumed"
         self._resumed_at = asyncio.get_running_loop().time()
         await self.push_frame(BotOutputPauseFrame(paused=False))
         logger.debug(f"{self}: bot resumed ({reason})")
@@ -214,6 +252,7 @@ class BargeInController(FrameProcessor):
 
     async def _interrupt(self, reason: str) -> None:
         self._end_pause()
+        self._outcome = "interrupted"
         self._resumed_at = None
         logger.debug(f"{self}: barge-in ({reason})")
         await self._call_event_handler("on_bot_interrupted", reason)

@@ -12,6 +12,13 @@ Two things make that slow for a short utterance on a CPU, and this service fixes
   soon as the audio goes quiet and, if the pause was the end of the utterance, uses that result. That
   early transcript is also pushed as an ``InterimTranscriptionFrame`` the moment it is ready, still inside
   the VAD's silence window, so the end-of-turn strategy can read the words before the turn is due.
+
+Short utterances also get a second reading on request: their final ``TranscriptionFrame`` carries a
+:class:`SecondReading` (``frame.result``) that decodes the same audio again with Whisper primed to expect
+an acknowledgement. tiny.en writes a hummed "mm-hm" as words ("and then make them", "in the micham")
+in about a third of Piper's renderings; primed, it reads most of them as "Mm-hm", while a short real
+interruption ("try again", "tell me more") reads the same both ways. The barge-in controller asks for
+it only for short speech over the bot whose words would stop the reply.
 """
 
 from __future__ import annotations
@@ -22,12 +29,18 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, AsyncGenerator
 
 import numpy as np
 from faster_whisper import WhisperModel
 from loguru import logger
-from pipecat.frames.frames import InputAudioRawFrame, InterimTranscriptionFrame, VADUserStartedSpeakingFrame
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+)
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.whisper.stt import WhisperSTTService
 from pipecat.utils.time import time_now_iso8601
@@ -51,6 +64,8 @@ QUIET_RATIO = 0.1
 """A frame is quiet below this fraction of the utterance's loudest frame (RMS)."""
 QUIET_FLOOR = 60.0
 """...or below this RMS (int16), whichever is higher."""
+BACKCHANNEL_PROMPT = " Mm-hmm. Uh-huh. Hmm."
+"""The previous-text prompt of the second reading: acknowledgements, spelled as Whisper writes them."""
 
 
 def model_dir(model: str) -> Path:
@@ -82,10 +97,26 @@ def load_whisper(model: str, device: str, compute_type: str) -> WhisperModel:
 
 @dataclass(frozen=True)
 class Utterance:
-    """What pipecat's ``run_stt`` reads from a faster-whisper segment."""
+    """What pipecat's ``run_stt`` reads from a faster-whisper segment, plus what a second reading needs."""
 
     text: str
     no_speech_prob: float
+    encoded: Any = None
+    """The encoder's output (short window only), kept for :meth:`SpeculativeTranscriber.reread`."""
+    max_length: int = 0
+
+
+class SecondReading:
+    """The ``result`` of a short utterance's ``TranscriptionFrame``: its audio, read again on request."""
+
+    def __init__(self, transcriber: SpeculativeTranscriber, utterance: Utterance):
+        """Keep what a second decoding of ``utterance`` needs (its encoder output)."""
+        self._transcriber = transcriber
+        self._utterance = utterance
+
+    async def as_backchannel(self) -> str:
+        """The transcript with Whisper primed to expect an acknowledgement (a decoder pass, tens of ms)."""
+        return await self._transcriber.reread(self._utterance, BACKCHANNEL_PROMPT)
 
 
 class SpeculativeTranscriber:
@@ -105,6 +136,8 @@ class SpeculativeTranscriber:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper-speculation")
         self._pending: tuple[np.ndarray, dict[str, Any], Future] | None = None
         self.reused = 0
+        self.last: list[Any] = []
+        """The segments of the latest ``transcribe``."""
 
     @property
     def supported_languages(self) -> list[str]:
@@ -138,9 +171,33 @@ class SpeculativeTranscriber:
             ):
                 self.reused += 1
                 logger.debug(f"Reusing the speculative transcription (done: {future.done()})")
-                return future.result()
+                result = future.result()
+                self.last = result[0]
+                return result
             future.cancel()
-        return self._run(audio, options)
+        result = self._run(audio, options)
+        self.last = result[0]
+        return result
+
+    async def reread(self, utterance: Utterance, prompt: str) -> str:
+        """``utterance``'s audio decoded again after ``prompt`` as the previous text (short window only)."""
+        if utterance.encoded is None:
+            return utterance.text
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._decode, utterance.encoded, utterance.max_length, prompt)
+
+    def _decode(self, encoded: Any, max_length: int, prompt: str) -> str:
+        tokenizer = self._tokenizer()
+        start = [tokenizer.sot_prev, *tokenizer.encode(prompt), *tokenizer.sot_sequence, tokenizer.no_timestamps]
+        result = self._model.model.generate(
+            encoded,
+            [start],
+            beam_size=self._beam_size,
+            max_length=len(start) + max_length,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )[0]
+        return " " + tokenizer.decode(result.sequences_ids[0]).strip()
 
     def _run(self, audio: np.ndarray, options: dict[str, Any]) -> tuple[list[Any], Any]:
         started = time.perf_counter()
@@ -162,29 +219,37 @@ class SpeculativeTranscriber:
         logger.debug(f"whisper ({path}): {seconds:.1f}s of audio in {(time.perf_counter() - started) * 1000:.0f}ms")
         return result, info
 
+    def _tokenizer(self, language: str | None = None) -> Any:
+        from faster_whisper.tokenizer import Tokenizer
+
+        model = self._model
+        return Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language or "en")
+
     def _transcribe_short(self, audio: np.ndarray, language: str | None) -> Utterance:
         import ctranslate2
         from faster_whisper.audio import pad_or_trim
-        from faster_whisper.tokenizer import Tokenizer
 
         model = self._model
         features = pad_or_trim(model.feature_extractor(audio), self._window_frames)
         encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
-        tokenizer = Tokenizer(
-            model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language or "en"
-        )
+        tokenizer = self._tokenizer(language)
+        # Speech runs at most ~5 tokens a second; a cap well above that stops any runaway repetition.
+        max_length = int(12 + 8 * len(audio) / SAMPLE_RATE)
+        start = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
         result = model.model.generate(
             encoded,
-            [[*tokenizer.sot_sequence, tokenizer.no_timestamps]],
+            [start],
             beam_size=self._beam_size,
-            # Speech runs at most ~5 tokens a second; a cap well above that stops any runaway repetition.
-            max_length=int(12 + 8 * len(audio) / SAMPLE_RATE),
+            max_length=max_length,
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=[-1],
         )[0]
         return Utterance(
-            text=" " + tokenizer.decode(result.sequences_ids[0]).strip(), no_speech_prob=result.no_speech_prob
+            text=" " + tokenizer.decode(result.sequences_ids[0]).strip(),
+            no_speech_prob=result.no_speech_prob,
+            encoded=encoded,
+            max_length=max_length,
         )
 
     def close(self) -> None:
@@ -228,6 +293,14 @@ class SharedWhisperSTTService(WhisperSTTService):
     def _load(self) -> None:
         shared = load_whisper(str(self._settings.model), self._device, self._compute_type)
         self._model = SpeculativeTranscriber(shared, window_secs=self._window_secs)
+
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
+        """pipecat's transcription; a short utterance's frame carries its :class:`SecondReading`."""
+        async for frame in super().run_stt(audio):
+            segments = self._model.last
+            if isinstance(frame, TranscriptionFrame) and len(segments) == 1 and isinstance(segments[0], Utterance):
+                frame.result = SecondReading(self._model, segments[0])
+            yield frame
 
     async def cleanup(self) -> None:
         """Release the speculation thread."""

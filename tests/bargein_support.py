@@ -38,13 +38,18 @@ def joined(indices: tuple[int, ...], *, gap_secs: float = 0.0) -> np.ndarray:
 
 
 def backchannel(text: str, *, length_scale: float = 1.0) -> np.ndarray:
-    """``text`` in Piper's voice at 16 kHz (``length_scale`` > 1: slower), trimmed to 50 ms around the speech."""
+    """``text`` in Piper's voice at 16 kHz (``length_scale`` > 1: slower), trimmed to 50 ms around the speech.
+
+    Without Piper's sampling noise, so a test hears the same sound every run (with it, tiny.en read
+    "Mm-hm." as words in one rendering in three).
+    """
     from piper import SynthesisConfig
 
     from vivavoce.processors.piper import load_voice
 
     voice = load_voice("en_US-joe-medium")
-    chunks = voice.synthesize(text, syn_config=SynthesisConfig(length_scale=length_scale))
+    config = SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0)
+    chunks = voice.synthesize(text, syn_config=config)
     pcm = np.frombuffer(b"".join(c.audio_int16_bytes for c in chunks), np.int16)
     pcm = soxr.resample(pcm, voice.config.sample_rate, RATE).astype(np.int16)
     start, end = voiced_span(pcm)

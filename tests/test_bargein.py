@@ -212,6 +212,54 @@ async def test_a_stop_word_in_a_short_utterance_vetoes_the_resume(said):
     assert run.events[-1][0] == "on_bot_interrupted" and "words" in run.events[-1][1]
 
 
+class Reading:
+    """A ``TranscriptionFrame.result`` that offers a second reading, as the whisper kind's does."""
+
+    def __init__(self, second: str):
+        self.second = second
+        self.asked = 0
+
+    async def as_backchannel(self) -> str:
+        self.asked += 1
+        return self.second
+
+
+@pytest.mark.parametrize(
+    ("heard", "second", "interrupts"),
+    [("And then make them.", " Mm-hmm.", False),  # a misread hum: the bot goes on
+     ("Try again.", " Try again. Try again.", True),  # words either way: a real interruption
+     ("Try again.", None, True)],  # no second reading on offer: the words decide
+)  # fmt: skip
+async def test_words_in_short_speech_over_the_bot_must_survive_the_second_reading(heard, second, interrupts):
+    said = transcript(heard)
+    if second is not None:
+        said.result = Reading(second)
+    run = await drive(
+        controller(),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), said, SleepFrame(0.1)],
+    )  # fmt: skip
+
+    assert len(run.down_of(InterruptionFrame)) == int(interrupts)
+    assert [p.paused for p in run.down_of(BotOutputPauseFrame)] == ([True] if interrupts else [True, False])
+    assert [f.text for f in run.down_of(UserBackchannelFrame)] == ([] if interrupts else [heard])
+    if second is not None:
+        assert said.result.asked == 1
+
+
+async def test_a_stop_word_needs_no_second_reading():
+    said = transcript("Wait.")
+    said.result = Reading(" Mm-hmm.")
+    run = await drive(
+        controller(),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), said, SleepFrame(0.1)],
+    )  # fmt: skip
+
+    assert len(run.down_of(InterruptionFrame)) == 1
+    assert said.result.asked == 0
+
+
 @pytest.mark.parametrize("said", ["Stopwatch.", "I know.", "nothing", "Hey-ho"])
 async def test_stop_words_match_whole_words_only(said):
     run = await drive(

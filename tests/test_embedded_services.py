@@ -12,6 +12,7 @@ from pipecat.frames.frames import (
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    TranscriptionFrame,
     TTSAudioRawFrame,
     TTSSpeakFrame,
     TTSStartedFrame,
@@ -23,10 +24,11 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import SleepFrame, run_test
 
 from vivavoce.packaged_models import speech_sample
+from vivavoce.processors.barge_in import content_words
 from vivavoce.processors.first_phrase import FirstPhraseTextAggregator
 from vivavoce.processors.piper import SharedPiperTTSService, load_voice
 from vivavoce.processors.smollm import PromptCache, SmolLMLLMService, _window_start, load_packaged
-from vivavoce.processors.whisper import SpeculativeTranscriber, load_whisper
+from vivavoce.processors.whisper import SecondReading, SharedWhisperSTTService, SpeculativeTranscriber, load_whisper
 from vivavoce.samples import find_phrases
 from vivavoce.wav import read_wav
 
@@ -172,3 +174,24 @@ def test_speculation_is_reused_only_if_nothing_was_said_after_it(phrases):
     text = transcriber.transcribe(np.concatenate([first, second, pad]), language="en")[0][0].text
     assert transcriber.reused == 1 and "failed" in text.lower()
     transcriber.close()
+
+
+async def test_a_short_utterance_carries_a_second_reading_that_hears_a_hum_as_a_hum():
+    from bargein_support import backchannel
+
+    service = SharedWhisperSTTService(settings=SharedWhisperSTTService.Settings(model="tiny.en", language="en"))
+    service._load()
+    hum, words = backchannel("Mm-hm."), backchannel("Try again.")
+    for lead_secs in (0.1, 0.25, 0.4):
+        lead, tail = np.zeros(int(lead_secs * 16000), np.int16), np.zeros(3200, np.int16)
+        readings = {}
+        for name, pcm in (("hum", hum), ("words", words)):
+            frames = [f async for f in service.run_stt(np.concatenate([lead, pcm, tail]).tobytes())]
+            (said,) = [f for f in frames if isinstance(f, TranscriptionFrame)]
+            assert isinstance(said.result, SecondReading)
+            readings[name] = await said.result.as_backchannel()
+        # Primed to expect an acknowledgement, tiny.en writes the hum as one (read plainly, it often
+        # writes words: "and then make them"); real words stay words.
+        assert len(content_words(readings["hum"])) < 2, readings
+        assert "again" in readings["words"].lower() and len(content_words(readings["words"])) >= 2, readings
+    await service.cleanup()
