@@ -231,6 +231,10 @@ RESUME_MARGIN_SECS = 0.3
 """Beyond the VAD's start_secs, how late it can report speech that resumed in a pause (an early answer is
 held this long after its verdict's pause, unless the verdict was "finished")."""
 
+INPUT_LAG_BACKSTOP_SECS = 1.0
+"""An early answer is released once the input up to its time has been watched (the input reaches the
+strategy late on a loaded machine); if input audio stops coming, it is released this long after its time."""
+
 FULL_WEIGHT_WORDS = 4
 """Transcripts this long or longer can veto the audio's "finished" with full weight."""
 
@@ -299,6 +303,8 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         self._reheld = False
         self._last_loud = 0.0  # time.monotonic() of the last loud input while an answer is held
         self._releasing: int | None = None  # the early answer waiting for this pause's verdict
+        self._pending: tuple[int, float] | None = None  # a released answer and its time, waiting for the input
+        self._heard_secs = 0.0  # input audio watched since the user stopped speaking
         self._resume_secs = 0.2  # how long the VAD takes to hear speech resume (its start_secs)
         self._audio = audio
         self._sentence_end = sentence_end
@@ -379,6 +385,9 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
                 self._audio.append_audio(frame.audio, self._vad_speaking)
             if self._gate:
                 await self._watch(frame)
+                if not self._vad_speaking:
+                    self._heard_secs += len(frame.audio) / 2 / (frame.sample_rate or 16000)
+                    await self._release_when_heard()
         elif isinstance(frame, VADUserStartedSpeakingFrame):
             self._vad_speaking = True
             self._watching = None  # the VAD heard the user: its start interrupts an answer not heard
@@ -435,6 +444,7 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
                 break
             await asyncio.sleep(0.05)
         if self._watching == answer and self._releasing != answer:
+            self._pending = None
             await self.push_frame(
                 AnswerGateFrame(answer=answer, hold=False, not_before=max(self._clock(), self._watch_not_before))
             )
@@ -464,6 +474,7 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def _on_pause(self, frame: VADUserStoppedSpeakingFrame) -> None:
         self._speech_end = frame.timestamp - frame.stop_secs
+        self._heard_secs = frame.stop_secs  # the VAD stops after this much silence
         if self._wait_for_transcript:
             self._segments_pending += 1
         self._schedule(self._speech_end + self._max_silence)  # the fallback, whatever the evidence says
@@ -509,10 +520,36 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         await self.trigger_user_turn_stopped()
 
     async def _release(self, at: float) -> None:
+        """Let the early answer play at ``at``: once the input up to then has been watched for the user
+        going on. On a loaded machine the input reaches the strategy a few hundred ms late; an answer let
+        go by the wall clock then played just as the user went on, before the watch could hear them."""
         answer, self._releasing = self._releasing, None
-        if answer is not None:
-            self._watch_not_before = at
+        if answer is None:
+            return
+        self._watch_not_before = at
+        if self._speech_end is None:
             await self.push_frame(AnswerGateFrame(answer=answer, hold=False, not_before=at))
+            return
+        self._pending = (answer, at)
+        self.task_manager.create_task(self._backstop(answer, at), f"{self}::release_backstop")
+        await self._release_when_heard()
+
+    async def _release_when_heard(self) -> None:
+        if self._pending is None:
+            return
+        answer, at = self._pending
+        if self._watching != answer:
+            self._pending = None  # the VAD heard the user: the answer is interrupted unheard
+        elif not self._reheld and self._speech_end is not None and self._heard_secs > at - self._speech_end - 1e-3:
+            self._pending = None  # (an answer held on loud input is released by _unhold)
+            await self.push_frame(AnswerGateFrame(answer=answer, hold=False, not_before=max(at, self._clock())))
+
+    async def _backstop(self, answer: int, at: float) -> None:
+        await asyncio.sleep(max(0.0, at + INPUT_LAG_BACKSTOP_SECS - self._clock()))
+        if self._pending is not None and self._pending[0] == answer and not self._reheld:
+            logger.warning(f"{self}: no input audio {INPUT_LAG_BACKSTOP_SECS}s past answer {answer}'s time; playing it")
+            self._pending = None
+            await self.push_frame(AnswerGateFrame(answer=answer, hold=False, not_before=self._clock()))
 
     async def _read(self, pause: int, text: str) -> None:
         early, self._early = self._early, None
