@@ -200,7 +200,7 @@ class Calls:
                     self.failed_to_start += 1
                 said = 0
                 while not self.stopping.is_set() and (replies is None or said < replies):
-                    reply = await call.say(self.reply, lambda call=call: self._first_audio(call.tts._url))
+                    reply = await call.say(self.reply, lambda call=call: self._first_audio(call.tts.worker_url))
                     said += 1
                     self.replies.append(reply)
                     if not call.tts.is_usable:

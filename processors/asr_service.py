@@ -34,9 +34,8 @@ from pipecat.services.stt_service import WebsocketSTTService
 from pipecat.utils.time import time_now_iso8601
 from websockets.protocol import State
 
-from vivavoce.frames import WorkerFailoverFrame
-from vivavoce.processors.worker_client import ROUTED_RECONNECT, open_worker_socket, worker_api_key
-from vivavoce.worker_directory import Selector, WorkerRoute
+from vivavoce.processors.worker_client import ROUTED_RECONNECT, WorkerEndpoint
+from vivavoce.worker_directory import Selector
 
 if TYPE_CHECKING:
     from vivavoce.build_context import BuildContext
@@ -73,16 +72,14 @@ class AsrServiceSTTService(WebsocketSTTService):
         loaded ready ASR service in the fleet; ``api_key``: None reads the worker key variable;
         ``has_fallback``: a fallback takes over when no service answers (this one then reports itself
         unusable)."""
-        if (url is None) == (registry is None):
-            raise ValueError("an ASR service needs a url or a registry")
+        selector = Selector(family="asr")
+        self._endpoint = WorkerEndpoint(
+            url=url, registry=registry, selector=selector, api_key=api_key, has_fallback=has_fallback
+        )
         settings = kwargs.pop("settings", None) or self.Settings(model=None, language=language)
         routed = ROUTED_RECONNECT if registry else {}
         super().__init__(ttfs_p99_latency=FINAL_WAIT_SECS, settings=settings, **routed, **kwargs)
-        self._url = url
-        self._route = WorkerRoute(registry, Selector(family="asr")) if registry else None
-        self._api_key = worker_api_key(api_key)
         self._language = language
-        self._has_fallback = has_fallback
         self._receive_task = None
         self._unconfirmed = bytearray()  # audio sent since the last final: replayed after a failover
         self._in_speech = False  # speech began (the agent's VAD or the service said so) and no final came
@@ -91,6 +88,11 @@ class AsrServiceSTTService(WebsocketSTTService):
     def can_generate_metrics(self) -> bool:
         """TTFB metrics are reported (end of speech to final)."""
         return True
+
+    @property
+    def worker_url(self) -> str | None:
+        """The ASR service in use (None before a routed service's first connect)."""
+        return self._endpoint.url
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -122,22 +124,16 @@ class AsrServiceSTTService(WebsocketSTTService):
             await self._call_event_handler("on_connected")
         except Exception as e:
             self._websocket = None
-            where = self._url or (self._route.selector if self._route else None)
-            await self.push_error(
-                error_msg=f"cannot reach the ASR service at {where}: {e}",
-                exception=e,
-                force_treat_as_permanent=self._has_fallback,  # the switcher moves on to the fallback
-            )
+            await self._endpoint.unreachable(self, "the ASR service", e)
 
     async def _open(self) -> Any:
         """A socket to the service: the ``url``, or one picked from the registry."""
-        websocket, self._url = await open_worker_socket(self, url=self._url, route=self._route, api_key=self._api_key)
-        return websocket
+        return await self._endpoint.open(self)
 
     async def _reconnect_websocket(self, attempt_number: int) -> bool:
         """pipecat's reconnect (to another service, with a registry), then the utterance in progress, which
         the lost service had not finished transcribing, is streamed to the new one (and flushed again)."""
-        lost = self._url
+        lost = self.worker_url
         reconnected = await super()._reconnect_websocket(attempt_number)
         if not reconnected or not self._websocket:
             return reconnected
@@ -148,12 +144,11 @@ class AsrServiceSTTService(WebsocketSTTService):
         if self._awaiting_final:
             await self._websocket.send(json.dumps({"type": "flush"}))
         logger.warning(
-            f"{self}: failed over from {lost} to {self._url}: {len(replay) / 2 / self.sample_rate:.1f} s of the "
+            f"{self}: failed over from {lost} to {self.worker_url}: {len(replay) / 2 / self.sample_rate:.1f} s of the "
             f"utterance in progress streamed again{' and flushed' if self._awaiting_final else ''}"
         )
         # Nothing is lost: the utterance in flight is heard again by the new service.
-        failover = WorkerFailoverFrame(service="stt", from_url=lost, to_url=self._url, reason="connection lost")
-        await self.push_frame(failover)
+        await self.push_frame(self._endpoint.failover("stt", lost))
         return reconnected
 
     async def _disconnect_websocket(self) -> None:

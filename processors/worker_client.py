@@ -52,26 +52,68 @@ def worker_api_key(explicit: str | None = None, env: str = API_KEY_ENV) -> str |
     return explicit or os.environ.get(env) or None
 
 
-async def open_worker_socket(
-    service: WebsocketService, *, url: str | None, route: WorkerRoute | None, api_key: str | None
-) -> tuple[Any, str]:
-    """A socket from pipecat's ``service`` to its worker, and that worker's URL: ``url``, or a worker its
-    ``route`` picks from the registry (with keepalive pings: a vanished host is noticed)."""
-    headers = {"X-API-Key": api_key} if api_key else {}
-    if route is None:
-        return await service._websocket_connect(url, additional_headers=headers), url
+class WorkerEndpoint:
+    """Where one pipecat websocket service finds its worker: a fixed ``url``, or a worker that a
+    :class:`~vivavoce.worker_directory.WorkerRoute` picks from the ``registry`` by ``selector``; with the
+    API key, and whether a fallback takes over when no worker answers."""
 
-    async def open_socket(worker_url: str, timeout_secs: float) -> Any:
-        return await service._websocket_connect(
-            worker_url,
-            additional_headers=headers,
-            open_timeout=timeout_secs,
-            ping_interval=PING_INTERVAL_SECS,
-            ping_timeout=PING_TIMEOUT_SECS,
+    def __init__(
+        self,
+        *,
+        url: str | None,
+        registry: str | None,
+        selector: Selector | None,
+        api_key: str | None,
+        has_fallback: bool,
+    ):
+        """Exactly one of ``url`` and ``registry`` (which needs a ``selector``); ``api_key`` None reads
+        the environment variable."""
+        if (url is None) == (registry is None) or (registry is not None and selector is None):
+            raise ValueError("a worker needs a url, or a registry and a selector")
+        self.url = url
+        """The worker in use (with a registry: the one picked last; None before the first)."""
+        self.route = WorkerRoute(registry, selector) if registry else None
+        self._api_key = worker_api_key(api_key)
+        self._has_fallback = has_fallback
+
+    @property
+    def worker_key(self) -> str | None:
+        """The registry key of the worker in use (None without a registry)."""
+        return self.route.current.key if self.route and self.route.current else None
+
+    async def open(self, service: WebsocketService) -> Any:
+        """A socket from pipecat's ``service`` to the worker (routed ones get keepalive pings, so a
+        vanished host is noticed); ``url`` becomes that worker's."""
+        headers = {"X-API-Key": self._api_key} if self._api_key else {}
+        if self.route is None:
+            return await service._websocket_connect(self.url, additional_headers=headers)
+
+        async def open_socket(worker_url: str, timeout_secs: float) -> Any:
+            return await service._websocket_connect(
+                worker_url,
+                additional_headers=headers,
+                open_timeout=timeout_secs,
+                ping_interval=PING_INTERVAL_SECS,
+                ping_timeout=PING_TIMEOUT_SECS,
+            )
+
+        websocket = await self.route.connect(open_socket)
+        self.url = self.route.current.url
+        return websocket
+
+    async def unreachable(self, service: WebsocketService, what: str, error: Exception) -> None:
+        """Tell the pipeline that ``service`` cannot reach ``what`` (e.g. "the worker"); permanent when a
+        fallback exists, so pipecat's ServiceSwitcher moves on to it."""
+        where = self.url or (self.route.selector if self.route else None)
+        await service.push_error(
+            error_msg=f"cannot reach {what} at {where}: {error}",
+            exception=error,
+            force_treat_as_permanent=self._has_fallback,
         )
 
-    websocket = await route.connect(open_socket)
-    return websocket, route.current.url
+    def failover(self, service: str, lost: str | None) -> WorkerFailoverFrame:
+        """The frame that tells the report and the metrics that ``service`` moved from ``lost`` to ``url``."""
+        return WorkerFailoverFrame(service=service, from_url=lost, to_url=self.url, reason="connection lost")
 
 
 def unspoken_rest(text: str, heard_ms: float) -> str:
@@ -128,14 +170,11 @@ class WorkerTTSService(WebsocketTTSService):
         ``selector`` its workers must match; ``api_key``: None reads the env var; ``has_fallback``: a
         fallback takes over when no worker answers (the service then reports itself unusable)."""
         kwargs.setdefault("stop_frame_timeout_s", QUIET_SECS)
+        self._endpoint = WorkerEndpoint(
+            url=url, registry=registry, selector=selector, api_key=api_key, has_fallback=has_fallback
+        )
         super().__init__(push_start_frame=True, **(ROUTED_RECONNECT if registry else {}), **kwargs)
-        if (url is None) == (registry is None) or (registry is not None and selector is None):
-            raise ValueError("a worker TTS needs a url, or a registry and a selector")
-        self._url = url
-        self._route = WorkerRoute(registry, selector) if registry else None
         self._failing_over = False
-        self._has_fallback = has_fallback
-        self._api_key = worker_api_key(api_key)
         self._max_audio_ms = max_audio_ms
         self._receive_task = None
         self._seq = itertools.count(1)
@@ -151,6 +190,11 @@ class WorkerTTSService(WebsocketTTSService):
     def can_generate_metrics(self) -> bool:
         """TTFB and usage metrics are reported."""
         return True
+
+    @property
+    def worker_url(self) -> str | None:
+        """The worker this service speaks through (None before a routed service's first connect)."""
+        return self._endpoint.url
 
     # --- subclass hooks -----------------------------------------------------------------------
 
@@ -196,18 +240,12 @@ class WorkerTTSService(WebsocketTTSService):
             await self._call_event_handler("on_connected")
         except Exception as e:
             self._websocket = None
-            where = self._url or (self._route.selector if self._route else None)
-            await self.push_error(
-                error_msg=f"cannot reach the worker at {where}: {e}",
-                exception=e,
-                force_treat_as_permanent=self._has_fallback,  # the switcher moves on to the fallback
-            )
+            await self._endpoint.unreachable(self, "the worker", e)
             await self._call_event_handler("on_connection_error", f"{e}")
 
     async def _open(self) -> Any:
         """A socket to the worker: the ``url``, or a worker picked from the registry."""
-        websocket, self._url = await open_worker_socket(self, url=self._url, route=self._route, api_key=self._api_key)
-        return websocket
+        return await self._endpoint.open(self)
 
     async def _disconnect_websocket(self):
         try:
@@ -267,8 +305,7 @@ class WorkerTTSService(WebsocketTTSService):
             (context_id, unspoken_rest(self._texts.get(request_id, ""), self._heard_ms.get(request_id, 0.0)))
             for request_id, context_id in self._request_context.items()
         ]
-        worker = self._route.current.key if self._route and self._route.current else None
-        lost = self._url
+        worker, lost = self._endpoint.worker_key, self._endpoint.url
         self._failing_over = True
         try:
             reconnected = await super()._reconnect_websocket(attempt_number)
@@ -276,7 +313,7 @@ class WorkerTTSService(WebsocketTTSService):
             self._failing_over = False
         if not reconnected or not self._websocket:
             return reconnected
-        if worker is not None and self._route.current.key != worker:
+        if worker is not None and self._endpoint.worker_key != worker:
             await self.on_worker_changed()
         self._forget_requests()  # the lost worker's; what it had not said is asked again below
         for context_id, flushed in contexts.items():
@@ -285,10 +322,9 @@ class WorkerTTSService(WebsocketTTSService):
         for context_id, text in carried:
             await self._websocket.send(json.dumps(self._record(text, context_id)))
         if carried:
-            logger.warning(f"{self}: failed over to {self._url}: {len(carried)} unfinished sentence(s) sent again")
+            logger.warning(f"{self}: failed over to {self.worker_url}: {len(carried)} unfinished sentence(s) again")
         # Nothing is lost: what the worker had not said is asked of the new one (CSM's context goes inline).
-        failover = WorkerFailoverFrame(service="tts", from_url=lost, to_url=self._url, reason="connection lost")
-        await self.push_frame(failover)
+        await self.push_frame(self._endpoint.failover("tts", lost))
         for context_id in list(contexts):
             await self._maybe_close(context_id)
         return reconnected
@@ -350,7 +386,7 @@ class WorkerTTSService(WebsocketTTSService):
         if not pcm or context_id is None or not self.audio_context_available(context_id):
             return  # audio of a cancelled request still in flight
         frame = TTSAudioRawFrame(audio=pcm, sample_rate=self.sample_rate, num_channels=1, context_id=context_id)
-        frame.metadata["worker"] = self._url  # which worker spoke it (a failover changes it mid-reply)
+        frame.metadata["worker"] = self.worker_url  # which worker spoke it (a failover changes it mid-reply)
         await self.append_to_audio_context(context_id, frame)
 
     async def _on_message(self, message: dict[str, Any]) -> None:

@@ -93,7 +93,7 @@ class Listener:
 
         @self.stt.event_handler("on_connected")
         async def connected(_service) -> None:
-            self.connects.append(self.stt._url)
+            self.connects.append(self.stt.worker_url)
             self._connected.set()
 
     async def __aenter__(self) -> Listener:

@@ -143,7 +143,7 @@ class Conversation:
 
         @self.tts.event_handler("on_connected")
         async def connected(_service) -> None:
-            self.connects.append((time.monotonic(), self.tts._url))
+            self.connects.append((time.monotonic(), self.tts.worker_url))
             self._ready.set()
 
         @self.tts.event_handler("on_connection_error")
@@ -202,8 +202,8 @@ async def speak_reply(
         await asyncio.sleep(0.5)
 
         def first_audio() -> None:
-            first.append(call.tts._url)
-            on_first_audio(call.tts._url)
+            first.append(call.tts.worker_url)
+            on_first_audio(call.tts.worker_url)
 
         reply = await call.say(sentences, first_audio)
         if not reply.finished:
