@@ -261,6 +261,12 @@ class WorkerTTSService(WebsocketTTSService):
                 self._forget_requests()
             await self._call_event_handler("on_disconnected")
 
+    def _drop(self, request_id: str) -> None:
+        context_id = self._request_context.pop(request_id, None)
+        self._texts.pop(request_id, None)
+        if context_id is not None and context_id in self._contexts:
+            self._contexts[context_id].pending.discard(request_id)
+
     def _forget_requests(self) -> None:
         self._request_context.clear()
         self._contexts.clear()
@@ -276,6 +282,14 @@ class WorkerTTSService(WebsocketTTSService):
         if not self._reconnect_in_progress:
             if not self._websocket or self._websocket.state is not State.OPEN:
                 await self._connect()
+            if not self._websocket:
+                # No worker answered (the error is pushed) and no reconnect is under way to send it later:
+                # the sentence is dropped now, not after QUIET_SECS of silence.
+                logger.warning(f"{self}: no worker for {message['id']}; the sentence is not spoken")
+                self._drop(message["id"])
+                await self._maybe_close(context_id)
+                yield None
+                return
             try:
                 await self._websocket.send(json.dumps(message))
             except Exception as e:  # a dying socket: the receive task notices, and the failover sends it again

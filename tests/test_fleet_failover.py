@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
+
+from pipecat.frames.frames import ControlFrame, ErrorFrame, TTSSpeakFrame, TTSStoppedFrame
+from pipecat.tests.utils import SleepFrame, run_test
 
 from vivavoce.processors.csm import CSMTTSService
 from vivavoce.processors.worker_client import CHARS_PER_SEC, unspoken_rest
@@ -43,3 +47,18 @@ async def test_csm_sends_its_earlier_sentences_inline_to_a_new_worker():
     [turn] = list(csm._turns)  # a sentence whose audio is gone cannot be sent: it is left out
     assert "request_id" not in turn and turn["text"] == "It is noon." and turn["sample_rate"] == 24000
     assert base64.b64decode(turn["audio"]) == pcm
+
+
+@dataclass
+class Marker(ControlFrame):
+    """Passes through the TTS in order, to see what came before it."""
+
+
+async def test_a_sentence_with_no_worker_to_speak_it_ends_its_reply_at_once():
+    # Nothing listens on port 1: the connect fails, no reconnect is under way to send the sentence later.
+    tts = CSMTTSService(url="ws://127.0.0.1:1/v1/stream")
+    down, up = await run_test(tts, frames_to_send=[TTSSpeakFrame("Hello there."), SleepFrame(1.0), Marker()])
+    kinds = [type(f) for f in down]
+    # The reply ends before the marker: it does not wait out QUIET_SECS (10 s) of silence.
+    assert TTSStoppedFrame in kinds and kinds.index(TTSStoppedFrame) < kinds.index(Marker), kinds
+    assert any(isinstance(f, ErrorFrame) and "cannot reach the worker" in f.error for f in up)
