@@ -11,7 +11,7 @@ played ~8 to a recording, each recording a fresh run_on_recording (real time, fi
 figure is read from the output WAV on the input's timeline, with the bot's report beside it.
 
 Variants, each a copy of bots/local.yaml with its YAML patched (same models, loaded once):
-- vivavoce: bots/local.yaml as it is; vivavoce_early: with `end_of_turn.early_answer: true`;
+- vivavoce: bots/local.yaml as it is; vivavoce_late: with `end_of_turn.early_answer: false`;
 - pipecat: pipecat's stock turn-taking (VAD 0.7/0.2/0.2, min_volume 0.6, Smart Turn v3, immediate
   interruptions on any speech), Whisper's standard 30 s path without speculation, Piper on whole sentences;
 - livekit: LiveKit's endpointing rule (min_endpointing_delay 0.5 s when its turn detector says the user is
@@ -79,13 +79,13 @@ def _livekit(data: dict[str, Any]) -> None:
     turn_taking.setdefault("interruptions", {}).update(mode="immediate", min_words=0)
 
 
-def _vivavoce_early(data: dict[str, Any]) -> None:
-    data.setdefault("turn_taking", {}).setdefault("end_of_turn", {})["early_answer"] = True
+def _vivavoce_late(data: dict[str, Any]) -> None:
+    data.setdefault("turn_taking", {}).setdefault("end_of_turn", {})["early_answer"] = False
 
 
 VARIANTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "vivavoce": lambda data: None,  # bots/local.yaml as it is
-    "vivavoce_early": _vivavoce_early,  # the answer starts at the pause, held until the verdict
+    "vivavoce_late": _vivavoce_late,  # the answer starts only once the verdict ends the turn
     "pipecat": _pipecat,
     "livekit": _livekit,
 }

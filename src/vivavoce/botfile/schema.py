@@ -74,11 +74,11 @@ class EndOfTurnConfig(StrictModel):
     )
 
     early_answer: bool = Field(
-        False,
+        True,
         description="adaptive: start writing the answer as soon as the pause's words are transcribed and hold "
-        "its audio until the verdict (plus the time the VAD needs to hear the user go on): answers come "
-        "sooner, but a user who resumes softly can be talked over (bench/conversation.py --variants "
-        "vivavoce,vivavoce_early measures both).",
+        "its audio until the verdict (plus the time the VAD needs to hear the user go on, on the input's "
+        "timeline); false: write it only once the verdict ends the turn (bench/conversation.py --variants "
+        "vivavoce,vivavoce_late measures both).",
     )
 
     @model_validator(mode="after")
