@@ -104,6 +104,7 @@ class Utterance:
     encoded: Any = None
     """The encoder's output (short window only), kept for :meth:`SpeculativeTranscriber.reread`."""
     max_length: int = 0
+    language: str | None = None
 
 
 class SecondReading:
@@ -184,20 +185,27 @@ class SpeculativeTranscriber:
         if utterance.encoded is None:
             return utterance.text
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._decode, utterance.encoded, utterance.max_length, prompt)
+        return await loop.run_in_executor(self._executor, self._reread, utterance, prompt)
 
-    def _decode(self, encoded: Any, max_length: int, prompt: str) -> str:
-        tokenizer = self._tokenizer()
+    def _reread(self, utterance: Utterance, prompt: str) -> str:
+        tokenizer = self._tokenizer(utterance.language)
         start = [tokenizer.sot_prev, *tokenizer.encode(prompt), *tokenizer.sot_sequence, tokenizer.no_timestamps]
+        return self._generate(utterance.encoded, tokenizer, start, len(start) + utterance.max_length)[0]
+
+    def _generate(
+        self, encoded: Any, tokenizer: Any, start: list[int], max_length: int, **options: Any
+    ) -> tuple[str, Any]:
+        """Greedy (or ``beam_size``) decoding of ``encoded`` after ``start``: the text and ctranslate2's result."""
         result = self._model.model.generate(
             encoded,
             [start],
             beam_size=self._beam_size,
-            max_length=len(start) + max_length,
+            max_length=max_length,
             suppress_blank=True,
             suppress_tokens=[-1],
+            **options,
         )[0]
-        return " " + tokenizer.decode(result.sequences_ids[0]).strip()
+        return " " + tokenizer.decode(result.sequences_ids[0]).strip(), result
 
     def _run(self, audio: np.ndarray, options: dict[str, Any]) -> tuple[list[Any], Any]:
         started = time.perf_counter()
@@ -219,7 +227,7 @@ class SpeculativeTranscriber:
         logger.debug(f"whisper ({path}): {seconds:.1f}s of audio in {(time.perf_counter() - started) * 1000:.0f}ms")
         return result, info
 
-    def _tokenizer(self, language: str | None = None) -> Any:
+    def _tokenizer(self, language: str | None) -> Any:
         from faster_whisper.tokenizer import Tokenizer
 
         model = self._model
@@ -236,20 +244,9 @@ class SpeculativeTranscriber:
         # Speech runs at most ~5 tokens a second; a cap well above that stops any runaway repetition.
         max_length = int(12 + 8 * len(audio) / SAMPLE_RATE)
         start = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
-        result = model.model.generate(
-            encoded,
-            [start],
-            beam_size=self._beam_size,
-            max_length=max_length,
-            return_no_speech_prob=True,
-            suppress_blank=True,
-            suppress_tokens=[-1],
-        )[0]
+        text, result = self._generate(encoded, tokenizer, start, max_length, return_no_speech_prob=True)
         return Utterance(
-            text=" " + tokenizer.decode(result.sequences_ids[0]).strip(),
-            no_speech_prob=result.no_speech_prob,
-            encoded=encoded,
-            max_length=max_length,
+            text=text, no_speech_prob=result.no_speech_prob, encoded=encoded, max_length=max_length, language=language
         )
 
     def close(self) -> None:
