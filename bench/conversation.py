@@ -13,7 +13,8 @@ figure is read from the output WAV on the input's timeline, with the bot's repor
 Variants, each a copy of bots/local.yaml with its YAML patched (same models, loaded once):
 - vivavoce: bots/local.yaml as it is; vivavoce_late: with `end_of_turn.early_answer: false`;
 - pipecat: pipecat's stock turn-taking (VAD 0.7/0.2/0.2, min_volume 0.6, Smart Turn v3, immediate
-  interruptions on any speech), Whisper's standard 30 s path without speculation, Piper on whole sentences;
+  interruptions on any speech), Whisper's standard 30 s path without speculation, Piper on whole sentences
+  with its audio as it comes;
 - livekit: LiveKit's endpointing rule (min_endpointing_delay 0.5 s when its turn detector says the user is
   done, max_endpointing_delay 3.0 s when not), its detector being a SmolLM2 reading the transcript: here the
   SmolLM2-135M instruct model's sentence-end probability stands in for LiveKit's fine-tuned one (no audio
@@ -67,7 +68,7 @@ def _pipecat(data: dict[str, Any]) -> None:
         if stage.get("kind") == "whisper":
             stage.update(speculate=False, window_secs=30)  # pipecat's WhisperSTTService path
         elif stage.get("kind") == "piper":
-            stage["first_phrase_words"] = 0  # pipecat's sentence aggregation
+            stage.update(first_phrase_words=0, trim_silence=False)  # pipecat's sentence aggregation, Piper's audio
 
 
 def _livekit(data: dict[str, Any]) -> None:

@@ -144,6 +144,12 @@ class PiperConfig(ProcessorConfig):
         description="Speak each reply's opening phrase (up to this many words) before its first sentence "
         "is complete; 0: whole sentences only.",
     )
+    trim_silence: bool = Field(
+        True,
+        description="Start each sentence at its first sound and keep after it a pause that fits its end "
+        "(Piper's own silences at the joins of a reply's pieces were heard as stalls); false: Piper's audio "
+        "as it comes (in-process; a worker always cuts).",
+    )
 
     fallback: Fallback = None
 

@@ -15,6 +15,7 @@ from piper import PiperVoice
 from vivavoce.model_store import models
 from vivavoce.packaged_models import piper_voice
 from vivavoce.processors.first_phrase import FirstPhraseTextAggregator
+from vivavoce.processors.piper_edges import EdgeTrimmedVoice
 
 if TYPE_CHECKING:
     from vivavoce.build_context import BuildContext
@@ -38,18 +39,28 @@ class SharedPiperTTSService(PiperTTSService):
     """pipecat's ``PiperTTSService`` over a shared, already loaded voice.
 
     The parent's ``__init__`` loads (or downloads) the voice for every instance; this one takes the
-    process-wide voice instead and reuses the parent's ``run_tts`` unchanged.
+    process-wide voice instead and reuses the parent's ``run_tts`` unchanged, over the voice's sentences cut
+    to their sound (``piper_edges``: Piper's silences at the joins of a reply's pieces were heard as stalls).
     """
 
-    def __init__(self, *, voice: PiperVoice, voice_name: str, first_phrase_words: int = 3, **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        voice: PiperVoice,
+        voice_name: str,
+        first_phrase_words: int = 3,
+        trim_silence: bool = True,
+        **kwargs: Any,
+    ):
         """Create the service over a loaded ``PiperVoice``.
 
         ``first_phrase_words``: speak each reply's opening phrase (at most this many words) without
         waiting for its first sentence to end; 0 keeps pipecat's sentence-by-sentence aggregation.
+        ``trim_silence``: cut each sentence to its sound (``piper_edges``); false: Piper's audio as it comes.
         """
         settings = self.Settings(model=None, voice=voice_name, language=None)
         TTSService.__init__(self, push_start_frame=True, push_stop_frames=True, settings=settings, **kwargs)
-        self._voice = voice
+        self._voice = EdgeTrimmedVoice(voice) if trim_silence else voice
         if first_phrase_words > 0:
             self._text_aggregator = FirstPhraseTextAggregator(
                 max_words=first_phrase_words,
@@ -74,7 +85,10 @@ def create(config: PiperConfig, context: BuildContext) -> TTSService:
             has_fallback=config.fallback is not None,
         )
     return SharedPiperTTSService(
-        voice=load_voice(config.voice), voice_name=config.voice, first_phrase_words=config.first_phrase_words
+        voice=load_voice(config.voice),
+        voice_name=config.voice,
+        first_phrase_words=config.first_phrase_words,
+        trim_silence=config.trim_silence,
     )
 
 

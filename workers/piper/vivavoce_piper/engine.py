@@ -1,7 +1,8 @@
 """Piper voices (``piper-tts``, ONNX on the CPU) as a worker engine, loaded on demand by the model manager.
 
-Piper synthesises one sentence at a time, so a chunk is a sentence (``/v1/tts``'s ``chunk_size``
-re-cuts it into chunks of that many ms) and cancel takes effect at the next sentence. A worker knows
+Piper synthesises one sentence at a time, so a chunk is a sentence, cut to its sound (``trim_sentence``;
+``/v1/tts``'s ``chunk_size`` re-cuts it into chunks of that many ms) and cancel takes effect at the next
+sentence. A worker knows
 several voices (``--voice``, repeated, and every ``.onnx`` under ``--voices-dir``) and keeps some of them
 loaded (``vivavoce_worker.resident``): the default voice, and any ``--preload``, at start; another the first
 time a request asks for it (an ONNX session and one warm-up sentence, in a loader thread), evicted when idle
@@ -22,7 +23,7 @@ from typing import Any
 
 from loguru import logger
 
-from vivavoce_worker.audio import resample
+from vivavoce_worker.audio import resample, trim_sentence
 from vivavoce_worker.engine import Emit, Engine, SynthesisRequest, UnknownVoice
 from vivavoce_worker.resident import ResidentModels
 
@@ -235,7 +236,8 @@ class PiperEngine(Engine):
         limit = min(request.max_audio_ms or self.max_audio_ms, self.max_audio_ms) * self.sample_rate // 1000
         produced = 0
         for sentence in voice.synthesize(request.text, syn_config=config):
-            samples = resample(sentence.audio_float_array, sentence.sample_rate, self.sample_rate)[: limit - produced]
+            cut = trim_sentence(sentence.audio_float_array, sentence.sample_rate, sentence.phonemes, request.text)
+            samples = resample(cut, sentence.sample_rate, self.sample_rate)[: limit - produced]
             emit(samples)  # raises Cancelled after a cancel: generation stops before the next sentence
             produced += len(samples)
             if produced >= limit:
