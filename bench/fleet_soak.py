@@ -12,14 +12,19 @@ killed (SIGKILL) at the reply's first audio, and restarted on its port. Every ``
 Prints JSON: calls placed and dropped, replies, sentences lost, the p99 and max gap between audio frames
 heard by callers (the silence before a chunk while the reply plays, 0 when it came in time), and per
 process its RSS at warm-up's end and at the end and its slope (MB per minute, least squares) after
-``--warmup-minutes`` of its own life (a restarted worker warms up again).
+``--warmup-minutes`` of its own life (a restarted worker warms up again); and this process's live objects
+after a full collection at warm-up's end and at the end, with the types that grew (a leak keeps objects; a
+heap that fills with garbage between full collections does not). The process settles its collector after
+start-up as ``vivavoce serve`` does.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import gc
 import json
 import os
 import random
@@ -39,6 +44,7 @@ from fleet import (
     reference_secs,
     replies_heard,
 )
+from vivavoce.gc_tuning import settle_after_startup
 from vivavoce.testing.redis_server import RedisServer
 from vivavoce.testing.tts_probe import waits_secs
 
@@ -52,6 +58,14 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def heap_census() -> collections.Counter:
+    """Live objects by type after a full collection (what start-up loaded is frozen and not counted): the
+    same census at warm-up's end and at the end tells a leak (objects that stay) from garbage not yet
+    collected (RSS that grows while the census does not)."""
+    gc.collect()
+    return collections.Counter(type(o).__name__ for o in gc.get_objects())
 
 
 def slope_mb_per_min(samples: list[tuple[float, float]]) -> float | None:
@@ -98,10 +112,19 @@ async def soak(args: argparse.Namespace, fleet: Fleet) -> dict:
                     samples.setdefault(name, []).append((round(minute, 2), round(mb, 1)))
             await asyncio.sleep(args.sample_secs)
 
+    census: dict[str, collections.Counter] = {}
+    placed: dict[str, int] = {}
+
+    async def take_census() -> None:
+        await asyncio.sleep(max(0.0, started + args.warmup_minutes * 60 - time.monotonic()))
+        census["warmup_end"], placed["warmup_end"] = heap_census(), len(calls.sockets)
+
     for _ in range(args.calls):
         calls.tasks.append(asyncio.create_task(caller()))
         await asyncio.sleep(args.pause / max(1, args.calls) + 0.5)  # callers out of step
-    await asyncio.gather(killer(), sampler(), *calls.tasks)
+    await asyncio.gather(killer(), sampler(), take_census(), *calls.tasks)
+    census["end"], placed["end"] = heap_census(), len(calls.sockets)
+    growth = census["end"] - census["warmup_end"]
 
     memory = {}
     for name, series in samples.items():  # warm-up counted from each process's first sample (restarts)
@@ -124,6 +147,13 @@ async def soak(args: argparse.Namespace, fleet: Fleet) -> dict:
         "frame_gap_ms": {"frames": len(gaps), "p99": percentile(gaps, 0.99), "max": round(max(gaps, default=0.0), 1)},
         "kills": kills,
         "memory": memory,
+        # The bench's own records grow too: a Reply (and its chunk list) per reply, a socket record per call.
+        "live_objects_after_full_collection": {
+            "warmup_end": sum(census["warmup_end"].values()),
+            "end": sum(census["end"].values()),
+            "calls_placed_between": placed["end"] - placed["warmup_end"],
+            "most_grown_types": dict(growth.most_common(12)),
+        },
         "memory_samples": samples,
     }
 
@@ -144,6 +174,7 @@ async def main() -> None:
         await asyncio.gather(*(fleet.start() for _ in range(args.workers)))
         await entries_when(fleet.directory, lambda e: len(e) == args.workers, secs=30)
         REFERENCE_SECS[0] = await reference_secs(redis.url)
+        settle_after_startup()  # as `vivavoce serve` does once its models are loaded
         result = {"logs": str(logs), "reference_reply_audio_secs": REFERENCE_SECS[0], **await soak(args, fleet)}
         await fleet.close()
     print(json.dumps(result, indent=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import gc
 
 from vivavoce.gc_tuning import FULL_COLLECTION_EVERY, settle_after_startup
@@ -20,5 +21,25 @@ def test_settle_after_startup_freezes_and_spaces_full_collections():
         del cycle
         assert gc.collect() >= 1
     finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
+def test_full_collections_come_every_full_collection_every_however_much_start_up_loaded():
+    thresholds = gc.get_threshold()
+    loaded = [[i] for i in range(300_000)]  # start-up: what torch, pipecat and the models leave
+    try:
+        settle_after_startup()
+        full = gc.get_stats()[2]["collections"]
+        alive: collections.deque = collections.deque(maxlen=5)  # a few calls' objects live at any time
+        for _ in range(3 * 700 * 10 * FULL_COLLECTION_EVERY):  # three full collections' worth of garbage
+            cycle: list = []
+            cycle.append(cycle)
+            alive.append(cycle)
+        # CPython held back full collections until a quarter of what start-up loaded had been promoted:
+        # none would have run here.
+        assert gc.get_stats()[2]["collections"] - full >= 2
+    finally:
+        del loaded
         gc.unfreeze()
         gc.set_threshold(*thresholds)
