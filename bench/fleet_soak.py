@@ -44,7 +44,7 @@ from fleet import (
     reference_secs,
     replies_heard,
 )
-from vivavoce.gc_tuning import settle_after_startup
+from vivavoce.gc_tuning import return_freed_memory, settle_after_startup, trim_c_heap
 from vivavoce.testing.redis_server import RedisServer
 from vivavoce.testing.tts_probe import waits_secs
 
@@ -60,12 +60,14 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def heap_census() -> collections.Counter:
-    """Live objects by type after a full collection (what start-up loaded is frozen and not counted): the
-    same census at warm-up's end and at the end tells a leak (objects that stay) from garbage not yet
-    collected (RSS that grows while the census does not)."""
+def heap_census() -> tuple[collections.Counter, float | None]:
+    """Live objects by type after a full collection (what start-up loaded is frozen and not counted), and
+    this process's RSS once the C heap has handed its free pages back (``malloc_trim``). The
+    same census at warm-up's end and at the end tells a leak (objects that stay, RSS that stays) from garbage
+    not yet collected and memory the allocator keeps (RSS that grows while neither does)."""
     gc.collect()
-    return collections.Counter(type(o).__name__ for o in gc.get_objects())
+    trim_c_heap()
+    return collections.Counter(type(o).__name__ for o in gc.get_objects()), rss_mb(os.getpid())
 
 
 def slope_mb_per_min(samples: list[tuple[float, float]]) -> float | None:
@@ -90,6 +92,7 @@ async def soak(args: argparse.Namespace, fleet: Fleet) -> dict:
     async def caller() -> None:
         while time.monotonic() < end:
             await calls.call(random.randint(2, 4))
+            await return_freed_memory()  # as an agent's Session does when it ends
             await asyncio.sleep(1.0)  # redial
 
     async def killer() -> None:
@@ -114,16 +117,17 @@ async def soak(args: argparse.Namespace, fleet: Fleet) -> dict:
 
     census: dict[str, collections.Counter] = {}
     placed: dict[str, int] = {}
+    trimmed: dict[str, float | None] = {}
 
     async def take_census() -> None:
         await asyncio.sleep(max(0.0, started + args.warmup_minutes * 60 - time.monotonic()))
-        census["warmup_end"], placed["warmup_end"] = heap_census(), len(calls.sockets)
+        (census["warmup_end"], trimmed["warmup_end"]), placed["warmup_end"] = heap_census(), len(calls.sockets)
 
     for _ in range(args.calls):
         calls.tasks.append(asyncio.create_task(caller()))
         await asyncio.sleep(args.pause / max(1, args.calls) + 0.5)  # callers out of step
     await asyncio.gather(killer(), sampler(), take_census(), *calls.tasks)
-    census["end"], placed["end"] = heap_census(), len(calls.sockets)
+    (census["end"], trimmed["end"]), placed["end"] = heap_census(), len(calls.sockets)
     growth = census["end"] - census["warmup_end"]
 
     memory = {}
@@ -152,6 +156,7 @@ async def soak(args: argparse.Namespace, fleet: Fleet) -> dict:
             "warmup_end": sum(census["warmup_end"].values()),
             "end": sum(census["end"].values()),
             "calls_placed_between": placed["end"] - placed["warmup_end"],
+            "rss_after_collect_and_malloc_trim_mb": trimmed,
             "most_grown_types": dict(growth.most_common(12)),
         },
         "memory_samples": samples,

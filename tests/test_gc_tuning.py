@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import weakref
 
 from vivavoce.gc_tuning import FULL_COLLECTION_EVERY, settle_after_startup
 
@@ -43,3 +44,32 @@ def test_full_collections_come_every_full_collection_every_however_much_start_up
         del loaded
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+
+
+class Garbage:
+    def __init__(self, cycle: list):
+        cycle.append(self)
+
+
+async def test_an_ended_call_s_garbage_is_collected_and_the_heap_trimmed_at_most_every_trim_every_secs(monkeypatch):
+    from vivavoce import gc_tuning
+
+    calls: list[int] = []
+    monkeypatch.setattr(gc_tuning, "_TRIM", calls.append)  # trim_c_heap calls it with 0
+    monkeypatch.setattr(gc_tuning, "_last_trim", [float("-inf")])
+    ended_call: list = []
+    ended_call.append(ended_call)  # a cycle: only a collection frees it
+    survivor = weakref.ref(Garbage(ended_call))
+    del ended_call
+    assert await gc_tuning.return_freed_memory()
+    assert survivor() is None
+    assert not await gc_tuning.return_freed_memory()  # a burst of calls ending: one trim
+    monkeypatch.setattr(gc_tuning, "_last_trim", [gc_tuning._last_trim[0] - gc_tuning.TRIM_EVERY_SECS])
+    assert await gc_tuning.return_freed_memory()
+    assert calls == [0, 0]
+
+
+def test_glibc_s_malloc_trim_is_found():
+    from vivavoce import gc_tuning
+
+    assert gc_tuning._TRIM is not None  # this image's libc is glibc: the trim is real here

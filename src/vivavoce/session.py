@@ -19,6 +19,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from vivavoce.botfile import Bot
 from vivavoce.builder import Conversation, build_conversation, load_models
+from vivavoce.gc_tuning import return_freed_memory
 from vivavoce.turn_feed import TurnFeed
 from vivavoce.turns import Turn, TurnRecorder
 
@@ -105,4 +106,5 @@ class Session:
             await runner.run()
         finally:
             self.recorder.finish()
+        await return_freed_memory()
         return self.recorder.completed_turns()
