@@ -137,8 +137,9 @@ async def run_variant(bot: Bot, label: str, recordings: list[tuple[InputAudio, l
 def table(result: dict[str, Any]) -> Table:
     """The per-variant figures, one row each."""
     view = Table(title=f"conversation: {result['run']['cases_total']} cases", title_justify="left")
-    for column in ("variant", "EoT p50/p90/max ms", "dead air", "unanswered", "cut-ins (<=1s)", "stalls", "lost",
-                   "WER", "v2v report p50", "backch. ok", "barge stop p50", "mismatch"):  # fmt: skip
+    for column in ("variant", "EoT p50/p90/max ms", "finished: EoT p50/p90", "dead air", "unanswered",
+                   "cut-ins (<=1s)", "stalls", "lost", "WER", "v2v report p50", "backch. ok", "barge stop p50",
+                   "mismatch"):  # fmt: skip
         view.add_column(column, justify="left" if column == "variant" else "right")
     for name, entry in result["variants"].items():
         if "error" in entry:
@@ -150,7 +151,8 @@ def table(result: dict[str, Any]) -> Table:
         view.add_row(
             name,
             f"{eot['p50']}/{eot['p90']}/{eot['max']}",
-            f"{f['dead_air']}/{f['answer_points']}",
+            f"{f['finished_end_of_turn_ms']['p50']}/{f['finished_end_of_turn_ms']['p90']}",
+            f"{f['dead_air']}/{f['answer_points']} ({f['finished_dead_air']} finished)",
             str(f["unanswered"]),
             f"{cut['count']}/{cut['pauses']} ({cut['rate_le_1s']})",
             f"{f['stalls']['count']} ({f['stalls']['longest_ms']} ms)",

@@ -896,6 +896,7 @@ def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The figures over every scored case record of one variant."""
     scored = [r for r in records if "delay_s" in r]
     delays = [r["delay_s"] * 1000 for r in scored if r["delay_s"] is not None]
+    finished = [r["delay_s"] * 1000 for r in scored if r["delay_s"] is not None and r["kind"] == "finished"]
     pauses = [p for r in records for p in r["pauses"]]
     short = [p for p in pauses if p["pause_s"] is not None and p["pause_s"] <= 1.0]
     replies = [x for r in records for x in r["replies"]]
@@ -919,6 +920,9 @@ def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "cases": len(records),
         "answer_points": len(scored),
         "end_of_turn_ms": {"n": len(delays), **_percentiles(delays, "p50", "p90", "max")},
+        # The issue's targets are on finished sentences: the same figures over those cases alone.
+        "finished_end_of_turn_ms": {"n": len(finished), **_percentiles(finished, "p50", "p90", "max")},
+        "finished_dead_air": sum(bool(r["dead_air"]) for r in scored if r["kind"] == "finished"),
         "dead_air": sum(bool(r["dead_air"]) for r in scored),
         "unanswered": sum(not r["answered"] for r in scored),
         "dead_air_cases": [r["case"] for r in scored if r["dead_air"]],
@@ -981,6 +985,7 @@ RATIO_FIGURES: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "end_of_turn_p50": lambda f: f["end_of_turn_ms"]["p50"],
     "end_of_turn_p90": lambda f: f["end_of_turn_ms"]["p90"],
     "end_of_turn_max": lambda f: f["end_of_turn_ms"]["max"],
+    "finished_end_of_turn_p90": lambda f: f["finished_end_of_turn_ms"]["p90"],
     "dead_air": lambda f: f["dead_air"],
     "unanswered": lambda f: f["unanswered"],
     "cut_in_rate": lambda f: f["cut_ins"]["rate"],
