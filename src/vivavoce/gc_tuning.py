@@ -70,8 +70,8 @@ async def return_freed_memory() -> bool:
     unless that was done less than ``TRIM_EVERY_SECS`` ago. Returns whether it ran.
 
     The collection is a full one, but start-up's objects are frozen: it walks only the live calls' objects
-    (about a thousand per call), a millisecond or so, not the 55-90 ms pause of a full collection over
-    everything."""
+    (about a thousand per call of bench/fleet_soak.py's TTS pipelines), as the spaced-out full collections
+    do, and adds at most one of those pauses per ``TRIM_EVERY_SECS``."""
     now = time.monotonic()
     if now - _last_trim[0] < TRIM_EVERY_SECS:
         return False
