@@ -61,8 +61,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from vivavoce.frames import WorkerFailoverFrame
-from vivavoce.processors.worker_client import worker_api_key
-from vivavoce.worker_directory import PING_INTERVAL_SECS, PING_TIMEOUT_SECS, Selector, WorkerRoute
+from vivavoce.processors.worker_client import WorkerEndpoint
+from vivavoce.worker_directory import PING_INTERVAL_SECS, PING_TIMEOUT_SECS, Selector
 
 if TYPE_CHECKING:
     from vivavoce.build_context import BuildContext
@@ -120,9 +120,10 @@ class MoshiS2SService(FrameProcessor):
         super().__init__(**kwargs)
         if (url is None) == (registry is None):
             raise ValueError("a Moshi service needs a url or a registry, not both")
-        self._url = url  # the worker in use (with a registry: set once one is picked)
-        self._route = WorkerRoute(registry, Selector(family=FAMILY)) if registry else None
-        self._api_key = worker_api_key(api_key)
+        # The worker in use (with a registry: set once one is picked); no fallback: Moshi's is the whole call.
+        self._endpoint = WorkerEndpoint(
+            url=url, registry=registry, selector=Selector(family=FAMILY), api_key=api_key, has_fallback=False
+        )
         self._gate = gate
         self._gate_silence_ms = gate_silence_ms
         self._gate_threshold_db = gate_threshold_db
@@ -149,7 +150,7 @@ class MoshiS2SService(FrameProcessor):
         query = {"codec": "pcm16", "gate": "on" if self._gate else "off"}
         if self._gate:
             query |= {"gate_silence_ms": str(self._gate_silence_ms), "gate_threshold_db": str(self._gate_threshold_db)}
-        parts = urlsplit(url or self._url or "")
+        parts = urlsplit(url or self._endpoint.url or "")
         extra = f"{parts.query}&" if parts.query else ""
         return urlunsplit(parts._replace(query=extra + urlencode(query)))
 
@@ -172,18 +173,18 @@ class MoshiS2SService(FrameProcessor):
             await self._send_audio(frame)
         await self.push_frame(frame, direction)
 
-    async def _open(self, url: str, timeout_secs: float) -> ClientConnection:
-        """A conversation on the worker at ``url``: connected and past its handshake byte.
+    async def _open(self, url: str, timeout_secs: float | None) -> ClientConnection:
+        """A conversation on the worker at ``url``: connected and past its handshake byte, within
+        ``timeout_secs`` (None: ``connect_timeout_secs``).
 
         :class:`WorkerRefusedError` with the worker's reason when it refuses (a full or draining worker sends
         its reason, then closes with 1013); OSError, TimeoutError or WebSocketException when unreachable.
         """
-        headers = {"X-API-Key": self._api_key} if self._api_key else {}
         ws: ClientConnection | None = None
         try:
-            async with asyncio.timeout(timeout_secs):
+            async with asyncio.timeout(self._connect_timeout_secs if timeout_secs is None else timeout_secs):
                 ws = await connect(
-                    self.chat_url(url), additional_headers=headers, max_size=None,
+                    self.chat_url(url), additional_headers=self._endpoint.headers, max_size=None,
                     ping_interval=PING_INTERVAL_SECS, ping_timeout=PING_TIMEOUT_SECS,
                 )
                 try:
@@ -202,11 +203,7 @@ class MoshiS2SService(FrameProcessor):
     async def _open_worker(self) -> ClientConnection:
         """A conversation on a worker: the ``url``, or one the registry's route picks (not one that just
         failed); the counts of what it owes start afresh."""
-        if self._route is None:
-            ws = await self._open(self._url, self._connect_timeout_secs)
-        else:
-            ws = await self._route.connect(self._open)
-            self._url = self._route.current.url
+        ws = await self._endpoint.connect(self._open)
         self._sent_samples = self._received_frames = 0
         self._owed_since = None
         return ws
@@ -218,10 +215,9 @@ class MoshiS2SService(FrameProcessor):
             await self._fail(f"Moshi worker refused the conversation: {e}")
             return
         except (OSError, TimeoutError, WebSocketException) as e:  # refused, no such path (HTTP 404), bad URL...
-            where = self._url or f"the registry {self._route.registry}"
-            await self._fail(f"Moshi worker at {where} unreachable: {e}", e)
+            await self._fail(f"Moshi worker at {self._endpoint.where} unreachable: {e}", e)
             return
-        logger.info(f"{self}: connected to the Moshi worker at {self._url}")
+        logger.info(f"{self}: connected to the Moshi worker at {self._endpoint.url}")
         self._receive_task = self.create_task(self._receive())
 
     async def _fail(self, message: str, exception: Exception | None = None) -> None:
@@ -301,7 +297,7 @@ class MoshiS2SService(FrameProcessor):
     async def _failover(self, reason: str) -> bool:
         """Move the call to another worker (degraded: Moshi's state is lost with the old one); False, after
         ending the call with the reason, when none answers."""
-        lost, ws = self._url, self._ws
+        lost, ws = self._endpoint.url, self._ws
         self._ws = None
         if ws is not None:
             with suppress(Exception):  # a hung worker must not hold the failover up
@@ -313,9 +309,9 @@ class MoshiS2SService(FrameProcessor):
             await self.push_frame(WorkerFailoverFrame(service=FAMILY, from_url=lost, reason=reason, degraded=True))
             await self._fail(f"Moshi worker at {lost} lost ({reason}) and no other answered: {e}", e)
             return False
-        logger.warning(f"{self}: failed over from {lost} to {self._url}; the conversation so far is forgotten")
+        logger.warning(f"{self}: failed over from {lost} to {self._endpoint.url}; the conversation so far is forgotten")
         await self.push_frame(
-            WorkerFailoverFrame(service=FAMILY, from_url=lost, to_url=self._url, reason=reason, degraded=True)
+            WorkerFailoverFrame(service=FAMILY, from_url=lost, to_url=self._endpoint.url, reason=reason, degraded=True)
         )
         return True
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from loguru import logger
 from pipecat.audio.utils import create_stream_resampler
@@ -35,6 +35,8 @@ from vivavoce.worker_directory import PING_INTERVAL_SECS, PING_TIMEOUT_SECS, Sel
 
 if TYPE_CHECKING:
     from vivavoce.processors.catalog import WorkerTTSConfig
+
+Socket = TypeVar("Socket")
 
 API_KEY_ENV = "VIVAVOCE_WORKER_API_KEY"
 CHARS_PER_SEC = 14.0
@@ -81,32 +83,48 @@ class WorkerEndpoint:
         """The registry key of the worker in use (None without a registry)."""
         return self.route.current.key if self.route and self.route.current else None
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a connection to a worker sends: the API key, if any."""
+        return {"X-API-Key": self._api_key} if self._api_key else {}
+
+    @property
+    def where(self) -> str:
+        """The worker in use, or before the first, what the registry is asked for."""
+        return self.url or f"the registry {self.route.registry} ({self.route.selector})"
+
+    async def connect(self, open_socket: Callable[[str, float | None], Awaitable[Socket]]) -> Socket:
+        """``open_socket(url, timeout_secs)`` to the fixed ``url`` (timeout None: the opener's own), or to a
+        worker the route picks (with the route's short timeout, trying others); ``url`` becomes that
+        worker's."""
+        if self.route is None:
+            return await open_socket(self.url, None)
+        socket = await self.route.connect(open_socket)
+        self.url = self.route.current.url
+        return socket
+
     async def open(self, service: WebsocketService) -> Any:
         """A socket from pipecat's ``service`` to the worker (routed ones get keepalive pings, so a
         vanished host is noticed); ``url`` becomes that worker's."""
-        headers = {"X-API-Key": self._api_key} if self._api_key else {}
-        if self.route is None:
-            return await service._websocket_connect(self.url, additional_headers=headers)
 
-        async def open_socket(worker_url: str, timeout_secs: float) -> Any:
+        async def open_socket(worker_url: str, timeout_secs: float | None) -> Any:
+            if timeout_secs is None:  # the fixed url
+                return await service._websocket_connect(worker_url, additional_headers=self.headers)
             return await service._websocket_connect(
                 worker_url,
-                additional_headers=headers,
+                additional_headers=self.headers,
                 open_timeout=timeout_secs,
                 ping_interval=PING_INTERVAL_SECS,
                 ping_timeout=PING_TIMEOUT_SECS,
             )
 
-        websocket = await self.route.connect(open_socket)
-        self.url = self.route.current.url
-        return websocket
+        return await self.connect(open_socket)
 
     async def unreachable(self, service: WebsocketService, what: str, error: Exception) -> None:
         """Tell the pipeline that ``service`` cannot reach ``what`` (e.g. "the worker"); permanent when a
         fallback exists, so pipecat's ServiceSwitcher moves on to it."""
-        where = self.url or (self.route.selector if self.route else None)
         await service.push_error(
-            error_msg=f"cannot reach {what} at {where}: {error}",
+            error_msg=f"cannot reach {what} at {self.where}: {error}",
             exception=error,
             force_treat_as_permanent=self._has_fallback,
         )
