@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from piper import SynthesisConfig
 
-from vivavoce.processors.piper import load_voice
+from vivavoce.processors.piper import SharedPiperTTSService, load_voice
 from vivavoce.processors.piper_edges import EdgeTrimmedVoice, pause_after, trim_edges
 from worker_support import REPO
 
@@ -86,3 +86,9 @@ def test_the_worker_cuts_piper_s_sentences_exactly_as_the_agent_does(voice):
         worker = trim_sentence(chunk.audio_float_array, chunk.sample_rate, chunk.phonemes, text)
         assert len(agent) < len(chunk.audio_float_array)
         np.testing.assert_array_equal(worker, agent)
+
+
+def test_the_piper_kind_cuts_unless_told_not_to(voice):
+    assert isinstance(SharedPiperTTSService(voice=voice, voice_name="en_US-joe-medium")._voice, EdgeTrimmedVoice)
+    raw = SharedPiperTTSService(voice=voice, voice_name="en_US-joe-medium", trim_silence=False)
+    assert raw._voice is voice  # pipecat's stock audio, as bench/conversation.py's pipecat variant plays it

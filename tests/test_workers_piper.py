@@ -257,3 +257,18 @@ async def test_loudness_off_leaves_the_voice_as_piper_made_it(piper_off, whisper
     assert lufs(np.concatenate(chunks), 22050) == pytest.approx(np.mean(own), abs=1.0)
     assert abs(lufs(np.concatenate(chunks), 22050) - TARGET) > 1.0  # so the comparison above means something
     assert_says(whisper, np.concatenate(copy_chunks), 24000, OTHER)  # the second voice, loaded by path
+
+
+@pytest.mark.e2e
+async def test_a_piece_that_stops_mid_sentence_starts_at_its_sound_and_hands_on_at_once(piper_off):
+    # Piper opens this piece with ~0.5 s of silence and closes it with a sentence's pause; a reply spoken in
+    # pieces heard both as a stall (processors/piper_edges.py, whose rule the worker applies).
+    async with websockets.connect(ws_url(piper_off)) as ws:
+        _, chunks, done = await tts_synthesize(ws, "another example of how people can", sample_rate=22050)
+    assert done["type"] == "synthesis_complete"
+    audio = np.concatenate(chunks)
+    step = 22050 // 200
+    windows = audio[: len(audio) // step * step].reshape(-1, step)
+    loud = np.flatnonzero(np.sqrt((windows.astype(np.float64) ** 2).mean(axis=1)) > 10 ** (-50 / 20))
+    assert loud[0] * step / 22050 < 0.02
+    assert (len(windows) - 1 - loud[-1]) * step / 22050 < 0.06
