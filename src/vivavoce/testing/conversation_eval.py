@@ -39,6 +39,9 @@ OVERLAP_SECS = 0.3
 """A report turn belongs to a user part if its user speech overlaps the part widened by this much."""
 DEAD_AIR_SECS = 1.5
 STALL_SECS = 0.4
+REACTION_SECS = 0.2
+"""Every variant's VAD start time: no interruption can stop a reply sooner after the user's first sound (the
+quickest audible barge-in stop measured, any variant: 270 ms)."""
 STALL_WITHIN_SECS = 4.0
 BACKCHANNEL_RESUME_SECS = 1.5
 BARGE_QUIET_SECS = 0.3
@@ -745,10 +748,13 @@ def score_session(
                 row["agreement_ms"] = round(abs(reply[0][0] - b) * 1000, 1)
                 reply_start, reply_end = reply[0][0], max(e for _, e in reply)
                 # Cut by the user: the user talked while the reply sounded, and it never went on past shortly
-                # after that speech (a reply that paused for a backchannel and resumed was not cut).
+                # after that speech (a reply that paused for a backchannel and resumed was not cut); a reply
+                # that ended within REACTION_SECS of the user's first sound ended by itself, as nothing can
+                # stop audio before the VAD has heard the speech.
                 cut = any(
-                    p.start_s < reply_end and p.end_s > reply_start and reply_end <= p.end_s + 0.5 for p in ordered
+                    p.start_s + REACTION_SECS <= reply_end <= p.end_s + 0.5 and p.end_s > reply_start for p in ordered
                 )
+                row["heard_stopped_s"] = reply_end
                 row["heard_cut"] = cut
                 row["mismatch"] = cut != turn.interrupted
             else:
