@@ -63,6 +63,15 @@ async def test_first_phrase_goes_to_tts_before_the_sentence_ends():
         "any confusion you may have had",
         "earlier today about the hours and the prices of the shop.",
     ]
+    # A piece grows from the words said before it, not from the last limit: after a one-word piece there
+    # is half a second of audio to cover the next, so it is short again (12 words here stalled a reply).
+    short_then_long = "No worries at all. I'll just have to think of something else that might work better."
+    assert await _aggregate(aggregator, short_then_long) == [
+        "No worries at",
+        "all.",
+        "I'll just have to think of",
+        "something else that might work better.",
+    ]
 
 
 def test_history_window_moves_in_steps_so_the_prompt_prefix_stays_cached():
