@@ -252,9 +252,12 @@ async def test_loudness_off_leaves_the_voice_as_piper_made_it(piper_off, whisper
     # Piper scales each sentence to full scale: untouched, its peaks are exactly 1.0 (under -1 dBTP after
     # normalisation), and its loudness is what Piper in this process makes of the same text.
     assert all(np.abs(c).max() == 1.0 for c in chunks)
+    # Piper's noise is drawn inside its ONNX graph, unseeded: one rendering's loudness spreads with a standard
+    # deviation of ~0.4 dB, so the bound is four of those from the mean of eight (a fixed 1 dB against three
+    # renderings failed once in CI on untouched audio).
     voice = PiperVoice.load(piper_voice())
-    own = [lufs(np.concatenate([s.audio_float_array for s in voice.synthesize(TEXT)]), 22050) for _ in range(3)]
-    assert lufs(np.concatenate(chunks), 22050) == pytest.approx(np.mean(own), abs=1.0)
+    own = [lufs(np.concatenate([s.audio_float_array for s in voice.synthesize(TEXT)]), 22050) for _ in range(8)]
+    assert lufs(np.concatenate(chunks), 22050) == pytest.approx(np.mean(own), abs=max(1.0, 4 * np.std(own)))
     assert abs(lufs(np.concatenate(chunks), 22050) - TARGET) > 1.0  # so the comparison above means something
     assert_says(whisper, np.concatenate(copy_chunks), 24000, OTHER)  # the second voice, loaded by path
 
