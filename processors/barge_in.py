@@ -252,6 +252,9 @@ class BargeInController(FrameProcessor):
 
     async def _interrupt(self, reason: str) -> None:
         self._end_pause()
+        # The reply is over: the InterruptionFrame broadcast here never passes through this processor, and
+        # speech that follows is the user's turn, not a backchannel over a reply still "open".
+        self._bot_speaking = self._reply_open = False
         self._outcome = "interrupted"
         self._resumed_at = None
         logger.debug(f"{self}: barge-in ({reason})")

@@ -329,6 +329,25 @@ async def test_a_backchannel_in_a_gap_inside_the_reply_pauses_it_and_the_reply_g
     assert not run.down_of(TranscriptionFrame)
 
 
+async def test_speech_right_after_a_barge_in_by_words_is_the_users_turn_not_a_backchannel():
+    # bench/conversation.py, a sentence split by a pause said over a late reply: "It was the age of" stopped
+    # the bot by its words; "wisdom", 0.8 s later, was taken for a backchannel over a reply that had ended:
+    # the word never reached the turn, and the answer held for it waited 5 s for a verdict.
+    run = await drive(
+        controller(),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), transcript("It was the age of."),
+         SleepFrame(0.05), (UP, BotStoppedSpeakingFrame()), SleepFrame(0.3),
+         VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1), VADUserStoppedSpeakingFrame(stop_secs=0.1),
+         SleepFrame(0.02), transcript("wisdom."), SleepFrame(0.1)],
+    )  # fmt: skip
+
+    assert [p.paused for p in run.down_of(BotOutputPauseFrame)] == [True]  # only the first speech paused it
+    assert [f.text for f in run.down_of(TranscriptionFrame)] == ["It was the age of.", "wisdom."]
+    assert not run.down_of(UserBackchannelFrame)
+    assert len(run.down_of(InterruptionFrame)) == 2  # the barge-in, then the new turn's, as pipecat does
+
+
 async def test_a_long_silence_after_the_bot_ends_a_reply_whose_end_never_came(monkeypatch):
     monkeypatch.setattr("vivavoce.processors.barge_in.MID_REPLY_GAP_SECS", 0.2)
     run = await drive(
