@@ -138,8 +138,8 @@ def table(result: dict[str, Any]) -> Table:
     """The per-variant figures, one row each."""
     view = Table(title=f"conversation: {result['run']['cases_total']} cases", title_justify="left")
     for column in ("variant", "EoT p50/p90/max ms", "finished: EoT p50/p90", "dead air", "unanswered",
-                   "cut-ins (<=1s)", "stalls", "lost", "WER", "v2v report p50", "backch. ok", "barge stop p50",
-                   "mismatch"):  # fmt: skip
+                   "cut-ins (<=1s)", "stalls", "lost (misheard)", "WER", "v2v report p50", "backch. ok",
+                   "barge stop p50", "mismatch"):  # fmt: skip
         view.add_column(column, justify="left" if column == "variant" else "right")
     for name, entry in result["variants"].items():
         if "error" in entry:
@@ -156,7 +156,7 @@ def table(result: dict[str, Any]) -> Table:
             str(f["unanswered"]),
             f"{cut['count']}/{cut['pauses']} ({cut['rate_le_1s']})",
             f"{f['stalls']['count']} ({f['stalls']['longest_ms']} ms)",
-            f"{f['lost_speech']['parts']}+{f['lost_speech']['unanswered_cases']}",
+            f"{f['lost_speech']['parts']}+{f['lost_speech']['unanswered_cases']} ({f['lost_speech']['misheard']})",
             str(f["wer"]["wer"]),
             str(f["voice_to_voice_reported_ms"]["p50"]),
             f"{f['backchannel']['ok']}/{f['backchannel']['valid']}",

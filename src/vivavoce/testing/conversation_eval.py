@@ -144,13 +144,38 @@ transcripts hyphenate inconsistently, and a WER should not count that as an erro
 def normalise_words(text: str) -> list[str]:
     """The words of ``text`` as a WER compares them: lower case, split on white space, hyphens, dashes and
     slashes, other punctuation dropped (an apostrophe inside a word kept, a curly one made straight).
-    Digits stay digits: "21" and "twenty one" differ."""
+    Digits stay digits ("21" and "twenty one" differ): cases are aligned on these; scores use
+    :func:`scored_words`."""
     tokens = []
     for raw in _WORD_BREAKS.sub(" ", text.lower().replace("\u2019", "'")).split():
         token = re.sub(r"[^a-z0-9']", "", raw).strip("'")
         if token:
             tokens.append(token)
     return tokens
+
+
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+         "seventeen eighteen nineteen").split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def number_words(number: int) -> list[str]:
+    """``number`` (0-999) as it is said: 6 -> ["six"], 21 -> ["twenty", "one"], 105 -> ["one", "hundred", "five"]."""
+    if number < 20:
+        return [_ONES[number]]
+    if number < 100:
+        return [_TENS[number // 10]] + ([_ONES[number % 10]] if number % 10 else [])
+    return [_ONES[number // 100], "hundred"] + (number_words(number % 100) if number % 100 else [])
+
+
+def scored_words(text: str) -> list[str]:
+    """:func:`normalise_words`, with numbers under 1000 spelled out as said: Whisper writes "Six spoons" as
+    "6 spoons", which is the word heard, not an error (as Whisper's own English normaliser counts it).
+    The case builder aligns on :func:`normalise_words`, so the cases do not change."""
+    words = []
+    for word in normalise_words(text):
+        words.extend(number_words(int(word)) if word.isdigit() and int(word) < 1000 else [word])
+    return words
 
 
 def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
@@ -165,9 +190,9 @@ def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
 
 
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(substitutions + deletions + insertions, reference words), on :func:`normalise_words`."""
-    ref = normalise_words(reference)
-    return edit_distance(ref, normalise_words(hypothesis)), len(ref)
+    """(substitutions + deletions + insertions, reference words), on :func:`scored_words`."""
+    ref = scored_words(reference)
+    return edit_distance(ref, scored_words(hypothesis)), len(ref)
 
 
 def corpus_wer(pairs: Iterable[tuple[str, str]]) -> float:
@@ -822,14 +847,18 @@ def score_session(
                 flags.append("cut_in")
         record["pauses"] = pauses
 
-        # Lost speech: a part no report turn heard (none overlapping it, or none of its words in theirs)...
-        lost = []
+        # Lost speech: a part no report turn heard (none overlapping it, or none of its words in theirs: the
+        # latter "misheard", where a turn took the audio but the STT wrote other words)...
+        lost, misheard = [], []
         for part in spoken:
             near = _overlapping(turns, part.start_s - OVERLAP_SECS, part.end_s + OVERLAP_SECS)
-            heard_words = set(normalise_words(" ".join(t.user_text for t in near)))
-            if not near or not heard_words.intersection(normalise_words(part.text)):
+            heard_words = set(scored_words(" ".join(t.user_text for t in near)))
+            if not near or not heard_words.intersection(scored_words(part.text)):
                 lost.append(part.id)
+                if near:
+                    misheard.append(part.id)
         record["lost_parts"] = lost
+        record["misheard_parts"] = misheard
         # ... or a case that should be answered with no bot audio after it (a backchannel case: after its
         # utterance, the answer the backchannel is said over).
         final = answer if answer is not None else spoken[-1]
@@ -909,6 +938,7 @@ def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     stalls = [x for x in replies if x["stall"]]
     turns = [t for r in records for t in r["turns"]]
     lost_parts = [pid for r in records for pid in r["lost_parts"]]
+    misheard = [pid for r in records for pid in r.get("misheard_parts", ())]
     lost_cases = [r["case"] for r in records if r["lost_answer"]]
     errors = sum(r["wer"]["errors"] for r in records)
     words = sum(r["wer"]["words"] for r in records)
@@ -953,7 +983,8 @@ def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "longest_ms": max((x["longest_stall_ms"] for x in stalls), default=0),
             "after_parts": [x["after_part"] for x in stalls],
         },
-        "lost_speech": {"parts": len(lost_parts), "part_ids": lost_parts, "unanswered_cases": len(lost_cases),
+        "lost_speech": {"parts": len(lost_parts), "part_ids": lost_parts, "misheard": len(misheard),
+                        "misheard_ids": misheard, "unanswered_cases": len(lost_cases),
                         "case_ids": lost_cases},  # fmt: skip
         "wer": {"wer": rate(errors, words), "errors": errors, "words": words},
         "voice_to_voice_reported_ms": {
@@ -1041,5 +1072,6 @@ def case_counts(cases: Iterable[Case]) -> dict[str, int]:
 __all__ = [
     "Case", "Part", "Piece", "Word", "build_cases", "stratified", "sessions", "session_audio", "heard_segments",
     "audible_stop", "score_session", "summarise", "ratios", "phone_audio", "word_errors", "normalise_words",
-    "edit_distance", "corpus_wer", "whisper_words", "backchannel_piece", "case_counts", "DEFAULT_MIX", "KINDS",
+    "scored_words", "number_words", "edit_distance", "corpus_wer", "whisper_words", "backchannel_piece",
+    "case_counts", "DEFAULT_MIX", "KINDS",
 ]  # fmt: skip
