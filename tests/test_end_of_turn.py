@@ -302,3 +302,34 @@ async def test_a_held_answer_stays_held_while_the_user_is_still_audible(monkeypa
             break
         await asyncio.sleep(0.01)
     assert [f.hold for f in gates()] == [False, True, False]
+
+
+async def test_an_early_answer_the_user_went_on_from_is_never_released_by_the_backstop(monkeypatch):
+    # bench/conversation.py, "He turned sharply | and faced Gregson across | the table": the first part's
+    # answer waited for its input to be heard when the user went on; its backstop let it go while the user
+    # was still speaking, and logged that the input had stopped (the interruption had dropped it: harmless
+    # at the gate, but a false alarm, and wrong wherever no interruption follows the VAD's start).
+    monkeypatch.setattr("vivavoce.end_of_turn.INPUT_LAG_BACKSTOP_SECS", 0.1)
+    strategy, stopped, _ = await _strategy(
+        audio=0.5, words=0.001, min_silence_secs=0.0, max_silence_secs=0.3, early_answer=True, gate=True
+    )
+    pushed: list = []
+
+    @strategy.event_handler("on_push_frame")
+    async def _push(_strategy, frame, direction):
+        pushed.append(frame)
+
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await strategy.process_frame(_transcript("He turned sharply and faced"))
+    await strategy.handle_user_turn_stopped()
+    await asyncio.sleep(0.02)  # the verdict: release once the input up to its time is heard (none comes)
+    assert len([f for f in pushed if isinstance(f, AnswerGateFrame)]) == 1  # held, the release pending
+    first = [f for f in pushed if isinstance(f, AnswerGateFrame)][0].answer
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))  # the user goes on
+    await strategy.handle_user_turn_started()
+    await asyncio.sleep(1.0)  # the user speaks past the first answer's backstop (0.3 s + 0.5 s for the VAD + 0.1 s)
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await strategy.process_frame(_transcript("Gregson across the table."))
+
+    assert not [f for f in pushed if isinstance(f, AnswerGateFrame) and f.answer == first and not f.hold]

@@ -453,6 +453,7 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         """Number the answer about to be written and tell the gate (held, or open but watched)."""
         self._answer += 1
         self._watching, self._reheld, self._loud_secs = self._answer, False, 0.0
+        self._pending = None  # an earlier answer still waiting for its input is superseded (the gate drops it)
         self._watch_not_before = 0.0
         if hold:
             self._releasing = self._answer
@@ -546,7 +547,7 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def _backstop(self, answer: int, at: float) -> None:
         await asyncio.sleep(max(0.0, at + INPUT_LAG_BACKSTOP_SECS - self._clock()))
-        if self._pending is not None and self._pending[0] == answer and not self._reheld:
+        if self._pending == (answer, at) and self._watching == answer and not self._reheld:
             logger.warning(f"{self}: no input audio {INPUT_LAG_BACKSTOP_SECS}s past answer {answer}'s time; playing it")
             self._pending = None
             await self.push_frame(AnswerGateFrame(answer=answer, hold=False, not_before=self._clock()))
