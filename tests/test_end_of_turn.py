@@ -113,6 +113,17 @@ async def _strategy(audio: float, words: float, **kwargs) -> tuple[AdaptiveTurnS
     return strategy, stopped, reader
 
 
+def _pushed(strategy: AdaptiveTurnStopStrategy) -> list:
+    """The frames ``strategy`` pushes from now on (the gate's frames among them)."""
+    pushed: list = []
+
+    @strategy.event_handler("on_push_frame")
+    async def _push(_strategy, frame, direction):
+        pushed.append(frame)
+
+    return pushed
+
+
 async def _until(stopped: list, secs: float = 1.0) -> None:
     for _ in range(int(secs / 0.01)):
         if stopped:
@@ -188,12 +199,7 @@ async def test_an_early_answer_starts_at_the_words_and_is_released_by_the_verdic
     strategy, stopped, _ = await _strategy(
         audio=0.2, words=0.001, min_silence_secs=0.2, max_silence_secs=5.0, early_answer=True, gate=True
     )
-    pushed: list = []
-
-    @strategy.event_handler("on_push_frame")
-    async def _push(_strategy, frame, direction):
-        pushed.append(frame)
-
+    pushed = _pushed(strategy)
     await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
     pause = VADUserStoppedSpeakingFrame(stop_secs=0.2)
     await strategy.process_frame(pause)
@@ -249,12 +255,7 @@ async def _an_answer_watched(monkeypatch) -> tuple[AdaptiveTurnStopStrategy, lis
     """A finished turn whose answer is open but watched (ONSET_HOLD_SECS 0.1 s), and the frames pushed."""
     monkeypatch.setattr("vivavoce.end_of_turn.ONSET_HOLD_SECS", 0.1)
     strategy, stopped, _ = await _strategy(audio=0.9, words=0.5, min_silence_secs=0.0, max_silence_secs=5.0, gate=True)
-    pushed: list = []
-
-    @strategy.event_handler("on_push_frame")
-    async def _push(_strategy, frame, direction):
-        pushed.append(frame)
-
+    pushed = _pushed(strategy)
     await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
     for _ in range(5):
         await strategy.process_frame(_audio(3000))  # the user's speech sets the level
@@ -313,12 +314,7 @@ async def test_an_early_answer_the_user_went_on_from_is_never_released_by_the_ba
     strategy, stopped, _ = await _strategy(
         audio=0.5, words=0.001, min_silence_secs=0.0, max_silence_secs=0.3, early_answer=True, gate=True
     )
-    pushed: list = []
-
-    @strategy.event_handler("on_push_frame")
-    async def _push(_strategy, frame, direction):
-        pushed.append(frame)
-
+    pushed = _pushed(strategy)
     await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
     await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
     await strategy.process_frame(_transcript("He turned sharply and faced"))
