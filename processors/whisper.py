@@ -5,9 +5,10 @@ Two things make that slow for a short utterance on a CPU, and this service fixes
 
 - faster-whisper pads every input to Whisper's 30 s window, so the encoder costs the same for "yes" as
   for 30 s of speech, and is most of a short utterance's transcription. An utterance that fits a 10 s
-  window is encoded in that window instead, several times faster (bench/local_latency.py's STT stage;
-  figures in bench/README.md; transcripts checked identical on our speech samples), and
-  decoded with a length cap so a short window cannot loop. Longer ones take faster-whisper's own path.
+  window is encoded in that window instead, several times faster, and decoded with a length cap so a short
+  window cannot loop. Longer ones take faster-whisper's own path. The short window costs words: Whisper
+  was trained on 30 s windows, and on real speech it makes more errors (bench/stt_window.py, figures in
+  bench/README.md); ``window_secs=30`` keeps Whisper's own window where words matter more than time.
 - The VAD needs ``stop_secs`` of silence to call the end of speech. The service starts transcribing as
   soon as the audio goes quiet and, if the pause was the end of the utterance, uses that result. That
   early transcript is also pushed as an ``InterimTranscriptionFrame`` the moment it is ready, still inside
