@@ -82,6 +82,10 @@ def _words(text: str) -> set[str]:
     return set(normalise_words(text))
 
 
+FUNCTION_WORDS = {"a", "an", "the", "and", "of", "to", "in", "for", "on", "at", "it", "is", "was"}
+"""Words every turn is likely to hold: a part is heard only if one of its other words is in a turn."""
+
+
 async def test_finished_sentences_smart_turn_calls_unfinished_are_answered_without_the_fallback(
     local_bot, corpus
 ):
@@ -182,13 +186,20 @@ async def test_the_report_says_what_the_user_heard(local_bot, corpus):
             assert 0.6 < rate / (sum(whole) / len(whole)) < 1.6, speech_rates
 
 
-async def test_nothing_the_user_says_over_the_bot_is_lost(local_bot, corpus):
+@pytest.mark.parametrize(
+    ("listed_id", "cuts"),
+    [("f5-stella-main-2", [6, 10]),  # a long first part: the bot is stopped by its length
+     # a short one, "He turned sharply": stopped by its words; "the table", right after, had been taken for
+     # a backchannel over the reply just stopped, and lost (bench/conversation.py, 2026-11-30)
+     ("arctic-slt-a0009", [3, 7])],
+)  # fmt: skip
+async def test_nothing_the_user_says_over_the_bot_is_lost(local_bot, corpus, listed_id, cuts):
     # A sentence; 1.5 s later, while the bot answers, a sentence said in three parts with pauses.
     timeline = Timeline()
     timeline.say(corpus["two-cities-12"].pcm, corpus["two-cities-12"].text)
     timeline.wait(1.5)
-    listed = corpus["f5-stella-main-2"]
-    parts = split_after_words(listed, [6, 10])
+    listed = corpus[listed_id]
+    parts = split_after_words(listed, cuts)
     spoken = []
     for index, part in enumerate(parts):
         spoken.append(timeline.say(part.pcm, part.text))
@@ -205,5 +216,7 @@ async def test_nothing_the_user_says_over_the_bot_is_lost(local_bot, corpus):
             and (t.user_stopped_s or 0.0) + 0.3 >= part.start
         ]
         said = set().union(*(_words(t.user_text) for t in overlapping)) if overlapping else set()
-        assert said & _words(part.text), f"{part.text!r} is in no turn: {[t.user_text for t in result.turns]}"
+        assert said & (_words(part.text) - FUNCTION_WORDS), f"{part.text!r} is in no turn: " + str(
+            [t.user_text for t in result.turns]
+        )
     assert _first_audio_after(heard, spoken[-1].end) is not None, "the last part was never answered"

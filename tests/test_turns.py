@@ -19,6 +19,7 @@ from pipecat.frames.frames import (
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
+    UserBackchannelFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
     VADUserStartedSpeakingFrame,
@@ -237,6 +238,23 @@ async def test_interruption_while_the_bot_speaks():
     assert second.user_stopped_s == pytest.approx(4.0)
     assert second.voice_to_voice_ms == pytest.approx(900.0)
     assert second.bot_text.strip() == "OK."
+
+
+async def test_words_taken_for_a_backchannel_leave_the_turn_and_are_listed_apart():
+    # The barge-in controller pushes a UserBackchannelFrame in place of the transcript: the words never
+    # reach the LLM, so the report must not say the user's turn held them.
+    conversation = Conversation()
+    await conversation.user_says("tell me a story", speech=(1.0, 2.0), turn_ends=2.5)
+    await conversation.bot_answers(["Once", "upon", "a", "time."], first_token=2.7, first_audio=2.9, speaks=(3.0, 6.0))
+    await conversation.push(4.0, VADUserStartedSpeakingFrame(start_secs=0.2))
+    await conversation.push(4.3, VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await conversation.push(4.4, TranscriptionFrame(text=" Mm-hm. ", user_id="user", timestamp="t"), conversation.stt)
+    await conversation.push(4.5, UserBackchannelFrame(text=" Mm-hm. ", user_id="user", timestamp="t"))
+
+    (turn,) = conversation.recorder.completed_turns()
+    assert turn.user_text.strip() == "tell me a story"
+    assert turn.backchannels == ["Mm-hm."]
+    assert turn.to_dict()["backchannels"] == ["Mm-hm."]
 
 
 async def test_speech_before_any_answer_is_heard_continues_the_turn():

@@ -26,6 +26,7 @@ from pipecat.frames.frames import (
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
+    UserBackchannelFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
     VADUserStartedSpeakingFrame,
@@ -166,6 +167,10 @@ class Turn:
     """One user utterance and the bot's answer; times in seconds on the transport timeline."""
 
     user_text: str = ""
+    """What the user said in this turn that reached the LLM's context."""
+    backchannels: list[str] = field(default_factory=list)
+    """What the user said over the bot that was taken for an acknowledgement ("mm-hm"): kept out of the
+    context, so out of ``user_text``."""
     said_text: str = ""
     """What the assistant aggregator added to the context (whole pieces only): used when no audio was traced."""
     user_started_s: float | None = None
@@ -221,6 +226,7 @@ class Turn:
         }
         return {
             "user_text": self.user_text.strip(),
+            "backchannels": list(self.backchannels),
             "bot_text": self.bot_text.strip(),
             "user_started_s": rounded["user_started_s"],
             "user_stopped_s": rounded["user_stopped_s"],
@@ -355,6 +361,22 @@ class TurnRecorder(BaseObserver):
         if self._current is not None:
             self._current.user_text += " " + data.frame.text.strip()
             self._current.transcribed_s = at
+
+    def _backchannel(self, data: FramePushed, at: float) -> None:
+        """The barge-in controller took a transcript for an acknowledgement and pushed this in its place: the
+        words never reached the context, so they leave the turn they were recorded in (at the STT's push),
+        and are listed with the turn whose answer they were said over."""
+        self._activity(at)
+        text = data.frame.text.strip()
+        recent = self.turns[-2:]
+        for index in range(len(recent) - 1, -1, -1):
+            turn = recent[index]
+            words = turn.user_text.rstrip()
+            if text and words.endswith(text):
+                turn.user_text = words[: -len(text)]
+                over = turn if turn.user_text.strip() or turn.bot_started_s is not None or index == 0 else recent[0]
+                over.backchannels.append(text)
+                return
 
     def _llm_started(self, data: FramePushed, at: float) -> None:
         self._llm_open = True
@@ -498,6 +520,7 @@ class TurnRecorder(BaseObserver):
         UserStartedSpeakingFrame: _user_started,
         UserStoppedSpeakingFrame: _user_stopped,
         TranscriptionFrame: _transcription,
+        UserBackchannelFrame: _backchannel,
         LLMFullResponseStartFrame: _llm_started,
         LLMFullResponseEndFrame: _llm_ended,
         LLMTextFrame: _llm_text,
