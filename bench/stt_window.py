@@ -22,12 +22,7 @@ import soxr
 
 from vivavoce.processors.whisper import SpeculativeTranscriber, load_whisper
 from vivavoce.testing import real_speech
-from vivavoce.testing.conversation_eval import corpus_wer, phone_audio
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(np.ceil(q * len(ordered))) - 1))]
+from vivavoce.testing.conversation_eval import corpus_wer, percentiles, phone_audio
 
 
 def measure(transcriber: SpeculativeTranscriber, clips: list[tuple[str, np.ndarray]], repeats: int) -> dict:
@@ -42,7 +37,7 @@ def measure(transcriber: SpeculativeTranscriber, clips: list[tuple[str, np.ndarr
     return {
         "wer": round(corpus_wer(pairs), 3),
         "ms_mean": round(float(np.mean(times)), 1),
-        "ms_p90": round(_percentile(times, 0.9), 1),
+        "ms_p90": percentiles(times, "p90")["p90"],
     }
 
 

@@ -192,6 +192,11 @@ class Turn:
     """Worker failovers while this was the latest turn (one before the first turn: the first): the metrics'."""
 
     @property
+    def completed(self) -> bool:
+        """Whether the user said something or the bot answered (a VAD blip with no words is not a turn)."""
+        return bool(self.user_text.strip()) or self.bot_started_s is not None
+
+    @property
     def bot_text(self) -> str:
         """What the user heard the bot say (up to where it stopped, if it was cut off)."""
         if self.spoken.played_secs > 0 and (self.spoken.pieces or self.spoken.reply):
@@ -368,15 +373,14 @@ class TurnRecorder(BaseObserver):
         and are listed with the turn whose answer they were said over."""
         self._activity(at)
         text = data.frame.text.strip()
-        recent = self.turns[-2:]
-        for index in range(len(recent) - 1, -1, -1):
-            turn = recent[index]
-            words = turn.user_text.rstrip()
-            if text and words.endswith(text):
-                turn.user_text = words[: -len(text)]
-                over = turn if turn.user_text.strip() or turn.bot_started_s is not None or index == 0 else recent[0]
-                over.backchannels.append(text)
-                return
+        recorded_in = next((t for t in reversed(self.turns[-2:]) if text and t.user_text.rstrip().endswith(text)), None)
+        if recorded_in is None:
+            return
+        recorded_in.user_text = recorded_in.user_text.rstrip()[: -len(text)]
+        over = recorded_in
+        if recorded_in is self.turns[-1] and len(self.turns) > 1 and not recorded_in.completed:
+            over = self.turns[-2]  # a turn the VAD opened for the acknowledgement alone: the one answering
+        over.backchannels.append(text)
 
     def _llm_started(self, data: FramePushed, at: float) -> None:
         self._llm_open = True
@@ -545,7 +549,7 @@ class TurnRecorder(BaseObserver):
         done = self.turns[self._reported : len(self.turns) - keep_last]
         self._reported += len(done)
         for turn in done:
-            if turn.user_text.strip() or turn.bot_started_s is not None:
+            if turn.completed:
                 self._on_turn(turn)
 
     def finish(self) -> None:
@@ -554,7 +558,7 @@ class TurnRecorder(BaseObserver):
 
     def completed_turns(self) -> list[Turn]:
         """Turns in which the user said something (a VAD blip with no words is not a turn)."""
-        return [t for t in self.turns if t.user_text.strip() or t.bot_started_s is not None]
+        return [t for t in self.turns if t.completed]
 
 
 def summarize(turns: list[Turn]) -> dict[str, Any]:

@@ -698,7 +698,7 @@ def _overlapping(turns: Sequence[Turn], lo: float, hi: float) -> list[Turn]:
     return found
 
 
-def _percentiles(values: Sequence[float], *keys: str) -> dict[str, float | None]:
+def percentiles(values: Sequence[float], *keys: str) -> dict[str, float | None]:
     """p50 (median), p90 (nearest rank, as :func:`vivavoce.turns.summarize`) and max."""
     ordered = sorted(values)
     out: dict[str, float | None] = {}
@@ -938,7 +938,7 @@ def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     stalls = [x for x in replies if x["stall"]]
     turns = [t for r in records for t in r["turns"]]
     lost_parts = [pid for r in records for pid in r["lost_parts"]]
-    misheard = [pid for r in records for pid in r.get("misheard_parts", ())]
+    misheard = [pid for r in records for pid in r["misheard_parts"]]
     lost_cases = [r["case"] for r in records if r["lost_answer"]]
     errors = sum(r["wer"]["errors"] for r in records)
     words = sum(r["wer"]["words"] for r in records)
@@ -955,9 +955,9 @@ def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {
         "cases": len(records),
         "answer_points": len(scored),
-        "end_of_turn_ms": {"n": len(delays), **_percentiles(delays, "p50", "p90", "max")},
+        "end_of_turn_ms": {"n": len(delays), **percentiles(delays, "p50", "p90", "max")},
         # The issue's targets are on finished sentences: the same figures over those cases alone.
-        "finished_end_of_turn_ms": {"n": len(finished), **_percentiles(finished, "p50", "p90", "max")},
+        "finished_end_of_turn_ms": {"n": len(finished), **percentiles(finished, "p50", "p90", "max")},
         "finished_dead_air": sum(bool(r["dead_air"]) for r in scored if r["kind"] == "finished"),
         "dead_air": sum(bool(r["dead_air"]) for r in scored),
         "unanswered": sum(not r["answered"] for r in scored),
@@ -989,7 +989,7 @@ def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "wer": {"wer": rate(errors, words), "errors": errors, "words": words},
         "voice_to_voice_reported_ms": {
             "n": len(v := [t["voice_to_voice_ms"] for t in turns if t["voice_to_voice_ms"] is not None]),
-            **_percentiles(v, "p50", "p90"),
+            **percentiles(v, "p50", "p90"),
         },
         "backchannel": {
             "cases": len(backchannels),
@@ -1003,13 +1003,13 @@ def summarise(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "barge_in": {
             "cases": len(barges),
             "valid": len(stops),
-            "audible_stop_ms": _percentiles(stops, "p50", "max"),
+            "audible_stop_ms": percentiles(stops, "p50", "max"),
             "not_stopped": [b["case"] for b in barges if b["stopped_before_user_ended"] is False],
             "invalid": [b["case"] for b in barges if not b["valid"]],
         },
         "report_agreement": {
             "turns": len(agreement),
-            "bot_started_ms": _percentiles(agreement, "p50", "max"),
+            "bot_started_ms": percentiles(agreement, "p50", "max"),
             "report_mismatches": len(mismatches),
             "mismatch_turns": [
                 {k: t[k] for k in ("user_text", "bot_started_s", "interrupted", "heard_cut")} for t in mismatches
@@ -1072,6 +1072,6 @@ def case_counts(cases: Iterable[Case]) -> dict[str, int]:
 __all__ = [
     "Case", "Part", "Piece", "Word", "build_cases", "stratified", "sessions", "session_audio", "heard_segments",
     "audible_stop", "score_session", "summarise", "ratios", "phone_audio", "word_errors", "normalise_words",
-    "scored_words", "number_words", "edit_distance", "corpus_wer", "whisper_words", "backchannel_piece",
+    "scored_words", "number_words", "percentiles", "edit_distance", "corpus_wer", "whisper_words", "backchannel_piece",
     "case_counts", "DEFAULT_MIX", "KINDS",
 ]  # fmt: skip
