@@ -54,9 +54,12 @@ BACKCHANNELS = (
 
 
 STOP_WORDS = (
-    "stop", "wait", "hold on", "hang on", "no", "excuse me", "sorry", "hey", "pause", "quiet", "enough",
-    "shut up", "what", "actually", "but",
+    "stop", "wait", "hold on", "hang on", "no", "excuse me", "sorry", "hey", "hello", "pause", "quiet",
+    "enough", "shut up", "what", "actually", "but",
 )  # fmt: skip
+"""Words that ask the bot to stop even in short speech. "Hello" is a caller taking the floor (or asking if
+anyone is there): "Oh, hello." said over a long reply had been taken for an acknowledgement, the reply
+went on and the greeting was never answered (bench/conversation.py, a real phone call)."""
 
 
 MID_REPLY_GAP_SECS = 3.0

@@ -247,6 +247,19 @@ async def test_words_in_short_speech_over_the_bot_must_survive_the_second_readin
         assert said.result.asked == 1
 
 
+@pytest.mark.parametrize("said", ["Oh, hello.", "Hello?", "Wait."])
+async def test_a_greeting_over_the_bot_takes_the_floor(said):
+    # "Oh, hello." over a long reply, from a real phone call: one word of meaning, once taken for "oh".
+    run = await drive(
+        controller(),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), transcript(said), SleepFrame(0.1)],
+    )  # fmt: skip
+
+    assert len(run.down_of(InterruptionFrame)) == 1
+    assert not run.down_of(UserBackchannelFrame)
+
+
 async def test_a_stop_word_needs_no_second_reading():
     said = transcript("Wait.")
     said.result = Reading(" Mm-hmm.")
