@@ -12,7 +12,10 @@ at the output transport as soon as the VAD fires, so the caller hears it stop ju
   "mm-hm" as "and the MHM", or as "and then make them"), so fillers and hums do not count, and the
   words must survive the STT's second reading where it offers one (the ``whisper`` kind's
   ``SecondReading``: the audio decoded again, primed to expect an acknowledgement);
-- the user speaks again within ``resume_within_secs`` of a resume: they are talking, not acknowledging;
+- the user speaks again within ``resume_within_secs`` of a resume: they are talking, not acknowledging,
+  and the words taken for an acknowledgement join their turn ("And I'm | Sheila in Texas": the start of a
+  sentence over the bot, one word of meaning, had been lost); so those words wait out that window before
+  they go on as a ``UserBackchannelFrame``;
 - still undecided ``resume_within_secs`` after the pause: an interruption if the user is still speaking,
   otherwise noise (no words came), and the bot resumes.
 
@@ -34,6 +37,7 @@ from loguru import logger
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    EndFrame,
     Frame,
     InterruptionFrame,
     LLMContextAssistantTurnFrame,
@@ -136,6 +140,8 @@ class BargeInController(FrameProcessor):
         self._outcome: str | None = None  # how the latest pause ended: "resumed" or "interrupted"
         self._resumed_at: float | None = None
         self._deadline: asyncio.Task | None = None
+        self._held: tuple[TranscriptionFrame, FrameDirection] | None = None  # words taken for a backchannel
+        self._held_until: asyncio.Task | None = None
         self._register_event_handler("on_bot_paused")
         self._register_event_handler("on_bot_resumed")
         self._register_event_handler("on_bot_interrupted")
@@ -143,6 +149,8 @@ class BargeInController(FrameProcessor):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Watch the VAD, the bot and the transcripts; forward everything but backchannel transcripts."""
         await super().process_frame(frame, direction)
+        if isinstance(frame, EndFrame):
+            await self._release_held(as_words=False)
         if isinstance(frame, BotStartedSpeakingFrame):
             self._bot_speaking = self._reply_open = True
         elif isinstance(frame, BotStoppedSpeakingFrame):
@@ -173,9 +181,11 @@ class BargeInController(FrameProcessor):
                 pass  # decided while the second reading ran (the user kept talking): the words are a turn
             elif stop:
                 await self._interrupt(f"words {text!r}")
+            elif self._paused:
+                await self._resume(f"backchannel {text!r}")
+                await self._hold(frame, direction)
+                return
             else:
-                if self._paused:
-                    await self._resume(f"backchannel {text!r}")
                 await self.push_frame(UserBackchannelFrame(frame.text, frame.user_id, frame.timestamp), direction)
                 return
         elif (
@@ -228,6 +238,7 @@ class BargeInController(FrameProcessor):
         loop = asyncio.get_running_loop()
         if self._resumed_at is not None and loop.time() - self._resumed_at < self._resume_within_secs:
             await self._interrupt("speaking again right after a backchannel")
+            await self._release_held(as_words=True)
             return
         self._paused, self._outcome = True, None
         await self.push_frame(BotOutputPauseFrame(paused=True))
@@ -263,6 +274,31 @@ class BargeInController(FrameProcessor):
         logger.debug(f"{self}: barge-in ({reason})")
         await self._call_event_handler("on_bot_interrupted", reason)
         await self.broadcast_interruption()
+
+    async def _hold(self, frame: TranscriptionFrame, direction: FrameDirection) -> None:
+        """Keep words taken for an acknowledgement until the resume window is over (see the module docstring)."""
+        await self._release_held(as_words=False)
+        self._held = (frame, direction)
+        self._held_until = self.create_task(self._release_after_window(), name="barge-in-held-words")
+
+    async def _release_after_window(self) -> None:
+        await asyncio.sleep(self._resume_within_secs)
+        await self._release_held(as_words=False)
+
+    async def _release_held(self, *, as_words: bool) -> None:
+        """Send the held words on: into the user's turn (``as_words``), or as the backchannel they were."""
+        held, self._held = self._held, None
+        task, self._held_until = self._held_until, None
+        if task is not None and task is not asyncio.current_task():
+            await self.cancel_task(task)
+        if held is None:
+            return
+        frame, direction = held
+        if as_words:
+            logger.debug(f"{self}: {frame.text.strip()!r} was the start of the user's turn, not a backchannel")
+            await self.push_frame(frame, direction)
+        else:
+            await self.push_frame(UserBackchannelFrame(frame.text, frame.user_id, frame.timestamp), direction)
 
     def _end_pause(self) -> None:
         self._paused = False

@@ -173,6 +173,40 @@ async def test_a_backchannel_pauses_the_bot_then_resumes_it_and_stays_out_of_the
     assert len(run.down_of(VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame)) == 2
 
 
+async def test_words_taken_for_a_backchannel_go_on_as_one_once_the_resume_window_is_over():
+    run = await drive(
+        controller(resume_within_secs=0.5),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), transcript("Yeah."), SleepFrame(0.8)],
+    )  # fmt: skip
+
+    resumed = run.down_of(BotOutputPauseFrame)[1]
+    backchannel = run.down_of(UserBackchannelFrame)
+    assert [f.text for f in backchannel] == ["Yeah."]
+    # Held for the window (a sleep never ends early). A session ending sooner sends it first (the tests
+    # above end 0.1 s after the words).
+    assert run.at(backchannel[0]) - run.at(resumed) >= 0.45
+    assert not run.down_of(TranscriptionFrame)
+
+
+async def test_words_taken_for_a_backchannel_join_the_turn_when_the_user_goes_on():
+    # bench/conversation.py, a phone call: "And I'm" over the bot (one word of meaning: a backchannel), then
+    # "Sheila in Texas" 0.3 s later: the bot stopped, but "And I'm" had never reached the turn.
+    run = await drive(
+        controller(),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), transcript("And I'm."), SleepFrame(0.3),
+         VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1), VADUserStoppedSpeakingFrame(stop_secs=0.1),
+         SleepFrame(0.02), transcript("Sheila in Texas."), SleepFrame(0.1)],
+    )  # fmt: skip
+
+    assert [p.paused for p in run.down_of(BotOutputPauseFrame)] == [True, False]
+    assert len(run.down_of(InterruptionFrame)) == 1
+    assert [f.text for f in run.down_of(TranscriptionFrame)] == ["And I'm.", "Sheila in Texas."]
+    assert not run.down_of(UserBackchannelFrame)
+    assert run.events[-1] == ("on_bot_interrupted", "speaking again right after a backchannel")
+
+
 async def test_speech_that_goes_on_interrupts_while_the_user_is_still_talking():
     control = controller(min_speech_secs=0.3, vad_stop_secs=0.1)
     run = await drive(
