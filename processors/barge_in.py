@@ -101,6 +101,11 @@ def is_backchannel(text: str, backchannels: tuple[str, ...] = BACKCHANNELS) -> b
     return all(HUM.fullmatch(w) for w in joined.split())
 
 
+def _as_backchannel(frame: TranscriptionFrame) -> UserBackchannelFrame:
+    """The same words, sent on as an acknowledgement rather than a turn."""
+    return UserBackchannelFrame(frame.text, frame.user_id, frame.timestamp)
+
+
 class BargeInController(FrameProcessor):
     """Pause-then-resume barge-in (see the module docstring). Place it just before the user aggregator.
 
@@ -186,7 +191,7 @@ class BargeInController(FrameProcessor):
                 await self._hold(frame, direction)
                 return
             else:
-                await self.push_frame(UserBackchannelFrame(frame.text, frame.user_id, frame.timestamp), direction)
+                await self.push_frame(_as_backchannel(frame), direction)
                 return
         elif (
             isinstance(frame, TranscriptionFrame)
@@ -194,7 +199,7 @@ class BargeInController(FrameProcessor):
             and (is_backchannel(frame.text) or is_backchannel(await self._second_reading(frame)))
         ):
             # A backchannel heard while the bot speaks (e.g. in a gap between its sentences).
-            await self.push_frame(UserBackchannelFrame(frame.text, frame.user_id, frame.timestamp), direction)
+            await self.push_frame(_as_backchannel(frame), direction)
             return
         await self.push_frame(frame, direction)
 
@@ -298,7 +303,7 @@ class BargeInController(FrameProcessor):
             logger.debug(f"{self}: {frame.text.strip()!r} was the start of the user's turn, not a backchannel")
             await self.push_frame(frame, direction)
         else:
-            await self.push_frame(UserBackchannelFrame(frame.text, frame.user_id, frame.timestamp), direction)
+            await self.push_frame(_as_backchannel(frame), direction)
 
     def _end_pause(self) -> None:
         self._paused = False
