@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 import soxr  # noqa: E402
 import yaml  # noqa: E402
 
+from stats import percentile  # noqa: E402
 from vivavoce.botfile import Bot, load_bot  # noqa: E402
 from vivavoce.builder import load_models  # noqa: E402
 from vivavoce.file_session import FileRunResult, run_on_recording  # noqa: E402
@@ -263,12 +264,8 @@ def analyse(turns: list[Turn], output: np.ndarray, pauses: list[tuple[float, boo
     return rows
 
 
-def pct(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 1) if values else None
-
-
 def spread(values: list[float]) -> dict:
-    return {"p50": pct(values, 50), "p95": pct(values, 95), "max": max(values, default=None)}
+    return {"p50": percentile(values, 50), "p95": percentile(values, 95), "max": max(values, default=None)}
 
 
 def interruption_summary(rows: list[dict]) -> dict:
@@ -283,7 +280,7 @@ def interruption_summary(rows: list[dict]) -> dict:
         "stopped_share": round(len(stopped) / len(valid), 3) if valid else None,
         "into_answer_s": {"min": min(into, default=None), "max": max(into, default=None)},
         "barge_in_ms": {
-            key: {"p50": pct(ms, 50), "p95": pct(ms, 95)}
+            key: {"p50": percentile(ms, 50), "p95": percentile(ms, 95)}
             for key in ("detect", "pipeline_stop", "audible_stop")
             for ms in [[r["barge_in_ms"][key] for r in stopped]]
         },

@@ -31,6 +31,7 @@ import numpy as np
 import soxr
 import uvloop
 
+from stats import percentile
 from vivavoce.packaged_models import speech_sample
 from vivavoce.samples import conversation, find_phrases
 from vivavoce.testing.media_streams import FRAME_SECS, MediaStreamsCaller, call_sid
@@ -203,11 +204,12 @@ async def phone_voice_to_voice(turns: int) -> dict:
                 reply = next((t for t, _ in caller.received.frames if t > stopped), None)
                 if reply is not None:
                     latencies.append((reply - stopped) * 1000)
-    return {"turns": len(latencies), "p50": p(latencies, 50), "p90": p(latencies, 90), "max": p(latencies, 100)}
-
-
-def p(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 1) if values else None
+    return {
+        "turns": len(latencies),
+        "p50": percentile(latencies, 50),
+        "p90": percentile(latencies, 90),
+        "max": percentile(latencies, 100),
+    }
 
 
 async def main_async(levels: list[int], rounds: int, bargein_runs: int, v2v_turns: int, workers: int) -> dict:
@@ -240,9 +242,9 @@ async def main_async(levels: list[int], rounds: int, bargein_runs: int, v2v_turn
                 "calls": calls,
                 "replies": sum(o["replies"] for o in outcomes),
                 "replies_expected": calls * rounds,
-                "gap_p50_ms": p(gaps, 50),
-                "gap_p99_ms": p(gaps, 99),
-                "gap_max_ms": p(gaps, 100),
+                "gap_p50_ms": percentile(gaps, 50),
+                "gap_p99_ms": percentile(gaps, 99),
+                "gap_max_ms": percentile(gaps, 100),
                 "dropped_frames": sum(o["dropped"] for o in outcomes),
                 "memory_per_call_mb": round((peak[0] - idle_rss) / calls, 1),
                 "server_cpu_per_call_pct": round(100 * cpu_share / calls, 2),
@@ -277,9 +279,9 @@ async def main_async(levels: list[int], rounds: int, bargein_runs: int, v2v_turn
         "targets": {"gap_p99_ms": 40, "dropped_frames": 0, "calls": 50, "bargein_p95_ms": VAD_START_SECS * 1000 + 60},
         "bargein_clear_ms": {
             "runs": len(bargein),
-            "p50": p(bargein, 50),
-            "p95": p(bargein, 95),
-            "max": p(bargein, 100),
+            "p50": percentile(bargein, 50),
+            "p95": percentile(bargein, 95),
+            "max": percentile(bargein, 100),
         },
     }
 

