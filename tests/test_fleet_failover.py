@@ -1,15 +1,29 @@
-"""Failover mid-call, the agent's half: what a new worker is asked after the old one died."""
+"""Failover mid-call, the agent's half: what a new worker is asked after the old one died; and the whole of it
+with real tiny-CSM workers in a real registry, one killed mid-reply."""
 
 from __future__ import annotations
 
 import base64
+import signal
+import time
 from dataclasses import dataclass
 
+import pytest
 from pipecat.frames.frames import ControlFrame, ErrorFrame, TTSSpeakFrame, TTSStoppedFrame
 from pipecat.tests.utils import SleepFrame, run_test
 
+import test_fleet_registry
 from vivavoce.processors.csm import CSMTTSService
 from vivavoce.processors.worker_client import CHARS_PER_SEC, unspoken_rest
+from vivavoce.testing.tts_probe import Conversation
+from vivavoce.worker_directory import Selector, WorkerDirectory
+from worker_support import eventually, start_csm
+
+redis_server = test_fleet_registry.redis_server  # a real redis-server for the module
+
+CSM = Selector(family="csm")
+FIRST_REPLY = ["Good morning.", "Thanks for calling."]
+SECOND_REPLY = ["Your books are due on Monday.", "You can renew them twice.", "Anything else?"]
 
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 
@@ -62,3 +76,37 @@ async def test_a_sentence_with_no_worker_to_speak_it_ends_its_reply_at_once():
     # The reply ends before the marker: it does not wait out QUIET_SECS (10 s) of silence.
     assert TTSStoppedFrame in kinds and kinds.index(TTSStoppedFrame) < kinds.index(Marker), kinds
     assert any(isinstance(f, ErrorFrame) and "cannot reach the worker" in f.error for f in up)
+
+
+@pytest.mark.e2e
+async def test_a_csm_worker_killed_mid_reply_another_goes_on_with_the_context_inline(redis_server, tiny_csm, tmp_path):
+    # Two tiny-CSM workers in a real registry. The first reply's sentences are cached on the worker that made
+    # them, and the second reply's requests refer to them by request_id. That worker is killed (kill -9) as the
+    # second reply starts: the other worker never made those sentences and refuses references to them
+    # (bad_request), so the rest of the reply must carry them inline, text and audio, to be spoken at all.
+    workers = [start_csm(tmp_path / f"{n}.log", tiny_csm, "--registry", redis_server.url, "--max-audio-ms", "1200",
+                         auth=False) for n in "ab"]  # fmt: skip
+    directory = WorkerDirectory(redis_server.url)
+    try:
+        with workers[0][1] as a, workers[1][1] as b:
+            processes = {workers[0][0].replace("http://", "ws://"): a, workers[1][0].replace("http://", "ws://"): b}
+            await eventually(lambda: directory.workers(CSM), lambda e: len(e) == 2, secs=10)
+            async with Conversation(CSMTTSService, redis_server.url, CSM, reply_secs=60) as call:
+                first = await call.say(FIRST_REPLY)
+                assert first.finished and first.sentences_lost == 0 and not call.heard.errors, call.heard.errors
+                [speaker] = first.workers
+                killed: list[float] = []
+
+                def kill() -> None:
+                    processes[speaker.removesuffix("/v1/stream")].send_signal(signal.SIGKILL)
+                    killed.append(time.monotonic())
+
+                second = await call.say(SECOND_REPLY, on_first_audio=kill)
+                assert processes[speaker.removesuffix("/v1/stream")].wait(5) == -signal.SIGKILL
+                assert second.finished and second.sentences_lost == 0, second
+                assert not call.heard.errors, call.heard.errors  # no reference the new worker refused
+                # (audio the killed worker had sent before it died may still arrive after the kill)
+                after = {worker for at, _, worker in second.chunks if at > killed[0]}
+                assert after - {speaker}, (speaker, after)
+    finally:
+        await directory.close()

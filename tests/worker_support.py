@@ -70,6 +70,17 @@ def start_piper(log: Path, *args: str, auth: bool = True, port: int | None = Non
     return url, serving(command, health=f"{url}/health", env=env, cwd=REPO, log=log, ready_secs=120, stop_secs=10)
 
 
+def start_csm(log: Path, model: Path, *args: str, auth: bool = True):
+    """``python -m vivavoce_csm --model MODEL ARGS --port N`` on the CPU: (its http URL, a context manager
+    running it)."""
+    port = free_port()
+    command = [str(csm_python()), "-m", "vivavoce_csm", "--model", str(model), "--port", str(port), "--device", "cpu"]
+    command += [*args, *([] if auth else ["--no-auth"])]
+    env = {**os.environ, "VIVAVOCE_WORKER_API_KEY": API_KEY}
+    url = f"http://127.0.0.1:{port}"
+    return url, serving(command, health=f"{url}/health", env=env, cwd=REPO, log=log, ready_secs=240, stop_secs=20)
+
+
 def start_asr(log: Path, *args: str, auth: bool = True):
     """``python -m vivavoce_asr ARGS --port N``: (``http://127.0.0.1:N``, a context manager running it)."""
     if not ASR_PYTHON.exists():

@@ -8,6 +8,7 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pipecat.frames.frames import (
     EndFrame,
@@ -128,9 +129,13 @@ class Conversation:
     """One call's TTS, kept open across replies: a worker TTS ``service`` routed by ``registry`` and
     ``selector`` in a running pipeline. ``connects`` lists (when, worker URL) of every socket it opened."""
 
-    def __init__(self, service: type, registry: str, selector: Selector, *, reply_secs: float = 30.0):
-        """Build the pipeline; ``async with`` runs it, :meth:`say` speaks a reply."""
-        self.tts = _recording(service)(registry=registry, selector=selector, voice=selector.voice, first_phrase_words=0)
+    def __init__(self, service: type, registry: str, selector: Selector, *, reply_secs: float = 30.0, **options: Any):
+        """Build the pipeline; ``async with`` runs it, :meth:`say` speaks a reply. ``options`` go to the service;
+        where the selector names a voice (Piper), it is the service's, which speaks whole sentences (so that
+        :func:`sentences_lost` can count them)."""
+        if selector.voice:
+            options = {"voice": selector.voice, "first_phrase_words": 0, **options}
+        self.tts = _recording(service)(registry=registry, selector=selector, **options)
         self.heard = Heard(lambda: None)
         self.connects: list[tuple[float, str]] = []
         self.reply_secs = reply_secs
