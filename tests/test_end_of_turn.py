@@ -12,14 +12,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
     InterruptionFrame,
+    LLMContextFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
+from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.utils.asyncio.task_manager import TaskManager, TaskManagerParams
 
@@ -329,3 +332,41 @@ async def test_an_early_answer_the_user_went_on_from_is_never_released_by_the_ba
     await strategy.process_frame(_transcript("Gregson across the table."))
 
     assert not [f for f in pushed if isinstance(f, AnswerGateFrame) and f.answer == first and not f.hold]
+
+
+async def _an_answer_stopped_unheard(heard: bool) -> tuple[list, list]:
+    """An early answer to "It was the age of", the user going on (the answer stopped, heard or not), then a
+    segment the STT finds no words in; what was pushed from the user going on, and the turns ended."""
+    strategy, stopped, _ = await _strategy(
+        audio=0.5, words=0.001, min_silence_secs=0.0, max_silence_secs=0.2, early_answer=True, gate=True,
+        context=LLMContext([{"role": "user", "content": "It was the age of"}]),
+    )  # fmt: skip
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await strategy.process_frame(_transcript("It was the age of"))
+    await strategy.handle_user_turn_stopped()
+    assert len(stopped) == 1  # answered early, held until the verdict
+    if heard:
+        await strategy.process_frame(BotStartedSpeakingFrame())
+    pushed = _pushed(strategy)
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))  # the answer is interrupted
+    await strategy.handle_user_turn_started()
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await strategy.process_frame(_transcript(""))  # "wisdom", which tiny.en heard nothing in on a phone line
+    await asyncio.sleep(0.5)
+    return pushed, stopped
+
+
+async def test_words_whose_answer_was_never_heard_are_answered_when_what_followed_had_no_words():
+    # bench/conversation.py, a phone call: "It was the age of | wisdom". The early answer to the first part was
+    # stopped unheard as the user went on; tiny.en found no words in "wisdom", so the new turn added nothing
+    # to the context, pipecat ran no inference, and the bot said nothing until the next sentence, 9 s later.
+    pushed, stopped = await _an_answer_stopped_unheard(heard=False)
+    assert len(stopped) == 2
+    assert [type(f) for f in pushed] == [AnswerGateFrame, LLMContextFrame]  # a new answer, open, written now
+    assert not pushed[0].hold and pushed[1].context.get_messages()[-1]["content"] == "It was the age of"
+
+
+async def test_an_answer_the_user_heard_is_not_said_again_after_a_sound_without_words():
+    pushed, stopped = await _an_answer_stopped_unheard(heard=True)
+    assert len(stopped) == 1 and not pushed  # a cough after an answer heard: no new answer

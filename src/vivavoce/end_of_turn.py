@@ -43,6 +43,7 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
+    LLMContextFrame,
     MetricsFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
@@ -296,6 +297,8 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         self._early_answer = early_answer and gate
         self._gate = gate
         self._answer = 0  # numbers the answers, for the AnswerGate
+        self._heard_answer = 0  # the number of the last answer the user heard begin
+        self._owed = False  # this turn follows an answer the user never heard (see _answer_again)
         self._watching: int | None = None  # the answer not heard yet, held if the user is heard going on
         self._watch_not_before = 0.0
         self._speech_rms = 0.0  # loudest 20 ms of the turn's speech
@@ -348,6 +351,7 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def handle_user_turn_started(self) -> None:
         """A new turn: forget the last one's words and evidence (an answer held for it was interrupted)."""
+        self._owed = self._context is not None and self._answer > self._heard_answer
         self._releasing = None
         self._watching = None
         self._speech_rms = 0.0
@@ -404,6 +408,7 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
             self._score_early(frame.text)
         elif isinstance(frame, BotStartedSpeakingFrame):
             self._watching = None  # heard: from here barge-in decides
+            self._heard_answer = self._answer
         return ProcessFrameResult.CONTINUE
 
     async def _watch(self, frame: InputAudioRawFrame) -> None:
@@ -452,6 +457,7 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
     async def _arm(self, *, hold: bool) -> None:
         """Number the answer about to be written and tell the gate (held, or open but watched)."""
         self._answer += 1
+        self._owed = False
         self._watching, self._reheld, self._loud_secs = self._answer, False, 0.0
         self._pending = None  # an earlier answer still waiting for its input is superseded (the gate drops it)
         self._watch_not_before = 0.0
@@ -506,6 +512,8 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
             # pause is taken to start now.
             self._speech_end = self._clock()
             self._schedule(self._speech_end + self._max_silence)
+        if not self._text and self._owed and not self._segments_pending:
+            self._schedule(self._speech_end + self._max_silence)  # (again, if it fired while the words were due)
         if self._early_answer and self._text and not self._segments_pending and not self._fired:
             await self._start_answer()
         if self._sentence_end is not None and self._text and not self._segments_pending:
@@ -630,11 +638,27 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
             return
         if self._wait_for_transcript and not self._text:
             # Nothing was said (or the words are late): a transcript arriving later re-decides.
+            if self._owed and not self._segments_pending:
+                await self._answer_again()
             return
         self._fired = True
         if self._gate:
             await self._arm(hold=False)
         await self.trigger_user_turn_stopped()
+
+    async def _answer_again(self) -> None:
+        """Answer the user's last words again: their answer was stopped unheard when the VAD heard the user go
+        on, and what followed had no words (a sound, or a word the STT dropped: on a phone call tiny.en
+        heard nothing in "It was the age of | wisdom"'s last word). That turn added nothing to the context, so
+        pipecat's aggregator runs no inference for it, and the words already in the context went unanswered
+        until the user spoke again (bench/README.md)."""
+        assert self._context is not None
+        self._fired = True
+        logger.debug(f"{self}: no words after an answer never heard: answering the words before it again")
+        if self._gate:
+            await self._arm(hold=False)
+        await self.trigger_user_turn_stopped()
+        await self.push_frame(LLMContextFrame(context=self._context))
 
     async def _cancel_timer(self) -> None:
         timer, self._timer, self._deadline = self._timer, None, None
