@@ -638,7 +638,8 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
             return
         if self._wait_for_transcript and not self._text:
             # Nothing was said (or the words are late): a transcript arriving later re-decides.
-            if self._owed and not self._segments_pending:
+            # An empty transcript never comes (the STT pushes none): by the longest pause the words are not late.
+            if self._owed:
                 await self._answer_again()
             return
         self._fired = True
