@@ -298,7 +298,6 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         self._gate = gate
         self._answer = 0  # numbers the answers, for the AnswerGate
         self._heard_answer = 0  # the number of the last answer the user heard begin
-        self._owed = False  # this turn follows an answer the user never heard (see _answer_again)
         self._watching: int | None = None  # the answer not heard yet, held if the user is heard going on
         self._watch_not_before = 0.0
         self._speech_rms = 0.0  # loudest 20 ms of the turn's speech
@@ -351,7 +350,6 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def handle_user_turn_started(self) -> None:
         """A new turn: forget the last one's words and evidence (an answer held for it was interrupted)."""
-        self._owed = self._context is not None and self._answer > self._heard_answer
         self._releasing = None
         self._watching = None
         self._speech_rms = 0.0
@@ -457,7 +455,6 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
     async def _arm(self, *, hold: bool) -> None:
         """Number the answer about to be written and tell the gate (held, or open but watched)."""
         self._answer += 1
-        self._owed = False
         self._watching, self._reheld, self._loud_secs = self._answer, False, 0.0
         self._pending = None  # an earlier answer still waiting for its input is superseded (the gate drops it)
         self._watch_not_before = 0.0
@@ -512,8 +509,6 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
             # pause is taken to start now.
             self._speech_end = self._clock()
             self._schedule(self._speech_end + self._max_silence)
-        if not self._text and self._owed and not self._segments_pending:
-            self._schedule(self._speech_end + self._max_silence)  # (again, if it fired while the words were due)
         if self._early_answer and self._text and not self._segments_pending and not self._fired:
             await self._start_answer()
         if self._sentence_end is not None and self._text and not self._segments_pending:
@@ -639,7 +634,7 @@ class AdaptiveTurnStopStrategy(BaseUserTurnStopStrategy):
         if self._wait_for_transcript and not self._text:
             # Nothing was said (or the words are late): a transcript arriving later re-decides.
             # An empty transcript never comes (the STT pushes none): by the longest pause the words are not late.
-            if self._owed:
+            if self._context is not None and self._answer > self._heard_answer:  # the last answer was never heard
                 await self._answer_again()
             return
         self._fired = True
