@@ -17,7 +17,7 @@ from vivavoce.processors.csm import CSMTTSService
 from vivavoce.processors.worker_client import CHARS_PER_SEC, unspoken_rest
 from vivavoce.testing.tts_probe import Conversation
 from vivavoce.worker_directory import Selector, WorkerDirectory
-from worker_support import eventually, start_csm
+from worker_support import eventually, start_worker
 
 redis_server = test_fleet_registry.redis_server  # a real redis-server for the module
 
@@ -84,8 +84,8 @@ async def test_a_csm_worker_killed_mid_reply_another_goes_on_with_the_context_in
     # them, and the second reply's requests refer to them by request_id. That worker is killed (kill -9) as the
     # second reply starts: the other worker never made those sentences and refuses references to them
     # (bad_request), so the rest of the reply must carry them inline, text and audio, to be spoken at all.
-    workers = [start_csm(tmp_path / f"{n}.log", tiny_csm, "--registry", redis_server.url, "--max-audio-ms", "1200",
-                         auth=False) for n in "ab"]  # fmt: skip
+    args = ["-m", "vivavoce_csm", "--model", str(tiny_csm), "--registry", redis_server.url, "--max-audio-ms", "1200"]
+    workers = [start_worker(args, log=tmp_path / f"{n}.log", auth=False) for n in "ab"]
     directory = WorkerDirectory(redis_server.url)
     try:
         with workers[0][1] as a, workers[1][1] as b:

@@ -37,18 +37,27 @@ def csm_python() -> Path:
     return CSM_PYTHON
 
 
-@contextmanager
-def worker_process(
+def start_worker(
     args: list[str], *, log: Path, auth: bool = True, env: dict[str, str] | None = None, ready_secs: float = 240.0
-) -> Iterator[str]:
-    """Run ``python args... --port N`` until the block ends; yields ``http://127.0.0.1:N``."""
+):
+    """``python args... --port N --device cpu`` in the CSM worker's environment: (``http://127.0.0.1:N``, a
+    context manager running it, which yields the process)."""
     port = free_port()
     full_env = {**os.environ, **(env or {}), "VIVAVOCE_WORKER_API_KEY": API_KEY}
     command = [str(csm_python()), *args, "--port", str(port), "--device", "cpu"]
     if not auth:
         command.append("--no-auth")
     url = f"http://127.0.0.1:{port}"
-    with serving(command, health=f"{url}/health", env=full_env, cwd=REPO, log=log, ready_secs=ready_secs, stop_secs=20):
+    return url, serving(
+        command, health=f"{url}/health", env=full_env, cwd=REPO, log=log, ready_secs=ready_secs, stop_secs=20
+    )
+
+
+@contextmanager
+def worker_process(args: list[str], **options: Any) -> Iterator[str]:
+    """Run :func:`start_worker`'s process until the block ends; yields its ``http://127.0.0.1:N``."""
+    url, running = start_worker(args, **options)
+    with running:
         yield url
 
 
@@ -68,17 +77,6 @@ def start_piper(log: Path, *args: str, auth: bool = True, port: int | None = Non
     env = {**os.environ, "VIVAVOCE_WORKER_API_KEY": API_KEY}
     url = f"http://127.0.0.1:{port}"
     return url, serving(command, health=f"{url}/health", env=env, cwd=REPO, log=log, ready_secs=120, stop_secs=10)
-
-
-def start_csm(log: Path, model: Path, *args: str, auth: bool = True):
-    """``python -m vivavoce_csm --model MODEL ARGS --port N`` on the CPU: (its http URL, a context manager
-    running it)."""
-    port = free_port()
-    command = [str(csm_python()), "-m", "vivavoce_csm", "--model", str(model), "--port", str(port), "--device", "cpu"]
-    command += [*args, *([] if auth else ["--no-auth"])]
-    env = {**os.environ, "VIVAVOCE_WORKER_API_KEY": API_KEY}
-    url = f"http://127.0.0.1:{port}"
-    return url, serving(command, health=f"{url}/health", env=env, cwd=REPO, log=log, ready_secs=240, stop_secs=20)
 
 
 def start_asr(log: Path, *args: str, auth: bool = True):
