@@ -34,7 +34,9 @@ def tiny_csm(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def csm_worker(tiny_csm, tmp_path_factory) -> Iterator[str]:
-    """A CSM worker process (API key required) on the tiny checkpoint."""
+    """A CSM worker process (API key required) on the tiny checkpoint, capped at a minute of audio per request
+    (the default 20 s takes the tiny model a few seconds: a barge-in test could find the reply already made)."""
     log = tmp_path_factory.mktemp("csm-worker") / "worker.log"
-    with worker_process(["-m", "vivavoce_csm", "--model", str(tiny_csm)], log=log) as url:
+    args = ["-m", "vivavoce_csm", "--model", str(tiny_csm), "--max-audio-ms", "60000"]
+    with worker_process(args, log=log) as url:
         yield url
