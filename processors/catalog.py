@@ -91,10 +91,8 @@ class SmolLMConfig(ProcessorConfig):
     max_tokens: int = Field(48, ge=1, le=512, description="Most tokens in one reply.")
     max_sentences: int = Field(2, ge=1, le=20, description="A reply stops after this many sentences.")
     temperature: float = Field(0.0, ge=0, le=2, description="0 is greedy decoding.")
-    precision: Literal["auto", "bfloat16", "float32", "int8"] = Field(
-        "auto",
-        description="Weights: auto (bfloat16 where the CPU has native bfloat16, else float32), bfloat16, "
-        "float32, or int8 (fastest, weaker answers).",
+    precision: Literal["bfloat16", "float32", "int8"] = Field(
+        "bfloat16", description="Weights: bfloat16 (fast), float32, or int8 (fastest, weaker answers)."
     )
     threads: int | None = Field(
         1,

@@ -75,27 +75,13 @@ def _dequantised_dir(gguf: Path) -> Path:
     return CACHE_DIR / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
 
 
-def native_precision() -> str:
-    """What ``precision: auto`` means on this CPU: ``bfloat16`` where the CPU multiplies bfloat16 natively
-    (AVX512-BF16 or AMX), ``float32`` elsewhere. An AVX2-only CPU converts bfloat16 on every multiply: there
-    a turn's prompt took twice as long as in float32, the LLM's first token with it (bench/README.md)."""
-    import torch
-
-    def supported(check: str) -> bool:
-        return bool(getattr(torch.cpu, check, lambda: False)())
-
-    return "bfloat16" if supported("_is_avx512_bf16_supported") or supported("_is_amx_tile_supported") else "float32"
-
-
-def load_smollm(gguf: Path, *, precision: str = "auto", threads: int | None = None) -> LoadedLM:
+def load_smollm(gguf: Path, *, precision: str = "bfloat16", threads: int | None = None) -> LoadedLM:
     """Load the GGUF through transformers (cached as safetensors after the first load).
 
-    ``precision``: ``auto`` (default: :func:`native_precision`), ``bfloat16`` (the fastest where the CPU
-    has native bfloat16, same answers in our checks), ``float32``, or ``int8`` (per-channel dynamic int8,
-    weaker answers). Time per token: bench/README.md (the ``local_latency.py`` section).
+    ``precision``: ``bfloat16`` (default: faster than float32, same answers in our checks), ``float32``
+    (the slowest), or ``int8`` (per-channel dynamic int8, the fastest, weaker answers). Time per token:
+    bench/README.md (the ``local_latency.py`` section).
     """
-    if precision == "auto":
-        precision = native_precision()
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -419,16 +405,13 @@ class SmolLMLLMService(LLMService):
             await self.push_frame(frame, direction)
 
 
-def load_packaged(precision: str = "auto", threads: int | None = None) -> LoadedLM:
-    """The packaged SmolLM2-135M-Instruct, loaded once per process for each precision (``auto`` is the
-    precision it stands for here, so the LLM and the end-of-turn scorer share one copy)."""
+def load_packaged(precision: str = "bfloat16", threads: int | None = None) -> LoadedLM:
+    """The packaged SmolLM2-135M-Instruct, loaded once per process."""
     gguf = smollm2_gguf()
-    if precision == "auto":
-        precision = native_precision()
     return models.get(
         ("smollm", str(gguf), precision),
         lambda: load_smollm(gguf, precision=precision, threads=threads),
-        label=f"SmolLM2-135M-Instruct ({precision})",
+        label="SmolLM2-135M-Instruct",
     )
 
 

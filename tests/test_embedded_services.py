@@ -27,13 +27,7 @@ from vivavoce.packaged_models import speech_sample
 from vivavoce.processors.barge_in import content_words
 from vivavoce.processors.first_phrase import FirstPhraseTextAggregator
 from vivavoce.processors.piper import SharedPiperTTSService, load_voice
-from vivavoce.processors.smollm import (
-    PromptCache,
-    SmolLMLLMService,
-    _window_start,
-    load_packaged,
-    native_precision,
-)
+from vivavoce.processors.smollm import PromptCache, SmolLMLLMService, _window_start, load_packaged
 from vivavoce.processors.whisper import SecondReading, SharedWhisperSTTService, SpeculativeTranscriber, load_whisper
 from vivavoce.samples import find_phrases
 from vivavoce.wav import read_wav
@@ -89,7 +83,7 @@ def test_history_window_moves_in_steps_so_the_prompt_prefix_stays_cached():
 
 @pytest.fixture(scope="module")
 def smollm():
-    return load_packaged("auto", threads=1)
+    return load_packaged("bfloat16", threads=1)
 
 
 def test_prompt_cache_gives_the_same_answer_as_no_cache(smollm):
@@ -210,19 +204,3 @@ async def test_a_short_utterance_carries_a_second_reading_that_hears_a_hum_as_a_
         assert len(content_words(readings["hum"])) < 2, readings
         assert "again" in readings["words"].lower() and len(content_words(readings["words"])) >= 2, readings
     await service.cleanup()
-
-
-@pytest.mark.parametrize(
-    ("avx512_bf16", "amx", "expected"),
-    [(True, False, "bfloat16"), (False, True, "bfloat16"), (False, False, "float32")],
-)
-def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch, avx512_bf16, amx, expected):
-    import torch
-
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    assert native_precision() == expected
-
-
-def test_auto_shares_the_model_loaded_at_the_precision_it_stands_for(smollm):
-    assert load_packaged(native_precision(), threads=1) is smollm

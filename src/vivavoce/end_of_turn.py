@@ -178,7 +178,7 @@ def smart_turn_session() -> Any:
 
 def sentence_end_model() -> SentenceEndModel:
     """The process-wide sentence-end scorer over the bundled SmolLM2 (shared with a ``smollm`` LLM)."""
-    lm = load_packaged("auto", threads=1)
+    lm = load_packaged("bfloat16", threads=1)
     return models.get(("sentence-end", id(lm)), lambda: SentenceEndModel(lm), label="sentence-end scorer")
 
 
