@@ -119,8 +119,10 @@ async def test_smollm_stops_generating_on_interruption(smollm):
         settings=SmolLMLLMService.Settings(system_instruction=SYSTEM, max_tokens=200, max_sentences=20),
     )
     context = LLMContext(messages=[{"role": "user", "content": "Tell me a very long story about a dragon."}])
+    # 1.5 s: past the prompt and a few tokens on a CPU without native bfloat16 (0.4 s had produced none),
+    # far short of 200 tokens on a fast one.
     down, _ = await run_test(
-        llm, frames_to_send=[LLMContextFrame(context), SleepFrame(0.4), InterruptionFrame(), SleepFrame(0.5)]
+        llm, frames_to_send=[LLMContextFrame(context), SleepFrame(1.5), InterruptionFrame(), SleepFrame(0.5)]
     )
     interrupted = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
     assert not any(isinstance(f, LLMTextFrame) for f in down[interrupted + 1 :])
