@@ -64,10 +64,52 @@ class SmolLMSettings(LLMSettings):
 
 @dataclass(frozen=True)
 class LoadedLM:
-    """A causal LM and its tokenizer, shared by every session of the process."""
+    """A causal LM and its tokenizer, shared by every session of the process.
+
+    ``prompt_model``: the same weights in float32, where ``model`` is bfloat16 on a CPU without native
+    bfloat16 (see :func:`load_smollm`); prompts are read with it, replies written with ``model``.
+    """
 
     model: Any
     tokenizer: Any
+    prompt_model: Any = None
+
+    @property
+    def reader(self) -> Any:
+        """The model that reads prompts fastest here (a forward pass over many tokens at once)."""
+        return self.prompt_model if self.prompt_model is not None else self.model
+
+    def read(self, tokens: list[int], cache: Any) -> None:
+        """Process ``tokens`` into ``cache`` (of ``model``'s precision) with :attr:`reader`."""
+        import torch
+
+        reader = self.reader
+        if reader is not self.model:
+            _cast_cache(cache, reader.dtype)
+        try:
+            with torch.inference_mode():
+                reader(input_ids=torch.tensor([tokens]), past_key_values=cache, use_cache=True)
+        finally:
+            if reader is not self.model:
+                _cast_cache(cache, self.model.dtype)
+
+
+def _cast_cache(cache: Any, dtype: Any) -> None:
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None:
+            layer.keys = layer.keys.to(dtype)
+            layer.values = layer.values.to(dtype)
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); an AVX2-only CPU converts on every
+    multiply, which makes reading a prompt (many tokens at once) 3x slower than in float32 (bench/README.md)."""
+    import torch
+
+    def supported(check: str) -> bool:
+        return bool(getattr(torch.cpu, check, lambda: False)())
+
+    return supported("_is_avx512_bf16_supported") or supported("_is_amx_tile_supported")
 
 
 def _dequantised_dir(gguf: Path) -> Path:
@@ -81,6 +123,9 @@ def load_smollm(gguf: Path, *, precision: str = "bfloat16", threads: int | None 
     ``precision``: ``bfloat16`` (default: faster than float32, same answers in our checks), ``float32``
     (the slowest), or ``int8`` (per-channel dynamic int8, the fastest, weaker answers). Time per token:
     bench/README.md (the ``local_latency.py`` section).
+
+    In bfloat16 on a CPU without native bfloat16 a float32 copy is loaded too, to read prompts: writing a
+    token (memory-bound) is faster in bfloat16 there, reading a prompt (compute-bound) in float32.
     """
     import torch
     import transformers
@@ -110,7 +155,12 @@ def load_smollm(gguf: Path, *, precision: str = "bfloat16", threads: int | None 
             warnings.simplefilter("ignore")
             model = quantize_dynamic(model, spec, dtype=torch.qint8)
     _warm_up(model, tokenizer)
-    return LoadedLM(model=model, tokenizer=tokenizer)
+    prompt_model = None
+    if precision == "bfloat16" and not native_bfloat16():
+        logger.info("No native bfloat16 on this CPU: SmolLM2 reads prompts in float32, writes replies in bfloat16")
+        prompt_model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32).eval()
+        _warm_up(prompt_model, tokenizer)
+    return LoadedLM(model=model, tokenizer=tokenizer, prompt_model=prompt_model)
 
 
 def _dequantise(gguf: Path, cached: Path) -> None:
@@ -164,14 +214,12 @@ class PromptCache:
 
     def prefill(self, lm: LoadedLM, messages: list[dict[str, str]]) -> None:
         """Compute the cache for ``messages`` ahead of time (e.g. the system prompt, at start)."""
-        import torch
-
         tokens = lm.tokenizer.apply_chat_template(messages, return_dict=True)["input_ids"]
         cache = self.prepare(lm.model, tokens + [0])  # the dummy last token is left for generation
-        if cache.get_seq_length() >= len(tokens):
+        done = cache.get_seq_length()
+        if done >= len(tokens):
             return
-        with torch.inference_mode():
-            lm.model(input_ids=torch.tensor([tokens]), past_key_values=cache, use_cache=True)
+        lm.read(tokens[done:], cache)
         self.update(tokens)
 
     def update(self, sequence: list[int]) -> None:
@@ -350,6 +398,10 @@ class SmolLMLLMService(LLMService):
 
         def generate() -> None:
             try:
+                done = cache.get_seq_length()
+                if self._lm.prompt_model is not None and len(prompt) - 1 > done:
+                    # The prompt but its last token, read in float32; generate() reads that one token.
+                    self._lm.read(prompt[done:-1], cache)
                 with torch.inference_mode():
                     sequence = model.generate(**kwargs)
                 self._prompt_cache.update(sequence[0].tolist())

@@ -27,7 +27,7 @@ from vivavoce.packaged_models import speech_sample
 from vivavoce.processors.barge_in import content_words
 from vivavoce.processors.first_phrase import FirstPhraseTextAggregator
 from vivavoce.processors.piper import SharedPiperTTSService, load_voice
-from vivavoce.processors.smollm import PromptCache, SmolLMLLMService, _window_start, load_packaged
+from vivavoce.processors.smollm import LoadedLM, PromptCache, SmolLMLLMService, _window_start, load_packaged
 from vivavoce.processors.whisper import SecondReading, SharedWhisperSTTService, SpeculativeTranscriber, load_whisper
 from vivavoce.samples import find_phrases
 from vivavoce.wav import read_wav
@@ -100,6 +100,33 @@ def test_prompt_cache_gives_the_same_answer_as_no_cache(smollm):
         cached = model.generate(torch.tensor([ids]), past_key_values=kv, max_new_tokens=8, do_sample=False)
         plain = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
     assert torch.equal(cached, plain)
+
+
+@pytest.mark.parametrize("said", ["Hello there.", "He was not an ill-disposed young man, was he?"])
+def test_a_prompt_read_in_float32_is_answered_as_one_read_in_bfloat16(smollm, said):
+    # What a CPU without native bfloat16 does (load_smollm adds the float32 copy there); built by hand here
+    # so that every machine checks it.
+    import torch
+
+    float32 = load_packaged("float32", threads=1)
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": said}]
+    ids = smollm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    replies = []
+    for lm in (
+        LoadedLM(model=smollm.model, tokenizer=smollm.tokenizer),
+        LoadedLM(model=smollm.model, tokenizer=smollm.tokenizer, prompt_model=float32.model),
+    ):
+        cache = PromptCache()
+        cache.prefill(lm, messages[:1])
+        kv = cache.prepare(lm.model, ids)
+        lm.read(ids[kv.get_seq_length() : -1], kv)
+        assert kv.get_seq_length() == len(ids) - 1
+        assert {layer.keys.dtype for layer in kv.layers} == {torch.bfloat16}  # ready for the bfloat16 model
+        with torch.inference_mode():
+            replies.append(
+                lm.model.generate(torch.tensor([ids]), past_key_values=kv, max_new_tokens=8, do_sample=False)
+            )
+    assert torch.equal(replies[0], replies[1])
 
 
 async def test_smollm_streams_a_reply(smollm):

@@ -112,8 +112,9 @@ class SentenceEndModel:
     """
 
     def __init__(self, lm: Any):
-        """Score with ``lm``'s model and tokenizer."""
+        """Score with ``lm``'s model and tokenizer (its float32 copy where it has one: a scoring only reads)."""
         self._lm = lm
+        self._model = lm.reader
         tokenizer = lm.tokenizer
         vocab = tokenizer.get_vocab()
         ends = [i for token, i in vocab.items() if re.fullmatch(r"[.?!]+", token.replace("Ġ", ""))]
@@ -142,11 +143,11 @@ class SentenceEndModel:
         ids = tokenizer(prompt)["input_ids"]
         # The template's header and the bot's words repeat from pause to pause: only the user's words
         # are new (~10 tokens instead of ~50).
-        cache = self._prompt_cache.prepare(self._lm.model, ids)
+        cache = self._prompt_cache.prepare(self._model, ids)
         done = cache.get_seq_length()
         with torch.inference_mode():
             logits = (
-                self._lm.model(input_ids=torch.tensor([ids[done:]]), past_key_values=cache, use_cache=True)
+                self._model(input_ids=torch.tensor([ids[done:]]), past_key_values=cache, use_cache=True)
                 .logits[0, -1]
                 .float()
             )
