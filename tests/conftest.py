@@ -10,7 +10,7 @@ import pytest
 
 from vivavoce.botfile import Bot, load_bot
 from vivavoce.builder import load_models
-from worker_support import csm_python, worker_process
+from worker_support import CSM_TEST_MAX_AUDIO_MS, csm_python, worker_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,9 +34,8 @@ def tiny_csm(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def csm_worker(tiny_csm, tmp_path_factory) -> Iterator[str]:
-    """A CSM worker process (API key required) on the tiny checkpoint, capped at a minute of audio per request
-    (the default 20 s takes the tiny model a few seconds: a barge-in test could find the reply already made)."""
+    """A CSM worker process (API key required) on the tiny checkpoint, capped at ``CSM_TEST_MAX_AUDIO_MS``."""
     log = tmp_path_factory.mktemp("csm-worker") / "worker.log"
-    args = ["-m", "vivavoce_csm", "--model", str(tiny_csm), "--max-audio-ms", "60000"]
+    args = ["-m", "vivavoce_csm", "--model", str(tiny_csm), "--max-audio-ms", str(CSM_TEST_MAX_AUDIO_MS)]
     with worker_process(args, log=log) as url:
         yield url

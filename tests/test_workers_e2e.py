@@ -29,7 +29,7 @@ from vivavoce.file_session import run_on_recording
 from vivavoce.processors.csm import CSMTTSService, load_voice_prompt
 from vivavoce.samples import conversation
 from vivavoce.wav import InputAudio, write_wav
-from worker_support import API_KEY, REPO
+from worker_support import API_KEY, CSM_TEST_MAX_AUDIO_MS, REPO
 
 pytestmark = pytest.mark.e2e
 RATE = 16000
@@ -108,7 +108,7 @@ async def test_a_conversation_is_answered_in_the_workers_voice(csm_worker, tmp_p
 async def test_barge_in_cancels_the_workers_generation(csm_worker, tmp_path):
     # A minute of speech per sentence (the fixture's worker allows it) takes the tiny model many times the 4 s
     # before the user cuts in, so the worker is still generating then (at 20 s, a fast CI machine had finished).
-    bot = csm_bot(tmp_path, csm_worker, max_audio_ms=60_000)
+    bot = csm_bot(tmp_path, csm_worker, max_audio_ms=CSM_TEST_MAX_AUDIO_MS)
     before = health(csm_worker)["requests"]["cancelled"]
     parts = phrases()
     pcm = np.concatenate([

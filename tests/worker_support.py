@@ -28,6 +28,9 @@ CSM_PYTHON = REPO / "workers" / "csm" / ".venv" / "bin" / "python"
 PIPER_PYTHON = REPO / "workers" / "piper" / ".venv" / "bin" / "python"
 ASR_PYTHON = REPO / "workers" / "asr" / ".venv" / "bin" / "python"
 API_KEY = "test-worker-key"
+CSM_TEST_MAX_AUDIO_MS = 60_000
+"""The fixture CSM worker's cap per request: a minute (its default 20 s takes the tiny model a few seconds, and a
+barge-in test could find the reply already made)."""
 
 
 def csm_python() -> Path:
