@@ -103,7 +103,7 @@ def _cast_cache(cache: Any, dtype: Any) -> None:
 
 def native_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); an AVX2-only CPU converts on every
-    multiply, which makes reading a prompt (many tokens at once) 3x slower than in float32 (bench/README.md)."""
+    multiply, which makes reading a prompt (many tokens at once) far slower than in float32 (bench/README.md)."""
     import torch
 
     def supported(check: str) -> bool:
