@@ -20,7 +20,13 @@ class WhisperConfig(ProcessorConfig):
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where the model runs.")
     compute_type: str = Field("int8", description="CTranslate2 precision: int8, int8_float16, float16...")
     language: str = Field("en", description="Language code.")
-    no_speech_prob: float = Field(0.4, ge=0, le=1, description="Segments above this no-speech probability are dropped.")
+    no_speech_prob: float = Field(
+        0.4,
+        ge=0,
+        le=1,
+        description="Segments above this no-speech probability are dropped, unless their words were decoded "
+        "with confidence (average log-probability above -1, Whisper's own rule).",
+    )
     speculate: bool = Field(
         True, description="Start transcribing at the user's first pause instead of when the VAD stops."
     )

@@ -14,6 +14,15 @@ Two things make that slow for a short utterance on a CPU, and this service fixes
   early transcript is also pushed as an ``InterimTranscriptionFrame`` the moment it is ready, still inside
   the VAD's silence window, so the end-of-turn strategy can read the words before the turn is due.
 
+pipecat keeps a segment only if Whisper's no-speech probability is below ``no_speech_prob`` (0.4). Whisper
+itself skips a segment only if that probability is high *and* the words were decoded with little
+confidence (average log-probability below -1): a part that continues a sentence after a pause, read
+alone, looks to Whisper like the middle of nothing. tiny.en wrote "Me, Mother Nature." for the second
+part of "others call | me mother nature." with a no-speech probability of 0.51 and an average
+log-probability of -0.25, and pipecat's filter lost the words from the turn (bench/stt_parts.py counts
+such parts). So a segment decoded with confidence that holds a word counts as speech here
+(:func:`judged`), as in Whisper.
+
 Short utterances also get a second reading on request: their final ``TranscriptionFrame`` carries a
 :class:`SecondReading` (``frame.result``) that decodes the same audio again with Whisper primed to expect
 an acknowledgement. tiny.en writes a hummed "mm-hm" as words ("and then make them", "in the micham")
@@ -25,12 +34,14 @@ it only for short speech over the bot whose words would stop the reply.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncGenerator
+from typing import TYPE_CHECKING, Any, AsyncGenerator, TypeVar
 
 import numpy as np
 from faster_whisper import WhisperModel
@@ -58,6 +69,8 @@ if TYPE_CHECKING:
 # faster-whisper's standard path (bench/README.md, the local_latency.py section).
 TINY_EN_P99_SECS = 0.6
 
+S = TypeVar("S")
+
 SAMPLE_RATE = 16000
 PAUSE_SECS = 0.08
 """Quiet this long while the user is speaking starts a speculative transcription."""
@@ -65,6 +78,8 @@ QUIET_RATIO = 0.1
 """A frame is quiet below this fraction of the utterance's loudest frame (RMS)."""
 QUIET_FLOOR = 60.0
 """...or below this RMS (int16), whichever is higher."""
+LOGPROB_THRESHOLD = -1.0
+"""Whisper's ``logprob_threshold``: words decoded with a higher average log-probability are speech."""
 BACKCHANNEL_PROMPT = " Mm-hmm. Uh-huh. Hmm."
 """The previous-text prompt of the second reading: acknowledgements, spelled as Whisper writes them."""
 
@@ -102,6 +117,7 @@ class Utterance:
 
     text: str
     no_speech_prob: float
+    avg_logprob: float = 0.0
     encoded: Any = None
     """The encoder's output (short window only), kept for :meth:`SpeculativeTranscriber.reread`."""
     max_length: int = 0
@@ -223,7 +239,7 @@ class SpeculativeTranscriber:
             segments, info = self._model.transcribe(
                 audio, beam_size=self._beam_size, without_timestamps=True, condition_on_previous_text=False, **options
             )
-            result = list(segments)
+            result = [judged(segment) for segment in segments]
         path = "short window" if short else "30 s window"
         logger.debug(f"whisper ({path}): {seconds:.1f}s of audio in {(time.perf_counter() - started) * 1000:.0f}ms")
         return result, info
@@ -245,14 +261,33 @@ class SpeculativeTranscriber:
         # Speech runs at most ~5 tokens a second; a cap well above that stops any runaway repetition.
         max_length = int(12 + 8 * len(audio) / SAMPLE_RATE)
         start = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
-        text, result = self._generate(encoded, tokenizer, start, max_length, return_no_speech_prob=True)
-        return Utterance(
-            text=text, no_speech_prob=result.no_speech_prob, encoded=encoded, max_length=max_length, language=language
+        text, result = self._generate(
+            encoded, tokenizer, start, max_length, return_no_speech_prob=True, return_scores=True
+        )
+        tokens = len(result.sequences_ids[0])
+        return judged(
+            Utterance(
+                text=text,
+                no_speech_prob=result.no_speech_prob,
+                avg_logprob=result.scores[0] * tokens / (tokens + 1),  # as faster-whisper computes it
+                encoded=encoded,
+                max_length=max_length,
+                language=language,
+            )
         )
 
     def close(self) -> None:
         """Stop the background thread (after the speculation in flight)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def judged(segment: S) -> S:
+    """``segment`` with a no-speech probability of 0 if Whisper's own rule calls it speech: its words were
+    decoded with an average log-probability above ``LOGPROB_THRESHOLD`` and hold a letter. pipecat's filter
+    then keeps it whatever the no-speech token said (see the module docstring)."""
+    if segment.avg_logprob > LOGPROB_THRESHOLD and re.search(r"[^\W\d_]", segment.text):
+        return dataclasses.replace(segment, no_speech_prob=0.0)
+    return segment
 
 
 def _is_quiet(audio: np.ndarray, speech: np.ndarray) -> bool:

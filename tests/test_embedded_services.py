@@ -28,8 +28,17 @@ from vivavoce.processors.barge_in import content_words
 from vivavoce.processors.first_phrase import FirstPhraseTextAggregator
 from vivavoce.processors.piper import SharedPiperTTSService, load_voice
 from vivavoce.processors.smollm import LoadedLM, PromptCache, SmolLMLLMService, _window_start, load_packaged
-from vivavoce.processors.whisper import SecondReading, SharedWhisperSTTService, SpeculativeTranscriber, load_whisper
+from vivavoce.processors.whisper import (
+    SecondReading,
+    SharedWhisperSTTService,
+    SpeculativeTranscriber,
+    Utterance,
+    judged,
+    load_whisper,
+)
 from vivavoce.samples import find_phrases
+from vivavoce.testing.conversation_eval import split_after_words, stt_segment_after_pause
+from vivavoce.testing.real_speech import utterances
 from vivavoce.wav import read_wav
 
 SYSTEM = "You are a friendly voice assistant. Answer in one or two short sentences."
@@ -212,6 +221,33 @@ def test_speculation_is_reused_only_if_nothing_was_said_after_it(phrases):
     text = transcriber.transcribe(np.concatenate([first, second, pad]), language="en")[0][0].text
     assert transcriber.reused == 1 and "failed" in text.lower()
     transcriber.close()
+
+
+@pytest.mark.parametrize("pause_s", [0.7, 1.0])
+async def test_the_second_part_of_a_sentence_said_in_two_reaches_the_turn(pause_s):
+    # "others call | me mother nature.": read alone, tiny.en writes "Me, Mother Nature." with a no-speech
+    # probability of ~0.5, above pipecat's filter (0.4), and the words were lost from the turn
+    # (bench/conversation.py). Whisper's own rule keeps words decoded with confidence.
+    utterance = next(u for u in utterances() if u.id == "f5-nature-2")
+    first, second = split_after_words(utterance, [2])
+    service = SharedWhisperSTTService(settings=SharedWhisperSTTService.Settings(model="tiny.en", language="en"))
+    service._load()
+    segment = stt_segment_after_pause(first.pcm, second.pcm, pause_s)
+    frames = [f async for f in service.run_stt(segment.tobytes())]
+    said = " ".join(f.text for f in frames if isinstance(f, TranscriptionFrame)).lower()
+    assert "mother" in said and "nature" in said, said
+    # What Whisper decodes with little confidence, or without a word, is still dropped.
+    rng = np.random.default_rng(0)
+    for quiet in (np.zeros(16000, np.int16), rng.normal(0, 300, 24000).astype(np.int16)):
+        assert not [f async for f in service.run_stt(quiet.tobytes()) if isinstance(f, TranscriptionFrame)]
+    await service.cleanup()
+
+
+def test_whisper_rule_keeps_only_confident_words():
+    kept = judged(Utterance(text=" Me, Mother Nature.", no_speech_prob=0.51, avg_logprob=-0.25))
+    assert kept.no_speech_prob == 0.0 and kept.text == " Me, Mother Nature."
+    for unsure in (Utterance(" You", 0.95, avg_logprob=-1.86), Utterance(" .", 0.94, avg_logprob=-0.98)):
+        assert judged(unsure) == unsure
 
 
 async def test_a_short_utterance_carries_a_second_reading_that_hears_a_hum_as_a_hum():

@@ -327,6 +327,23 @@ def _cut(utterance: UtteranceLike, cuts: Sequence[tuple[int, int]], expects: Seq
     return pieces
 
 
+STT_PRE_ROLL_SECS = 1.0
+"""pipecat's segmented STT keeps this much audio from before the VAD fires."""
+VAD_AFTER_ONSET_SECS = 0.25
+"""The VAD fires about this long after speech starts (``start_secs`` 0.2 and Silero's ramp)."""
+STT_TRAILING_SILENCE_SECS = 0.2
+
+
+def stt_segment_after_pause(first: np.ndarray, second: np.ndarray, pause_s: float) -> np.ndarray:
+    """The segment pipecat's segmented STT hands over for ``second`` (int16, 16 kHz) said ``pause_s`` after
+    ``first``: its pre-roll from before the VAD fired (the pause, and after a short one the end of
+    ``first``), ``second``, and the trailing silence."""
+    spoken = np.concatenate([first, np.zeros(int(pause_s * RATE), np.int16), second])
+    onset = len(first) + int(pause_s * RATE)
+    start = max(0, onset + int((VAD_AFTER_ONSET_SECS - STT_PRE_ROLL_SECS) * RATE))
+    return np.concatenate([spoken[start:], np.zeros(int(STT_TRAILING_SILENCE_SECS * RATE), np.int16)])
+
+
 def split_after_words(utterance: UtteranceLike, counts: Sequence[int], *, words: WordsFn | None = None) -> list[Piece]:
     """``utterance`` cut after each of ``counts`` reference words (at the silence between two words both
     Whisper and the transcript agree on; the nearest such boundary), as pieces to lay out with pauses."""
@@ -1073,5 +1090,5 @@ __all__ = [
     "Case", "Part", "Piece", "Word", "build_cases", "stratified", "sessions", "session_audio", "heard_segments",
     "audible_stop", "score_session", "summarise", "ratios", "phone_audio", "word_errors", "normalise_words",
     "scored_words", "number_words", "percentiles", "edit_distance", "corpus_wer", "whisper_words", "backchannel_piece",
-    "case_counts", "DEFAULT_MIX", "KINDS",
+    "case_counts", "split_after_words", "stt_segment_after_pause", "DEFAULT_MIX", "KINDS",
 ]  # fmt: skip
