@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 from pipecat.frames.frames import (
     Frame,
+    LLMContextAssistantTurnFrame,
     LLMContextFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -324,6 +325,9 @@ class SmolLMLLMService(LLMService):
         self._lm = lm
         self._prompt_cache = PromptCache()
         self._generation: threading.Thread | None = None
+        self._reading_ahead: threading.Thread | None = None
+        self._answered: tuple[list[dict[str, str]], list[dict[str, str]]] | None = None
+        """The system message and history of the last reply, until the context has that reply."""
 
     def can_generate_metrics(self) -> bool:
         """TTFB (context in, first token out) and processing time are reported."""
@@ -339,10 +343,16 @@ class SmolLMLLMService(LLMService):
     async def cleanup(self) -> None:
         """Let a generation that was cut off finish its last token before the service goes away."""
         await super().cleanup()
-        if self._generation is not None:
-            await asyncio.to_thread(self._generation.join)
+        await self._settled()
 
-    async def _messages(self, context: LLMContext) -> list[dict[str, str]]:
+    async def _settled(self) -> None:
+        """Wait for the model's work in flight on this session's cache: a generation, a read ahead."""
+        for thread in (self._generation, self._reading_ahead):
+            if thread is not None:
+                await asyncio.to_thread(thread.join)
+
+    async def _conversation(self, context: LLMContext) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """The system message (if any) and the whole history, as the model reads them."""
         params = await self.get_llm_adapter().get_llm_invocation_params(
             context,
             system_instruction=assert_given(self._settings.system_instruction),
@@ -362,16 +372,43 @@ class SmolLMLLMService(LLMService):
                 history[-1] = {"role": "user", "content": f"{history[-1]['content']} {message['content']}"}
             else:
                 history.append(message)
-        return system + history[_window_start(len(history), assert_given(self._settings.history_messages)) :]
+        return system, history
+
+    def _read_ahead(self, system: list[dict[str, str]], history: list[dict[str, str]], reply: str) -> None:
+        """Read the next turn's prompt prefix now, before the user's next words, if its window moves.
+
+        The history window moves every ``history_messages / 2`` messages, and the turn it moved in read
+        the whole window again: the longest prompt reads of a conversation, most of the dead air on a
+        slow CPU (bench/README.md). The new prefix is known once the reply, as the context keeps it
+        (``reply``), has ended.
+        """
+        limit = assert_given(self._settings.history_messages)
+        following = [*history, {"role": "assistant", "content": reply.strip()}]
+        start = _window_start(len(following) + 1, limit)  # the next user message makes one more
+        if not reply.strip() or start == _window_start(len(history), limit):
+            return
+        generation, cache, lm = self._generation, self._prompt_cache, self._lm
+
+        def read() -> None:
+            if generation is not None:
+                generation.join()  # it updates the cache as it ends
+            try:
+                cache.prefill(lm, system + following[start:])
+            except Exception as e:  # a turn then reads the prompt itself, as without this
+                logger.warning(f"{self}: reading the next prompt ahead failed: {e}")
+                self._prompt_cache = PromptCache()
+
+        self._reading_ahead = threading.Thread(target=read, name="smollm-read-ahead", daemon=True)
+        self._reading_ahead.start()
 
     async def _stream_reply(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
         """Generate in a worker thread, yielding text token by token; stop on cancel."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
-        # An interrupted generation stops at its next token; it must be done before its cache is reused.
-        if self._generation is not None:
-            await asyncio.to_thread(self._generation.join)
+        # An interrupted generation stops at its next token, and a read ahead runs to its end: both must be
+        # done before the cache is reused.
+        await self._settled()
         tokenizer, model = self._lm.tokenizer, self._lm.model
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
         cache = self._prompt_cache.prepare(model, prompt)
@@ -420,7 +457,9 @@ class SmolLMLLMService(LLMService):
             stop.set()
 
     async def _process_context(self, context: LLMContext) -> None:
-        messages = await self._messages(context)
+        system, history = await self._conversation(context)
+        messages = system + history[_window_start(len(history), assert_given(self._settings.history_messages)) :]
+        self._answered = (system, history)  # an interrupted reply ends in the context too, as far as it was heard
         max_sentences = assert_given(self._settings.max_sentences)
         reply, sentences = "", 0
         await self.start_ttfb_metrics()
@@ -441,8 +480,13 @@ class SmolLMLLMService(LLMService):
         logger.debug(f"{self}: replied [{reply.strip()}]")
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        """Answer each ``LLMContextFrame``; forward everything else."""
+        """Answer each ``LLMContextFrame``; read the next prompt ahead once a reply has ended
+        (``LLMContextAssistantTurnFrame``, broadcast by the assistant aggregator); forward everything else."""
         await super().process_frame(frame, direction)
+        if isinstance(frame, LLMContextAssistantTurnFrame) and self._answered is not None:
+            system, history = self._answered
+            self._answered = None
+            self._read_ahead(system, history, frame.text)
         if isinstance(frame, LLMContextFrame):
             await self.push_frame(LLMFullResponseStartFrame())
             await self.start_processing_metrics()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from pipecat.frames.frames import (
     InterruptionFrame,
+    LLMContextAssistantTurnFrame,
     LLMContextFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
@@ -147,6 +148,30 @@ async def test_smollm_streams_a_reply(smollm):
     text = "".join(f.text for f in down if isinstance(f, LLMTextFrame))
     assert len(text.split()) >= 3
     assert "*" not in text
+
+
+async def test_the_next_prompt_is_read_ahead_when_the_history_window_moves(smollm):
+    # Seven messages fit the window of eight; with the reply and the next question the window moves by
+    # four, and that turn read the whole window again (the longest prompt read of a conversation). The
+    # service reads it once the reply is in the context, before the next question comes.
+    said = ["Hi there.", "Hello! How can I help?", "What is the weather like?", "It is sunny today.",
+            "Should I take an umbrella?", "No, you will not need one.", "Where should I go for a walk?"]  # fmt: skip
+    history = [{"role": ("user", "assistant")[i % 2], "content": text} for i, text in enumerate(said)]
+    llm = SmolLMLLMService(lm=smollm, settings=SmolLMLLMService.Settings(system_instruction=SYSTEM, max_tokens=8))
+    reply = "Try the park by the river."  # as the context keeps the reply (what was heard)
+    await run_test(
+        llm,
+        frames_to_send=[LLMContextFrame(LLMContext(messages=history)), LLMContextAssistantTurnFrame(reply, "")],
+    )
+    assert llm._reading_ahead is not None
+    llm._reading_ahead.join(timeout=60)
+    following = [*history, {"role": "assistant", "content": reply}, {"role": "user", "content": "Thanks."}]
+    window = [{"role": "system", "content": SYSTEM}, *following[_window_start(len(following), 8) :]]
+    template = smollm.tokenizer.apply_chat_template
+    prompt = template(window, add_generation_prompt=True, return_dict=True)["input_ids"]
+    before_question = template(window[:-1], return_dict=True)["input_ids"]
+    uncached = len(prompt) - llm._prompt_cache.prepare(smollm.model, prompt).get_seq_length()
+    assert uncached <= len(prompt) - len(before_question), (uncached, len(prompt))  # the question only
 
 
 async def test_smollm_stops_generating_on_interruption(smollm):
