@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -393,7 +394,10 @@ class SmolLMLLMService(LLMService):
             if generation is not None:
                 generation.join()  # it updates the cache as it ends
             try:
+                started = time.perf_counter()
                 cache.prefill(lm, system + following[start:])
+                seconds = time.perf_counter() - started
+                logger.debug(f"{self}: the history window moves: the next prompt read ahead in {seconds:.2f}s")
             except Exception as e:  # a turn then reads the prompt itself, as without this
                 logger.warning(f"{self}: reading the next prompt ahead failed: {e}")
                 self._prompt_cache = PromptCache()
