@@ -17,10 +17,10 @@ Two things make that slow for a short utterance on a CPU, and this service fixes
 pipecat keeps a segment only if Whisper's no-speech probability is below ``no_speech_prob`` (0.4). Whisper
 itself skips a segment only if that probability is high *and* the words were decoded with little
 confidence (average log-probability below -1): a part that continues a sentence after a pause, read
-alone, looks to Whisper like the middle of nothing. tiny.en wrote "Me, Mother Nature." for the second
-part of "others call | me mother nature." with a no-speech probability of 0.51 and an average
-log-probability of -0.25, and pipecat's filter lost the words from the turn (bench/stt_parts.py counts
-such parts). So a segment decoded with confidence that holds a word counts as speech here
+alone, looks to Whisper like the middle of nothing. tiny.en wrote the second part of "others call | me
+mother nature." confidently as "Me, Mother Nature." with a no-speech probability above pipecat's threshold,
+and pipecat's filter lost the words from the turn (bench/stt_parts.py counts such parts; figures in
+bench/README.md). So a segment decoded with confidence that holds a word counts as speech here
 (:func:`judged`), as in Whisper.
 
 Short utterances also get a second reading on request: their final ``TranscriptionFrame`` carries a
