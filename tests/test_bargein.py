@@ -523,9 +523,10 @@ async def test_an_interruption_in_short_sentences_with_pauses_stops_the_bot(loca
 
 
 @pytest.mark.e2e
-async def test_a_backchannel_the_stt_cannot_transcribe_does_not_silence_the_bot(local_bot):
-    # tiny.en returns nothing for this "I see." (Piper, a little slow): no transcript arrives. It comes 2.5 s
-    # after the question, so a slow first answer (the first session of a process) is already playing.
+async def test_a_slow_backchannel_over_the_answer_does_not_silence_the_bot(local_bot):
+    # This "I see." (Piper, a little slow) is where tiny.en is least sure: pipecat's no-speech filter dropped
+    # its words, Whisper's own rule (processors/whisper.py) mostly keeps them. It comes 2.5 s after the
+    # question, so a slow first answer (the first session of a process) is already playing.
     script = Script()
     script.silence(0.5)
     script.say(phrases()[0])
@@ -539,12 +540,12 @@ async def test_a_backchannel_the_stt_cannot_transcribe_does_not_silence_the_bot(
     # The bot heard the sound over its answer (it paused), then resumed...
     over = [(at, p) for at, p in pauses if onset <= at]
     assert [p for _, p in over] == [True, False], (pauses, turns)
-    # ...at the end of the resume window when the STT found no words in it (tiny.en mostly does not, at this
-    # spot), or sooner when it did hear "I see", a backchannel: either way the sound did not silence the bot.
+    # ...at the end of the resume window when the STT found no words in it, or sooner when it heard "I see"
+    # (now the usual case), a backchannel: either way the sound did not silence the bot.
     # (The no-words path alone is pinned by test_a_short_sound_with_no_transcript_resumes_at_the_end_...)
     window = local_bot.spec.turn_taking.interruptions.resume_within_secs
-    heard_words = any(t.user_started_s is not None and t.user_started_s >= onset - 0.3 and t.user_text.strip()
-                      for t in result.turns)  # fmt: skip
+    heard_words = any(t.backchannels or (t.user_started_s is not None and t.user_started_s >= onset - 0.3
+                                         and t.user_text.strip()) for t in result.turns)  # fmt: skip
     if heard_words:
         assert over[1][0] - over[0][0] < window, (pauses, turns)
     else:
