@@ -22,20 +22,18 @@ import asyncio
 import json
 
 import numpy as np
-import soxr
 from pipecat.frames.frames import TranscriptionFrame
 
 from vivavoce.processors import whisper
 from vivavoce.processors.whisper import SharedWhisperSTTService
 from vivavoce.testing import real_speech
 from vivavoce.testing.conversation_eval import (
-    RATE,
     corpus_wer,
     normalise_words,
-    phone_audio,
     split_after_words,
     stt_segment_after_pause,
 )
+from vivavoce.testing.phone_line import through_phone_line
 
 
 async def transcript(service: SharedWhisperSTTService, pcm: np.ndarray) -> str:
@@ -71,9 +69,7 @@ async def main() -> None:
             continue
         first, second = split_after_words(utterance, [len(utterance.text.split()) // 2])
         wide.append((first.pcm, second.pcm, second.text))
-        narrow = [await phone_audio(p.pcm) for p in (first, second)]
-        back = [np.round(soxr.resample(n.astype(np.float32), 8000, RATE)).astype(np.int16) for n in narrow]
-        phone.append((back[0], back[1], second.text))
+        phone.append((await through_phone_line(first.pcm), await through_phone_line(second.pcm), second.text))
     result: dict = {"model": args.model, "sentences": len(wide), "pauses": {}}
     rules = {"whisper_rule": whisper.judged, "pipecat_filter_alone": lambda segment: segment}
     for pause_s in (float(p) for p in args.pauses.split(",")):
