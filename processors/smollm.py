@@ -380,19 +380,21 @@ class SmolLMLLMService(LLMService):
 
         The history window moves every ``history_messages / 2`` messages, and the turn it moved in read
         the whole window again: the longest prompt reads of a conversation, most of the dead air on a
-        slow CPU (bench/README.md). The new prefix is known once the reply, as the context keeps it
-        (``reply``), has ended.
+        slow CPU (bench/README.md). The new prefix is known once the reply has been generated (``reply``):
+        it is read then, while the reply is still being spoken, and read again from where it differs once
+        the context keeps the reply as it was heard (cut short by the user, who then speaks at once).
         """
         limit = assert_given(self._settings.history_messages)
         following = [*history, {"role": "assistant", "content": reply.strip()}]
         start = _window_start(len(following) + 1, limit)  # the next user message makes one more
         if not reply.strip() or start == _window_start(len(history), limit):
             return
-        generation, cache, lm = self._generation, self._prompt_cache, self._lm
+        earlier = [t for t in (self._generation, self._reading_ahead) if t is not None]
+        cache, lm = self._prompt_cache, self._lm
 
         def read() -> None:
-            if generation is not None:
-                generation.join()  # it updates the cache as it ends
+            for thread in earlier:
+                thread.join()  # a generation updates the cache as it ends; an earlier read ahead fills it
             try:
                 started = time.perf_counter()
                 cache.prefill(lm, system + following[start:])
@@ -482,10 +484,12 @@ class SmolLMLLMService(LLMService):
         finally:
             await stream.aclose()
         logger.debug(f"{self}: replied [{reply.strip()}]")
+        self._read_ahead(system, history, reply)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        """Answer each ``LLMContextFrame``; read the next prompt ahead once a reply has ended
-        (``LLMContextAssistantTurnFrame``, broadcast by the assistant aggregator); forward everything else."""
+        """Answer each ``LLMContextFrame``; read the next prompt ahead once a reply is generated, and again
+        as the context keeps it (``LLMContextAssistantTurnFrame``, broadcast by the assistant aggregator);
+        forward everything else."""
         await super().process_frame(frame, direction)
         if isinstance(frame, LLMContextAssistantTurnFrame) and self._answered is not None:
             system, history = self._answered

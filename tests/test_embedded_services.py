@@ -150,28 +150,56 @@ async def test_smollm_streams_a_reply(smollm):
     assert "*" not in text
 
 
-async def test_the_next_prompt_is_read_ahead_when_the_history_window_moves(smollm):
-    # Seven messages fit the window of eight; with the reply and the next question the window moves by
-    # four, and that turn read the whole window again (the longest prompt read of a conversation). The
-    # service reads it once the reply is in the context, before the next question comes.
-    said = ["Hi there.", "Hello! How can I help?", "What is the weather like?", "It is sunny today.",
-            "Should I take an umbrella?", "No, you will not need one.", "Where should I go for a walk?"]  # fmt: skip
-    history = [{"role": ("user", "assistant")[i % 2], "content": text} for i, text in enumerate(said)]
-    llm = SmolLMLLMService(lm=smollm, settings=SmolLMLLMService.Settings(system_instruction=SYSTEM, max_tokens=8))
-    reply = "Try the park by the river."  # as the context keeps the reply (what was heard)
-    await run_test(
-        llm,
-        frames_to_send=[LLMContextFrame(LLMContext(messages=history)), LLMContextAssistantTurnFrame(reply, "")],
-    )
-    assert llm._reading_ahead is not None
+# Seven messages fit the window of eight; with the reply and the next question the window moves by four,
+# and that turn read the whole window again (the longest prompt read of a conversation).
+MOVING_WINDOW = [
+    "Hi there.",
+    "Hello! How can I help?",
+    "What is the weather like?",
+    "It is sunny today.",
+    "Should I take an umbrella?",
+    "No, you will not need one.",
+    "Where should I go for a walk?",
+]
+
+
+def _uncached_after(llm: SmolLMLLMService, lm, history: list[dict], reply: str) -> tuple[int, int]:
+    """Tokens of the next turn's prompt (``reply``, then a question) the session's cache does not hold,
+    and the question's own tokens."""
     llm._reading_ahead.join(timeout=60)
     following = [*history, {"role": "assistant", "content": reply}, {"role": "user", "content": "Thanks."}]
     window = [{"role": "system", "content": SYSTEM}, *following[_window_start(len(following), 8) :]]
-    template = smollm.tokenizer.apply_chat_template
+    template = lm.tokenizer.apply_chat_template
     prompt = template(window, add_generation_prompt=True, return_dict=True)["input_ids"]
     before_question = template(window[:-1], return_dict=True)["input_ids"]
-    uncached = len(prompt) - llm._prompt_cache.prepare(smollm.model, prompt).get_seq_length()
-    assert uncached <= len(prompt) - len(before_question), (uncached, len(prompt))  # the question only
+    uncached = len(prompt) - llm._prompt_cache.prepare(lm.model, prompt).get_seq_length()
+    return uncached, len(prompt) - len(before_question)
+
+
+async def test_the_next_prompt_is_read_ahead_while_the_reply_is_spoken(smollm):
+    # Once the reply is generated, before the context has it (the assistant aggregator adds it when it has
+    # been spoken, and the user may speak at once), its window is read, with the reply as generated.
+    history = [{"role": ("user", "assistant")[i % 2], "content": text} for i, text in enumerate(MOVING_WINDOW)]
+    llm = SmolLMLLMService(lm=smollm, settings=SmolLMLLMService.Settings(system_instruction=SYSTEM, max_tokens=8))
+    down, _ = await run_test(llm, frames_to_send=[LLMContextFrame(LLMContext(messages=history))])
+    reply = "".join(f.text for f in down if isinstance(f, LLMTextFrame)).strip()
+    assert reply and llm._reading_ahead is not None
+    uncached, question = _uncached_after(llm, smollm, history, reply)
+    assert uncached <= question, (uncached, question)
+
+
+async def test_the_next_prompt_is_read_again_as_the_context_keeps_the_reply(smollm):
+    # The reply was cut short by the user: the context keeps what was heard, and the read ahead is mended
+    # from where the two differ.
+    history = [{"role": ("user", "assistant")[i % 2], "content": text} for i, text in enumerate(MOVING_WINDOW)]
+    llm = SmolLMLLMService(lm=smollm, settings=SmolLMLLMService.Settings(system_instruction=SYSTEM, max_tokens=8))
+    heard = "Try the park by the river."
+    await run_test(
+        llm,
+        frames_to_send=[LLMContextFrame(LLMContext(messages=history)), LLMContextAssistantTurnFrame(heard, "")],
+    )
+    uncached, question = _uncached_after(llm, smollm, history, heard)
+    assert uncached <= question, (uncached, question)
 
 
 async def test_smollm_stops_generating_on_interruption(smollm):
