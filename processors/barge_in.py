@@ -17,7 +17,8 @@ at the output transport as soon as the VAD fires, so the caller hears it stop ju
   sentence over the bot, one word of meaning, had been lost); so those words wait out that window before
   they go on as a ``UserBackchannelFrame``;
 - still undecided ``resume_within_secs`` after the pause: an interruption if the user is still speaking,
-  otherwise noise (no words came), and the bot resumes.
+  otherwise noise (no words came), and the bot resumes; but not before the STT has had time to deliver
+  the words (:class:`TranscriptLag`).
 
 Speech in a gap inside a reply (its next phrase still being synthesized) counts as speech over the bot:
 pipecat's ``BotStoppedSpeakingFrame`` fires in such a gap, but the reply only ends when the assistant
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import deque
 from typing import Any
 
 from loguru import logger
@@ -101,6 +103,37 @@ def is_backchannel(text: str, backchannels: tuple[str, ...] = BACKCHANNELS) -> b
     return all(HUM.fullmatch(w) for w in joined.split())
 
 
+class TranscriptLag:
+    """How long after the VAD stops this session's STT delivers a transcript, as seen on its last ones.
+
+    A resume for lack of words waits that long after the speech ended: on a loaded 2-core machine tiny.en
+    delivered "from Chicago also." 0.44 s after the VAD stopped, past the end of the resume window, and
+    the bot resumed into the user's sentence until those words stopped it (bench/conversation.py).
+    """
+
+    UNSEEN_SECS = 0.5
+    """The wait before any transcript has been seen."""
+    MARGIN = 1.5
+    """The wait is the slowest of the recent lags times this..."""
+    BOUNDS = (0.3, 1.0)
+    """...within these bounds (a slower STT leaves noise pausing the bot too long)."""
+
+    def __init__(self, recent: int = 8):
+        self._lags: deque[float] = deque(maxlen=recent)
+
+    def seen(self, lag: float) -> None:
+        """A transcript came ``lag`` seconds after the VAD stopped."""
+        if 0 <= lag <= 2 * self.BOUNDS[1]:  # beyond that it answered other speech (a streaming STT)
+            self._lags.append(lag)
+
+    def wait(self) -> float:
+        """How long after the VAD stops a transcript may still come."""
+        if not self._lags:
+            return self.UNSEEN_SECS
+        low, high = self.BOUNDS
+        return min(high, max(low, self.MARGIN * max(self._lags)))
+
+
 def _as_backchannel(frame: TranscriptionFrame) -> UserBackchannelFrame:
     """The same words, sent on as an acknowledgement rather than a turn."""
     return UserBackchannelFrame(frame.text, frame.user_id, frame.timestamp)
@@ -141,6 +174,8 @@ class BargeInController(FrameProcessor):
         self._reply_open = False  # from the bot's first sound until the assistant aggregator ends the reply
         self._bot_stopped_at = 0.0
         self._user_speaking = False
+        self._user_stopped_at: float | None = None  # until the transcript of that speech came
+        self._transcript_lag = TranscriptLag()
         self._paused = False
         self._outcome: str | None = None  # how the latest pause ended: "resumed" or "interrupted"
         self._resumed_at: float | None = None
@@ -156,6 +191,9 @@ class BargeInController(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, EndFrame):
             await self._release_held(as_words=False)
+        if isinstance(frame, TranscriptionFrame) and self._user_stopped_at is not None:
+            self._transcript_lag.seen(asyncio.get_running_loop().time() - self._user_stopped_at)
+            self._user_stopped_at = None
         if isinstance(frame, BotStartedSpeakingFrame):
             self._bot_speaking = self._reply_open = True
         elif isinstance(frame, BotStoppedSpeakingFrame):
@@ -175,6 +213,7 @@ class BargeInController(FrameProcessor):
             return
         elif isinstance(frame, VADUserStoppedSpeakingFrame) and self._user_speaking:
             self._user_speaking = False
+            self._user_stopped_at = asyncio.get_running_loop().time()
             await self.push_frame(frame, direction)
             if self._paused and not self._has_stt:
                 await self._resume("short speech")  # no transcript will come: length alone decides
@@ -256,10 +295,22 @@ class BargeInController(FrameProcessor):
             await self._interrupt(f"speech longer than {self._min_speech_secs}s")
             return
         await asyncio.sleep(max(0.0, self._resume_within_secs - self._min_speech_secs - self._vad_stop_secs))
+        if self._paused and not self._user_speaking:
+            await self._wait_for_words()
         if self._paused and self._user_speaking:
             await self._interrupt("still speaking at the end of the resume window")
         elif self._paused:
             await self._resume("short speech the STT found no words in")
+
+    async def _wait_for_words(self) -> None:
+        """Give the STT its usual time after the speech ended to deliver words (they end this wait)."""
+        if not self._has_stt or self._user_stopped_at is None:
+            return
+        wait = self._transcript_lag.wait()
+        left = self._user_stopped_at + wait - asyncio.get_running_loop().time()
+        if left > 0:
+            logger.debug(f"{self}: no words yet; waiting {left:.2f}s more for the transcript (lag {wait:.2f}s)")
+            await asyncio.sleep(left)
 
     async def _resume(self, reason: str) -> None:
         self._end_pause()

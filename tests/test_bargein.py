@@ -43,7 +43,7 @@ from bargein_support import (
     run_with_pauses,
 )
 from vivavoce.frames import BotOutputPauseFrame
-from vivavoce.processors.barge_in import BargeInController, is_backchannel
+from vivavoce.processors.barge_in import BargeInController, TranscriptLag, is_backchannel
 
 REPO = Path(__file__).resolve().parents[1]
 UP = FrameDirection.UPSTREAM
@@ -332,6 +332,38 @@ async def test_a_short_sound_with_no_transcript_resumes_at_the_end_of_the_resume
     assert not run.down_of(InterruptionFrame)
     assert 0.45 <= run.at(pause[1]) - run.at(pause[0]) < 0.85
     assert "no words" in run.events[-1][1]
+
+
+async def test_words_that_come_after_the_resume_window_stop_the_bot_without_resuming_it_first():
+    # A loaded machine: the transcript came 0.35 s after the VAD stopped, past the end of the resume window.
+    # The bot had resumed "for lack of words" and played into the user's sentence until the words came.
+    run = await drive(
+        controller(resume_within_secs=0.5),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.25),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.35), transcript("From Chicago also."),
+         SleepFrame(0.1)],
+    )  # fmt: skip
+
+    assert [p.paused for p in run.down_of(BotOutputPauseFrame)] == [True]  # never resumed
+    assert len(run.down_of(InterruptionFrame)) == 1
+    assert [name for name, _ in run.events] == ["on_bot_paused", "on_bot_interrupted"]
+    assert [f.text for f in run.down_of(TranscriptionFrame)] == ["From Chicago also."]
+
+
+def test_the_wait_for_words_follows_the_stt_as_seen():
+    lag = TranscriptLag()
+    assert lag.wait() == TranscriptLag.UNSEEN_SECS
+    lag.seen(0.05)  # a fast STT: the shortest wait
+    assert lag.wait() == TranscriptLag.BOUNDS[0]
+    lag.seen(0.44)  # one slow transcript: a margin over it
+    assert lag.wait() == pytest.approx(TranscriptLag.MARGIN * 0.44)
+    lag.seen(30.0)  # a transcript of other speech (a streaming STT): not a lag
+    assert lag.wait() == pytest.approx(TranscriptLag.MARGIN * 0.44)
+    lag.seen(0.9)
+    assert lag.wait() == TranscriptLag.BOUNDS[1]
+    for _ in range(8):  # the slow ones age out
+        lag.seen(0.1)
+    assert lag.wait() == TranscriptLag.BOUNDS[0]
 
 
 async def test_without_an_stt_a_short_sound_resumes_when_the_vad_stops():
