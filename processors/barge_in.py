@@ -5,20 +5,24 @@ In ``pause_resume`` mode this processor (just before the user aggregator) instea
 at the output transport as soon as the VAD fires, so the caller hears it stop just as fast, and then:
 
 - the user keeps talking for ``min_speech_secs`` after the VAD fired: a real interruption;
-- the speech was shorter: a backchannel ("mm-hm", "yeah", "okay") or noise, and the bot resumes where it
-  paused, unless its transcript asks the bot to stop ("stop", "wait", "no"...) or has two words that
-  are neither acknowledgements nor fillers ("try again"). What was said stays out of the LLM context
-  (a ``UserBackchannelFrame``). Short sounds are where a small STT is least reliable (tiny.en hears
-  "mm-hm" as "and the MHM", or as "and then make them"), so fillers and hums do not count, and the
-  words must survive the STT's second reading where it offers one (the ``whisper`` kind's
-  ``SecondReading``: the audio decoded again, primed to expect an acknowledgement);
+- the speech was shorter, and its transcript asks the bot to stop ("stop", "wait", "no"...) or has two
+  words that are neither acknowledgements nor fillers ("try again"): an interruption too. Short sounds
+  are where a small STT is least reliable (tiny.en hears "mm-hm" as "and the MHM", or as "and then make
+  them"), so fillers and hums do not count, and the words must survive the STT's second reading where it
+  offers one (the ``whisper`` kind's ``SecondReading``: the audio decoded again, primed to expect an
+  acknowledgement);
+- the words are acknowledgements ("mm-hm", "yeah", "okay"): a backchannel, and the bot resumes where it
+  paused at once. What was said stays out of the LLM context (a ``UserBackchannelFrame``);
+- other short words ("so", "in short", "and I'm") are as often the start of a sentence said in parts, and
+  a bot that resumed at once played into its pause (bench/conversation.py): the bot stays paused until
+  the user has been quiet for ``resume_within_secs``, and speech before then is the user going on;
 - the user speaks again within ``resume_within_secs`` of a resume: they are talking, not acknowledging,
   and the words taken for an acknowledgement join their turn ("And I'm | Sheila in Texas": the start of a
   sentence over the bot, one word of meaning, had been lost); so those words wait out that window before
   they go on as a ``UserBackchannelFrame``;
-- still undecided ``resume_within_secs`` after the pause: an interruption if the user is still speaking,
-  otherwise noise (no words came), and the bot resumes; but not before the STT has had time to deliver
-  the words (:class:`TranscriptLag`).
+- no words came ``resume_within_secs`` after the pause: an interruption if the user is still speaking,
+  otherwise noise, and the bot resumes; but not before the STT has had its usual time to deliver the
+  words (:class:`TranscriptLag`).
 
 Speech in a gap inside a reply (its next phrase still being synthesized) counts as speech over the bot:
 pipecat's ``BotStoppedSpeakingFrame`` fires in such a gap, but the reply only ends when the assistant
@@ -175,6 +179,7 @@ class BargeInController(FrameProcessor):
         self._bot_stopped_at = 0.0
         self._user_speaking = False
         self._user_stopped_at: float | None = None  # until the transcript of that speech came
+        self._speech_ended_at = 0.0  # when the VAD last stopped
         self._transcript_lag = TranscriptLag()
         self._paused = False
         self._outcome: str | None = None  # how the latest pause ended: "resumed" or "interrupted"
@@ -182,6 +187,7 @@ class BargeInController(FrameProcessor):
         self._deadline: asyncio.Task | None = None
         self._held: tuple[TranscriptionFrame, FrameDirection] | None = None  # words taken for a backchannel
         self._held_until: asyncio.Task | None = None
+        self._last_reading: tuple[int, str] | None = None  # (frame id, second reading): asked for once
         self._register_event_handler("on_bot_paused")
         self._register_event_handler("on_bot_resumed")
         self._register_event_handler("on_bot_interrupted")
@@ -213,7 +219,7 @@ class BargeInController(FrameProcessor):
             return
         elif isinstance(frame, VADUserStoppedSpeakingFrame) and self._user_speaking:
             self._user_speaking = False
-            self._user_stopped_at = asyncio.get_running_loop().time()
+            self._user_stopped_at = self._speech_ended_at = asyncio.get_running_loop().time()
             await self.push_frame(frame, direction)
             if self._paused and not self._has_stt:
                 await self._resume("short speech")  # no transcript will come: length alone decides
@@ -221,22 +227,22 @@ class BargeInController(FrameProcessor):
         elif isinstance(frame, TranscriptionFrame) and self._paused:
             text = frame.text.strip()
             stop = await self._asks_to_stop(frame)
+            acknowledges = not stop and await self._acknowledges(frame)
             if self._outcome == "interrupted":
                 pass  # decided while the second reading ran (the user kept talking): the words are a turn
             elif stop:
                 await self._interrupt(f"words {text!r}")
-            elif self._paused:
-                await self._resume(f"backchannel {text!r}")
+            elif self._paused and not acknowledges:
+                # Perhaps the first words of a sentence: the bot stays paused, the window decides.
+                logger.debug(f"{self}: {text!r} is no acknowledgement: the bot stays paused for the window")
                 await self._hold(frame, direction)
                 return
             else:
-                await self.push_frame(_as_backchannel(frame), direction)
+                if self._paused:
+                    await self._resume(f"backchannel {text!r}")
+                await self._hold(frame, direction)
                 return
-        elif (
-            isinstance(frame, TranscriptionFrame)
-            and self._over_the_bot()
-            and (is_backchannel(frame.text) or is_backchannel(await self._second_reading(frame)))
-        ):
+        elif isinstance(frame, TranscriptionFrame) and self._over_the_bot() and await self._acknowledges(frame):
             # A backchannel heard while the bot speaks (e.g. in a gap between its sentences).
             await self.push_frame(_as_backchannel(frame), direction)
             return
@@ -256,12 +262,19 @@ class BargeInController(FrameProcessor):
             return False
         return len(content_words(await self._second_reading(frame))) >= 2
 
+    async def _acknowledges(self, frame: TranscriptionFrame) -> bool:
+        """Whether the words are only acknowledgements, as the STT first heard them or on its second reading."""
+        return is_backchannel(frame.text) or is_backchannel(await self._second_reading(frame))
+
     async def _second_reading(self, frame: TranscriptionFrame) -> str:
         """The STT's reading of the speech as an acknowledgement, where it offers one; else the transcript."""
         reread = getattr(frame.result, "as_backchannel", None)
         if reread is None:
             return frame.text
+        if self._last_reading is not None and self._last_reading[0] == frame.id:
+            return self._last_reading[1]
         second = await reread()
+        self._last_reading = (frame.id, second)
         logger.debug(f"{self}: {frame.text.strip()!r} read again expecting an acknowledgement: {second!r}")
         return second
 
@@ -278,11 +291,12 @@ class BargeInController(FrameProcessor):
             await self.broadcast_interruption()
             return
         if self._paused:
+            if self._held is not None:
+                await self._interrupt("going on after short words")
             return
         loop = asyncio.get_running_loop()
         if self._resumed_at is not None and loop.time() - self._resumed_at < self._resume_within_secs:
             await self._interrupt("speaking again right after a backchannel")
-            await self._release_held(as_words=True)
             return
         self._paused, self._outcome = True, None
         await self.push_frame(BotOutputPauseFrame(paused=True))
@@ -297,8 +311,13 @@ class BargeInController(FrameProcessor):
         await asyncio.sleep(max(0.0, self._resume_within_secs - self._min_speech_secs - self._vad_stop_secs))
         if self._paused and not self._user_speaking:
             await self._wait_for_words()
+        if self._paused and not self._user_speaking and self._held is not None:
+            await self._wait_for_more_words()
         if self._paused and self._user_speaking:
             await self._interrupt("still speaking at the end of the resume window")
+        elif self._paused and self._held is not None:
+            await self._resume(f"{self._held[0].text.strip()!r} did not go on")
+            await self._hold(*self._held)  # a new window: speech in it joins these words
         elif self._paused:
             await self._resume("short speech the STT found no words in")
 
@@ -310,6 +329,14 @@ class BargeInController(FrameProcessor):
         left = self._user_stopped_at + wait - asyncio.get_running_loop().time()
         if left > 0:
             logger.debug(f"{self}: no words yet; waiting {left:.2f}s more for the transcript (lag {wait:.2f}s)")
+            await asyncio.sleep(left)
+
+    async def _wait_for_more_words(self) -> None:
+        """Short words that were no acknowledgement: give the user ``resume_within_secs`` of quiet after them
+        to go on (speech in it interrupts, :meth:`_on_speech_started`)."""
+        quiet_until = self._speech_ended_at - self._vad_stop_secs + self._resume_within_secs
+        left = quiet_until - asyncio.get_running_loop().time()
+        if left > 0:
             await asyncio.sleep(left)
 
     async def _resume(self, reason: str) -> None:
@@ -330,10 +357,16 @@ class BargeInController(FrameProcessor):
         logger.debug(f"{self}: barge-in ({reason})")
         await self._call_event_handler("on_bot_interrupted", reason)
         await self.broadcast_interruption()
+        await self._release_held(as_words=True)  # words taken for an acknowledgement start the user's turn
 
     async def _hold(self, frame: TranscriptionFrame, direction: FrameDirection) -> None:
-        """Keep words taken for an acknowledgement until the resume window is over (see the module docstring)."""
-        await self._release_held(as_words=False)
+        """Keep short words over the bot until the resume window is over (see the module docstring); words
+        already held go on as the acknowledgement they were, unless these are they (a new window)."""
+        if self._held is not None and self._held[0] is frame:
+            if self._held_until is not None:
+                await self.cancel_task(self._held_until)
+        else:
+            await self._release_held(as_words=False)
         self._held = (frame, direction)
         self._held_until = self.create_task(self._release_after_window(), name="barge-in-held-words")
 

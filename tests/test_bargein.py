@@ -190,21 +190,58 @@ async def test_words_taken_for_a_backchannel_go_on_as_one_once_the_resume_window
 
 
 async def test_words_taken_for_a_backchannel_join_the_turn_when_the_user_goes_on():
-    # bench/conversation.py, a phone call: "And I'm" over the bot (one word of meaning: a backchannel), then
-    # "Sheila in Texas" 0.3 s later: the bot stopped, but "And I'm" had never reached the turn.
+    # "Okay." over the bot resumes it; then "Sheila in Texas" 0.3 s later: the user is talking, and the
+    # acknowledgement is the start of their turn.
     run = await drive(
         controller(),
         [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
-         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), transcript("And I'm."), SleepFrame(0.3),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), transcript("Okay."), SleepFrame(0.3),
          VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1), VADUserStoppedSpeakingFrame(stop_secs=0.1),
          SleepFrame(0.02), transcript("Sheila in Texas."), SleepFrame(0.1)],
     )  # fmt: skip
 
     assert [p.paused for p in run.down_of(BotOutputPauseFrame)] == [True, False]
     assert len(run.down_of(InterruptionFrame)) == 1
-    assert [f.text for f in run.down_of(TranscriptionFrame)] == ["And I'm.", "Sheila in Texas."]
+    assert [f.text for f in run.down_of(TranscriptionFrame)] == ["Okay.", "Sheila in Texas."]
     assert not run.down_of(UserBackchannelFrame)
     assert run.events[-1] == ("on_bot_interrupted", "speaking again right after a backchannel")
+
+
+@pytest.mark.parametrize("said", ["And I'm.", "And short,", "Ensure.", "So"])
+async def test_short_words_that_are_no_acknowledgement_keep_the_bot_paused_while_the_user_goes_on(said):
+    # bench/conversation.py: "And I'm | Sheila in Texas" (a phone call) and "in short, | the period was so
+    # far" (a list, which tiny.en heard as "and short" or "ensure") over a late reply. The first words
+    # resumed the bot at once, and it played into the user's pause until they went on.
+    run = await drive(
+        controller(),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), transcript(said), SleepFrame(0.5),
+         VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1), VADUserStoppedSpeakingFrame(stop_secs=0.1),
+         SleepFrame(0.02), transcript("The period was so far."), SleepFrame(0.1)],
+    )  # fmt: skip
+
+    assert [p.paused for p in run.down_of(BotOutputPauseFrame)] == [True]  # never resumed
+    assert len(run.down_of(InterruptionFrame)) == 1
+    assert [f.text for f in run.down_of(TranscriptionFrame)] == [said, "The period was so far."]
+    assert not run.down_of(UserBackchannelFrame)
+    assert run.events[-1] == ("on_bot_interrupted", "going on after short words")
+
+
+async def test_short_words_that_are_no_acknowledgement_resume_the_bot_once_the_user_stays_quiet():
+    run = await drive(
+        controller(resume_within_secs=0.6),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), transcript("And short,"), SleepFrame(1.0)],
+    )  # fmt: skip
+
+    pauses = run.down_of(BotOutputPauseFrame)
+    assert [p.paused for p in pauses] == [True, False]
+    stopped = run.down_of(VADUserStoppedSpeakingFrame)[0]
+    assert run.at(pauses[1]) - run.at(stopped) >= 0.6 - 0.1 - 0.02  # quiet for the window after the words
+    assert not run.down_of(InterruptionFrame)
+    assert [f.text for f in run.down_of(UserBackchannelFrame)] == ["And short,"]
+    assert not run.down_of(TranscriptionFrame)
+    assert run.events[-1] == ("on_bot_resumed", "'And short,' did not go on")
 
 
 async def test_speech_that_goes_on_interrupts_while_the_user_is_still_talking():
@@ -312,7 +349,7 @@ async def test_stop_words_match_whole_words_only(said):
     run = await drive(
         controller(),
         [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
-         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), transcript(said), SleepFrame(0.1)],
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), transcript(said), SleepFrame(1.0)],
     )  # fmt: skip
 
     assert [p.paused for p in run.down_of(BotOutputPauseFrame)] == [True, False]
