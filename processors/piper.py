@@ -14,7 +14,7 @@ from piper import PiperVoice
 
 from vivavoce.model_store import models
 from vivavoce.packaged_models import piper_voice
-from vivavoce.processors.first_phrase import FirstPhraseTextAggregator
+from vivavoce.processors.first_phrase import FirstPhraseTTSMixin
 from vivavoce.processors.piper_edges import EdgeTrimmedVoice
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def load_voice(voice: str) -> PiperVoice:
     return models.get(("piper", str(path)), load, label=f"Piper {path.stem}")
 
 
-class SharedPiperTTSService(PiperTTSService):
+class SharedPiperTTSService(FirstPhraseTTSMixin, PiperTTSService):
     """pipecat's ``PiperTTSService`` over a shared, already loaded voice.
 
     The parent's ``__init__`` loads (or downloads) the voice for every instance; this one takes the
@@ -62,11 +62,7 @@ class SharedPiperTTSService(PiperTTSService):
         TTSService.__init__(self, push_start_frame=True, push_stop_frames=True, settings=settings, **kwargs)
         self._voice = EdgeTrimmedVoice(voice) if trim_silence else voice
         if first_phrase_words > 0:
-            self._text_aggregator = FirstPhraseTextAggregator(
-                max_words=first_phrase_words,
-                aggregation_type=self._text_aggregation_mode,
-                language=self._text_aggregator.language,
-            )
+            self._speak_first_phrases(first_phrase_words)
 
 
 def create(config: PiperConfig, context: BuildContext) -> TTSService:

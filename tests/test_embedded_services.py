@@ -26,7 +26,7 @@ from pipecat.tests.utils import SleepFrame, run_test
 
 from vivavoce.packaged_models import speech_sample
 from vivavoce.processors.barge_in import content_words
-from vivavoce.processors.first_phrase import FirstPhraseTextAggregator
+from vivavoce.processors.first_phrase import FirstPhraseTextAggregator, Playout
 from vivavoce.processors.piper import SharedPiperTTSService, load_voice
 from vivavoce.processors.smollm import LoadedLM, PromptCache, SmolLMLLMService, _window_start, load_packaged
 from vivavoce.processors.whisper import (
@@ -82,6 +82,53 @@ async def test_first_phrase_goes_to_tts_before_the_sentence_ends():
         "I'll just have to think of",
         "something else that might work better.",
     ]
+
+
+async def test_the_words_written_so_far_go_to_tts_when_the_audio_ahead_runs_low():
+    # A slow LLM: the 12-word piece after "It seems like it would be" took 1.7 s to write while 2.6 s of
+    # audio played out, and the reply stalled for a second (bench/conversation.py, the phone pass).
+    ahead: list[float | None] = [None]
+    aggregator = FirstPhraseTextAggregator(max_words=3, aggregation_type="sentence", audio_ahead=lambda: ahead[0])
+    reply = "That's not what you want. It seems like it would be impossible if there wasn't something more."
+    pieces = []
+    for i, token in enumerate(reply.split(" ")):
+        if i == 13:  # "impossible if" written; the audio of the pieces before is nearly heard
+            ahead[0] = 0.4
+        async for piece in aggregator.aggregate(token + " "):
+            pieces.append(piece.text)
+            ahead[0] = 3.0  # the new piece's audio is queued
+    rest = await aggregator.flush()
+    assert pieces + [rest.text] == [
+        "That's not what",
+        "you want.",
+        "It seems like it would be",
+        "impossible if there",  # at the next word's end, not at twelve words or the sentence's end
+        "wasn't something more.",
+    ]
+    # Before playback starts (an answer held for the verdict) nothing is known, and nothing changes.
+    ahead[0] = None
+    held = FirstPhraseTextAggregator(max_words=3, aggregation_type="sentence", audio_ahead=lambda: ahead[0])
+    assert (await _aggregate(held, reply))[:3] == ["That's not what", "you want.", "It seems like it would be"]
+
+
+def test_playout_follows_what_was_produced_and_what_has_been_heard():
+    now = [100.0]
+    playout = Playout(clock=lambda: now[0])
+    playout.produced(1.5)  # synthesised while the answer is held
+    assert playout.ahead() is None
+    now[0] += 2.0
+    playout.started()
+    assert playout.ahead() == pytest.approx(1.5)
+    now[0] += 1.0
+    playout.produced(2.0)  # queued behind the 0.5 s still to play
+    assert playout.ahead() == pytest.approx(2.5)
+    now[0] += 4.0  # all heard, then a gap
+    assert playout.ahead() == 0.0
+    playout.produced(1.0)  # after a gap the next piece plays at once
+    playout.started()  # the bot starts again after the gap: nothing changes
+    assert playout.ahead() == pytest.approx(1.0)
+    playout.reset()
+    assert playout.ahead() is None
 
 
 def test_history_window_moves_in_steps_so_the_prompt_prefix_stays_cached():
