@@ -140,7 +140,9 @@ class FirstPhraseTextAggregator(SimpleTextAggregator):
         ahead = self._audio_ahead()
         if ahead is None or ahead >= LOW_WATER_SECS:
             return False
-        logger.debug(f"{self}: {ahead:.2f}s of audio ahead of the listener: [{self._text.strip()}] goes now")
+        logger.debug(
+            f"{type(self).__name__}: {ahead:.2f}s of audio ahead of the listener: [{self._text.strip()}] goes now"
+        )
         return True
 
     def _phrase_ready(self, char: str, limit: int) -> bool:
