@@ -131,9 +131,13 @@ class FirstPhraseTextAggregator(SimpleTextAggregator):
         grown = 2 * max(words, self._max_words)
         self._limit = grown if grown <= GROWTH_ENDS_AT * self._max_words else None
 
+    def _at_word_end(self, char: str) -> bool:
+        """At a space after a word, so a word is never cut (after punctuation the sentence check decides)."""
+        return char.isspace() and self._text.strip()[-1:].isalnum()
+
     def _running_dry(self, char: str) -> bool:
         """At a word's end, with a few words written: is the audio ahead of the listener about to run out?"""
-        if self._audio_ahead is None or not char.isspace() or not self._text.strip()[-1:].isalnum():
+        if self._audio_ahead is None or not self._at_word_end(char):
             return False
         if len(self._text.split()) < self._min_words:
             return False
@@ -149,8 +153,7 @@ class FirstPhraseTextAggregator(SimpleTextAggregator):
         words = len(self._text.split())
         if char in CLAUSE_BREAKS:
             return words >= self._min_words
-        # At a space, so a word is never cut; the sentence check above wins when punctuation is there.
-        return char.isspace() and words >= limit and self._text.strip()[-1:].isalnum()
+        return words >= limit and self._at_word_end(char)
 
     async def flush(self) -> Aggregation | None:
         """End of a reply: the next reply starts with an opening phrase again."""
