@@ -138,6 +138,13 @@ class TranscriptLag:
         return min(high, max(low, self.MARGIN * max(self._lags)))
 
 
+async def _sleep_until(at: float) -> None:
+    """Sleep until ``at`` on the event loop's clock (not at all if that has passed)."""
+    left = at - asyncio.get_running_loop().time()
+    if left > 0:
+        await asyncio.sleep(left)
+
+
 def _as_backchannel(frame: TranscriptionFrame) -> UserBackchannelFrame:
     """The same words, sent on as an acknowledgement rather than a turn."""
     return UserBackchannelFrame(frame.text, frame.user_id, frame.timestamp)
@@ -326,18 +333,13 @@ class BargeInController(FrameProcessor):
         if not self._has_stt or self._user_stopped_at is None:
             return
         wait = self._transcript_lag.wait()
-        left = self._user_stopped_at + wait - asyncio.get_running_loop().time()
-        if left > 0:
-            logger.debug(f"{self}: no words yet; waiting {left:.2f}s more for the transcript (lag {wait:.2f}s)")
-            await asyncio.sleep(left)
+        logger.debug(f"{self}: no words yet; waiting up to {wait:.2f}s after the speech for the transcript")
+        await _sleep_until(self._user_stopped_at + wait)
 
     async def _wait_for_more_words(self) -> None:
         """Short words that were no acknowledgement: give the user ``resume_within_secs`` of quiet after them
         to go on (speech in it interrupts, :meth:`_on_speech_started`)."""
-        quiet_until = self._speech_ended_at - self._vad_stop_secs + self._resume_within_secs
-        left = quiet_until - asyncio.get_running_loop().time()
-        if left > 0:
-            await asyncio.sleep(left)
+        await _sleep_until(self._speech_ended_at - self._vad_stop_secs + self._resume_within_secs)
 
     async def _resume(self, reason: str) -> None:
         self._end_pause()
