@@ -175,7 +175,7 @@ def build_conversation(
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
-            vad_analyzer=_vad_analyzer(bot.spec.turn_taking.vad, narrowband_input=narrowband_input),
+            vad_analyzer=vad_analyzer(bot.spec.turn_taking.vad, narrowband_input=narrowband_input),
             user_turn_strategies=turn_strategies(
                 bot.spec.turn_taking, has_stt=bot.stage("stt") is not None, context=context
             ),
@@ -225,7 +225,7 @@ def build_conversation(
     )
 
 
-def _vad_analyzer(vad: VADConfig, *, narrowband_input: bool) -> BatchedSileroVADAnalyzer:
+def vad_analyzer(vad: VADConfig, *, narrowband_input: bool = False) -> BatchedSileroVADAnalyzer:
     """Silero, as the bot file's ``turn_taking.vad`` sets it."""
     return BatchedSileroVADAnalyzer(
         sample_rate=PIPELINE_SAMPLE_RATE,

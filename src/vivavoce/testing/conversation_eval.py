@@ -384,11 +384,20 @@ def _pick_cuts(utterance: UtteranceLike, words: list[Word], fractions: Sequence[
     return chosen
 
 
-def backchannel_piece(utterance: UtteranceLike, words: list[Word], wanted: Iterable[str] | None) -> Piece | None:
-    """One word cut out of ``utterance``: the first of ``wanted`` found (None: the shortest word), <= 0.6 s.
+def word_alone(utterance: UtteranceLike, words: list[Word], i: int) -> np.ndarray:
+    """Word ``i`` of ``utterance`` as if said alone: cut at the quietest points between it and its neighbours,
+    never more than 0.1 s out from the word, and faded in and out."""
+    word = words[i]
+    before = words[i - 1].end if i > 0 else word.start - 0.1
+    after = words[i + 1].start if i + 1 < len(words) else word.end + 0.1
+    lo = _quietest(utterance.pcm, max(min(before, word.start) - 0.03, word.start - 0.1), word.start + 0.03)
+    hi = _quietest(utterance.pcm, word.end - 0.03, min(max(after, word.end) + 0.03, word.end + 0.1))
+    return _faded(utterance.pcm[lo:hi], True, True)
 
-    The word is cut at the quietest points between it and its neighbours, with at most 0.1 s around it.
-    """
+
+def backchannel_piece(utterance: UtteranceLike, words: list[Word], wanted: Iterable[str] | None) -> Piece | None:
+    """One word cut out of ``utterance`` (:func:`word_alone`): the first of ``wanted`` found (None: the
+    shortest word), <= 0.6 s."""
     reference = {" ".join(normalise_words(w)) for w in utterance.text.split()}
     candidates = []
     for i, word in enumerate(words):
@@ -397,16 +406,11 @@ def backchannel_piece(utterance: UtteranceLike, words: list[Word], wanted: Itera
             continue
         if word.end - word.start > MAX_BACKCHANNEL_SECS + 0.1:
             continue
-        before = words[i - 1].end if i > 0 else word.start - 0.1
-        after = words[i + 1].start if i + 1 < len(words) else word.end + 0.1
-        # Cut in the quiet between it and its neighbours, never more than 0.1 s out from the word.
-        lo = _quietest(utterance.pcm, max(min(before, word.start) - 0.03, word.start - 0.1), word.start + 0.03)
-        hi = _quietest(utterance.pcm, word.end - 0.03, min(max(after, word.end) + 0.03, word.end + 0.1))
-        pcm = utterance.pcm[lo:hi]
+        pcm = word_alone(utterance, words, i)
         start, end = voiced_bounds(pcm)
         if not 0.15 <= end - start <= MAX_BACKCHANNEL_SECS:
             continue
-        candidates.append((end - start, token, Piece(_faded(pcm, True, True), token.capitalize(), utterance.speaker,
+        candidates.append((end - start, token, Piece(pcm, token.capitalize(), utterance.speaker,
                                                       f"{utterance.id}:{token}", "ignore")))  # fmt: skip
     if not candidates:
         return None
@@ -1090,5 +1094,5 @@ __all__ = [
     "Case", "Part", "Piece", "Word", "build_cases", "stratified", "sessions", "session_audio", "heard_segments",
     "audible_stop", "score_session", "summarise", "ratios", "phone_audio", "word_errors", "normalise_words",
     "scored_words", "number_words", "percentiles", "edit_distance", "corpus_wer", "whisper_words", "backchannel_piece",
-    "case_counts", "split_after_words", "stt_segment_after_pause", "DEFAULT_MIX", "KINDS",
+    "case_counts", "split_after_words", "stt_segment_after_pause", "word_alone", "DEFAULT_MIX", "KINDS",
 ]  # fmt: skip
