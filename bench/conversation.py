@@ -18,7 +18,8 @@ Variants, each a copy of bots/local.yaml with its YAML patched (same models, loa
 - livekit: LiveKit's endpointing rule (min_endpointing_delay 0.5 s when its turn detector says the user is
   done, max_endpointing_delay 3.0 s when not), its detector being a SmolLM2 reading the transcript: here the
   SmolLM2-135M instruct model's sentence-end probability stands in for LiveKit's fine-tuned one (no audio
-  model); immediate interruptions on any speech.
+  model); immediate interruptions on any speech; pipecat's stock VAD, as above (the comparison is of
+  endpointing).
 --phone adds `<variant>@phone`: every recording through 8 kHz mu-law and fed at 8 kHz (narrowband VAD).
 """
 
@@ -43,6 +44,7 @@ apply_realtime_env()
 
 import yaml  # noqa: E402
 from loguru import logger  # noqa: E402
+from pipecat.audio.vad.vad_analyzer import VADParams  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -58,9 +60,12 @@ PER_SESSION = 8
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 180)
 
 
+PIPECAT_VAD = VADParams().model_dump()  # pipecat's own defaults: 0.7 / 0.2 s / 0.2 s, min_volume 0.6
+
+
 def _pipecat(data: dict[str, Any]) -> None:
     data["turn_taking"] = {
-        "vad": {"confidence": 0.7, "start_secs": 0.2, "stop_secs": 0.2, "min_volume": 0.6},
+        "vad": dict(PIPECAT_VAD),
         "end_of_turn": {"model": "smart_turn_v3"},
         "interruptions": {"enabled": True, "mode": "immediate", "min_words": 0},
     }
@@ -73,6 +78,7 @@ def _pipecat(data: dict[str, Any]) -> None:
 
 def _livekit(data: dict[str, Any]) -> None:
     turn_taking = data.setdefault("turn_taking", {})
+    turn_taking["vad"] = dict(PIPECAT_VAD)
     turn_taking["end_of_turn"] = {
         "model": "adaptive", "min_silence_secs": 0.5, "max_silence_secs": 3.0,
         "audio_model": "none", "text_model": "smollm2", "early_answer": False,

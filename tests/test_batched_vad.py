@@ -11,9 +11,12 @@ from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
 
 from vivavoce.batched_vad import BatchedSileroVADAnalyzer, Decimator, SileroBatcher
-from vivavoce.builder import vad_model_sample_rate
+from vivavoce.botfile.schema import VADConfig
+from vivavoce.builder import vad_analyzer, vad_model_sample_rate
 from vivavoce.packaged_models import speech_sample
+from vivavoce.testing.conversation_eval import whisper_words, word_alone
 from vivavoce.testing.phone_line import through_phone_line
+from vivavoce.testing.real_speech import utterances
 from vivavoce.wav import read_wav
 
 PARAMS = VADParams(confidence=0.7, start_secs=0.2, stop_secs=0.2, min_volume=0.0)
@@ -179,3 +182,26 @@ def test_scoring_rate_setting() -> None:
     assert vad_model_sample_rate(8000, narrowband_input=False) == 8000
     with pytest.raises(ValueError, match="8000 or 16000"):
         BatchedSileroVADAnalyzer(model_sample_rate=11025, batcher=SileroBatcher())
+
+
+async def test_a_short_word_said_alone_starts_the_users_turn() -> None:
+    # Real short answers from the corpus, each alone between two stretches of silence: Diane's quiet "Hello?"
+    # on a phone call (0.33 s of voice) and a reader's "No" and "failed." cut out alone. pipecat's defaults (the
+    # loudness gate smoothed over ~0.4 s, 0.2 s of speech to start) never reach "speaking" on any of them.
+    corpus = {u.id: u for u in utterances()}
+    clips = [corpus["call-01"].pcm]
+    for key, text in (("beckett-3", "No"), ("beckett-2", "failed.")):
+        words = whisper_words(key, corpus[key].pcm)
+        clips.append(word_alone(corpus[key], words, next(i for i, w in enumerate(words) if w.text == text)))
+    silence = np.zeros(16000, np.int16)
+
+    async def heard(params: VADParams | VADConfig) -> list[bool]:
+        out = []
+        for clip in clips:
+            analyzer = vad_analyzer(params) if isinstance(params, VADConfig) else SileroVADAnalyzer(params=params)
+            states = await decisions(analyzer, frames(np.concatenate([silence, clip, silence]), 16000), 16000)
+            out.append(any(state == VADState.SPEAKING for state, _ in states))
+        return out
+
+    assert await heard(VADConfig()) == [True, True, True]
+    assert await heard(VADParams()) == [False, False, False]

@@ -117,6 +117,19 @@ async def test_finished_sentences_smart_turn_calls_unfinished_are_answered_witho
         assert report["end_of_turn_ms"] is not None and report["end_of_turn_ms"] < 2000, report
 
 
+async def test_a_quiet_hello_said_alone_is_answered(local_bot, corpus):
+    # Diane's "Hello?" opening a phone call: 0.33 s of quiet voice. With pipecat's VAD defaults, which
+    # bots/local.yaml had, Silero never reaches "speaking" on it: no turn, no answer, the caller hears nothing.
+    timeline = Timeline()
+    hello = timeline.say(corpus["call-01"].pcm, corpus["call-01"].text)
+    timeline.wait(8.0)
+    result = await run_on_recording(local_bot, timeline.audio())
+
+    assert _first_audio_after(heard_segments(result.output_pcm, result.output_sample_rate), hello.end) is not None
+    said = [t.user_text for t in result.turns if t.user_started_s is not None]
+    assert said and "hello" in _words(said[0]), said
+
+
 async def test_a_pause_inside_a_sentence_is_not_answered(local_bot, corpus):
     # Each sentence is cut in half at a word boundary with a 1 s pause; Smart Turn calls every first
     # half finished (p 0.86-0.97), the words do not ("The difference in the rainbow depends"). (Where

@@ -33,9 +33,21 @@ class VADConfig(StrictModel):
     """Silero voice activity detection (pipecat's ``VADParams``)."""
 
     confidence: float = Field(0.7, ge=0, le=1, description="Speech probability threshold.")
-    start_secs: float = Field(0.2, ge=0, le=2, description="Speech needed before 'user started speaking'.")
+    start_secs: float = Field(
+        0.064,
+        ge=0,
+        le=2,
+        description="Speech needed before 'user started speaking': two of Silero's 32 ms windows. pipecat's 0.2 "
+        "misses a quarter of short words said alone, a quiet 'Hello?' among them (bench/vad_words.py).",
+    )
     stop_secs: float = Field(0.2, ge=0, le=2, description="Silence needed before 'user stopped speaking'.")
-    min_volume: float = Field(0.6, ge=0, le=1, description="Minimum normalised loudness counted as speech.")
+    min_volume: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Minimum normalised loudness counted as speech; 0: Silero alone decides. pipecat's 0.6 is "
+        "smoothed over ~0.4 s, so it delays every onset and misses most short words (bench/vad_words.py).",
+    )
     model_sample_rate: Literal["auto", 8000, 16000] = Field(
         "auto",
         description="Rate Silero scores at. auto: 8000 for phone calls (the line carries nothing above 4 kHz, and a "

@@ -329,8 +329,9 @@ def _cut(utterance: UtteranceLike, cuts: Sequence[tuple[int, int]], expects: Seq
 
 STT_PRE_ROLL_SECS = 1.0
 """pipecat's segmented STT keeps this much audio from before the VAD fires."""
-VAD_AFTER_ONSET_SECS = 0.25
-"""The VAD fires about this long after speech starts (``start_secs`` 0.2 and Silero's ramp)."""
+VAD_AFTER_ONSET_SECS = 0.1
+"""The VAD fires about this long after speech starts (``start_secs`` 0.064 and Silero's ramp: p50 100 ms in
+bench/vad_words.py)."""
 STT_TRAILING_SILENCE_SECS = 0.2
 
 
