@@ -31,6 +31,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import TransportParams
 
+from vivavoce.frames import BotOutputPauseFrame
 from vivavoce.turns import STAGES, Turn, TurnRecorder, summarize
 
 POST_LLM_STAGES = ("llm_first_token", "tts_first_audio", "transport")
@@ -296,6 +297,31 @@ async def test_interruption_after_the_answer_is_not_a_barge_in():
     assert not first.interrupted
     assert not second.interrupted
     assert second.user_started_s == pytest.approx(5.0)
+
+
+async def test_speech_just_after_the_answer_ended_does_not_interrupt_it():
+    # The answer's audio has all played by 3.4 s; pipecat says the bot stopped only ~0.35 s later. Speech
+    # the VAD hears in between (64 ms of it is enough) pauses the output and interrupts, but nothing was
+    # left to cut: the report must not say it was (the WAV says the answer ended by itself).
+    conversation = Conversation()
+    await conversation.user_says("hello", speech=(1.0, 2.0), turn_ends=2.5)
+    await conversation.push(2.6, LLMFullResponseStartFrame(), conversation.llm)
+    await conversation.push(2.7, LLMTextFrame(text="Hi."), conversation.llm)
+    await conversation.push(2.72, LLMFullResponseEndFrame(), conversation.llm)
+    await conversation.push(2.73, TTSStartedFrame(), conversation.tts)
+    audio = TTSAudioRawFrame(audio=b"\x00\x10" * 6400, sample_rate=16000, num_channels=1)  # 0.4 s, not silence
+    await conversation.push(2.9, audio, conversation.tts)
+    await conversation.push(2.95, TTSStoppedFrame(), conversation.tts)
+    await conversation.push(3.0, BotStartedSpeakingFrame(), conversation.output)
+    await conversation.push(3.0, audio, conversation.output)
+    await conversation.push(3.5, VADUserStartedSpeakingFrame(start_secs=0.064))
+    await conversation.push(3.5, BotOutputPauseFrame(paused=True))
+    await conversation.push(3.5, UserStartedSpeakingFrame())
+    await conversation.push(3.5, InterruptionFrame())
+    await conversation.push(3.75, BotStoppedSpeakingFrame(), conversation.output)
+    first = conversation.recorder.turns[0]
+    assert not first.interrupted
+    assert first.bot_stopped_s == pytest.approx(3.4)
 
 
 async def test_vad_blip_without_words_is_not_a_turn():

@@ -454,19 +454,25 @@ class TurnRecorder(BaseObserver):
         answer = self._responding
         if answer is not None and answer is self._current and answer.user_turn_open:
             return  # the user went on before any answer was heard: nothing was cut off
-        unplayed = answer is not None and answer.spoken.generated_secs > answer.spoken.played_secs + 0.03
-        traced = answer is not None and answer.spoken.played_secs > 0
-        speaking = unplayed if traced else self._bot_speaking
-        if answer is not None and (speaking or self._llm_open or self._tts_open or self._barge):
+        if answer is not None and (self._sounding(answer) or self._llm_open or self._tts_open or self._barge):
             answer.interrupted = True
             self._start_barge(answer)
             self._barge_interrupted = True
             answer.barge_in = self._barge
 
+    def _sounding(self, answer: Turn) -> bool:
+        """Whether ``answer`` has audio made and not yet played, where the played audio is traced; else
+        pipecat's bot-speaking flag, which stays up ~0.35 s after the last audio: speech the VAD hears
+        within that time (64 ms of it is enough) came after the answer had ended by itself."""
+        if answer.spoken.played_secs > 0:
+            return answer.spoken.generated_secs > answer.spoken.played_secs + 0.03
+        return self._bot_speaking
+
     def _pause(self, data: FramePushed, at: float) -> None:
         self.pauses.append((at, data.frame.paused))
-        if data.frame.paused and self._responding is not None and self._bot_speaking:
-            self._start_barge(self._responding)
+        answer = self._responding
+        if data.frame.paused and answer is not None and (self._sounding(answer) or self._llm_open or self._tts_open):
+            self._start_barge(answer)
         elif not data.frame.paused and not self._barge_interrupted:
             self._barge = self._barge_turn = None  # resumed: it was a backchannel or noise
 
