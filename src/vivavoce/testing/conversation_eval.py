@@ -39,9 +39,11 @@ OVERLAP_SECS = 0.3
 """A report turn belongs to a user part if its user speech overlaps the part widened by this much."""
 DEAD_AIR_SECS = 1.5
 STALL_SECS = 0.4
-REACTION_SECS = 0.08
-"""The quickest VAD start of any variant (vivavoce's 64 ms) and one 20 ms output frame: no interruption can
-stop a reply sooner after the user's first sound (0.2 until 2026-12-01, when the VAD started at 0.2 s)."""
+REACTION_SECS = 0.04
+"""No interruption can stop a reply sooner after the user's first sound as measured here (a part's first 10 ms
+frame within 30 dB of its peak, which can trail what Silero hears). vivavoce's VAD starts at 64 ms and pauses
+the output within a frame: its cut replies end 0.05-0.12 s after that sound, mid-sentence (2026-12-01 16:41
+run). 0.2 until then, when every variant's VAD started at 0.2 s."""
 STALL_WITHIN_SECS = 4.0
 BACKCHANNEL_RESUME_SECS = 1.5
 BARGE_QUIET_SECS = 0.3
