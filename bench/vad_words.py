@@ -7,7 +7,9 @@ before and after:
 - words: every word of every utterance as if said alone (conversation_eval.word_alone at faster-whisper
   tiny.en's word times), 0.15-0.6 s of voice: the short answers of a conversation ("No.", "Hello?", "Six.");
 - short utterances: the corpus's whole utterances of <= 1 s of voice;
-- utterances: every utterance; onset = from its first voice (conversation_eval.voiced_bounds) to "speaking".
+- utterances: every utterance; onset = from its first voice (conversation_eval.voiced_bounds) to "speaking";
+- recordings: the nine whole recordings the utterances come from, pauses, breaths and margins included:
+  how many times the VAD starts on each (a setting that starts in a pause starts more often).
 Each wideband and through a phone line (8 kHz mu-law, back to 16 kHz), scored as the bot scores that band
 (vivavoce.builder.vad_analyzer: 8 kHz for the phone). Noise: 30 s each of white and pink noise, mains hum,
 clicks, beeps and key clicks, with no speech in them; every "speaking" onset on them is a false start.
@@ -27,7 +29,7 @@ from vivavoce.botfile.schema import VADConfig
 from vivavoce.builder import vad_analyzer
 from vivavoce.testing import conversation_eval as ce
 from vivavoce.testing.phone_line import through_phone_line
-from vivavoce.testing.real_speech import RATE, utterances
+from vivavoce.testing.real_speech import RATE, RECORDINGS, recording_audio, utterances
 
 STEP = RATE // 50  # 20 ms frames, as the transports deliver them
 PAD_SECS = 1.0
@@ -111,10 +113,11 @@ async def main() -> None:
                 words.append((f"{utterance.id}:{word.text}", pcm))
     short = [(u.id, u.pcm) for u in corpus if np.subtract(*ce.voiced_bounds(u.pcm)[::-1]) <= 1.0]
     whole = [(u.id, u.pcm) for u in corpus]
+    recordings = [(r.source, recording_audio(r)) for r in RECORDINGS]
     print(f"{len(words)} words alone, {len(short)} short utterances, {len(whole)} utterances", file=sys.stderr)
 
     bands: dict[str, dict[str, list[tuple[str, np.ndarray]]]] = {"wideband": {}, "phone": {}}
-    for kind, pieces in (("words", words), ("short", short), ("utterances", whole)):
+    for kind, pieces in (("words", words), ("short", short), ("utterances", whole), ("recordings", recordings)):
         padded = [(name, _padded(pcm, seed)) for seed, (name, pcm) in enumerate(pieces)]
         bands["wideband"][kind] = padded
         bands["phone"][kind] = [(name, await through_phone_line(pcm)) for name, pcm in padded]
@@ -141,6 +144,9 @@ async def main() -> None:
                 "utterances_missed": missed["utterances"],
                 "onset_ms_p50": round(float(np.percentile(delays, 50)) * 1000),
                 "onset_ms_p90": round(float(np.percentile(delays, 90)) * 1000),
+                "recording_starts": {
+                    n: len(on) for (n, _), on in zip(sets["recordings"], runs["recordings"], strict=True)
+                },
             }
         false = await asyncio.gather(*(_onsets(pcm, settings, False) for pcm in noises.values()))
         figures["noise_false_starts"] = {noise: len(on) for noise, on in zip(noises, false, strict=True)}

@@ -210,6 +210,11 @@ def _to_int16(audio: np.ndarray) -> np.ndarray:
     return pcm
 
 
+def recording_audio(recording: _Recording) -> np.ndarray:
+    """A whole recording the utterances are cut from, pauses and margins included: 16 kHz mono int16."""
+    return _to_int16(_load(recording))
+
+
 @functools.cache
 def _corpus() -> tuple[Utterance, ...]:
     started = time.perf_counter()
