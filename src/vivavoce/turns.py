@@ -449,21 +449,23 @@ class TurnRecorder(BaseObserver):
             self._responding.bot_stopped_s = at  # no played audio traced: pipecat's own account
 
     def _interruption(self, data: FramePushed, at: float) -> None:
-        # Every user turn broadcasts one; it cuts the bot off only if an answer was under way: still
-        # being written or spoken, or audio made but not yet played.
+        # Every user turn broadcasts one; it cuts the bot off only if an answer was under way.
         answer = self._responding
         if answer is not None and answer is self._current and answer.user_turn_open:
             return  # the user went on before any answer was heard: nothing was cut off
-        if answer is not None and (self._sounding(answer) or self._llm_open or self._tts_open or self._barge):
+        if answer is not None and (self._under_way(answer) or self._barge):
             answer.interrupted = True
             self._start_barge(answer)
             self._barge_interrupted = True
             answer.barge_in = self._barge
 
-    def _sounding(self, answer: Turn) -> bool:
-        """Whether ``answer`` has audio made and not yet played, where the played audio is traced; else
-        pipecat's bot-speaking flag, which stays up ~0.35 s after the last audio: speech the VAD hears
-        within that time (64 ms of it is enough) came after the answer had ended by itself."""
+    def _under_way(self, answer: Turn) -> bool:
+        """Whether ``answer`` is still being written or spoken: the LLM or TTS is at work, or audio made for it
+        is not yet played, where the played audio is traced; else pipecat's bot-speaking flag, which stays up
+        ~0.35 s after the last audio (speech the VAD hears within that time, 64 ms of it is enough, came after
+        the answer had ended by itself)."""
+        if self._llm_open or self._tts_open:
+            return True
         if answer.spoken.played_secs > 0:
             return answer.spoken.generated_secs > answer.spoken.played_secs + 0.03
         return self._bot_speaking
@@ -471,7 +473,7 @@ class TurnRecorder(BaseObserver):
     def _pause(self, data: FramePushed, at: float) -> None:
         self.pauses.append((at, data.frame.paused))
         answer = self._responding
-        if data.frame.paused and answer is not None and (self._sounding(answer) or self._llm_open or self._tts_open):
+        if data.frame.paused and answer is not None and self._under_way(answer):
             self._start_barge(answer)
         elif not data.frame.paused and not self._barge_interrupted:
             self._barge = self._barge_turn = None  # resumed: it was a backchannel or noise
