@@ -35,12 +35,14 @@ STEP = RATE // 50  # 20 ms frames, as the transports deliver them
 PAD_SECS = 1.0
 NOISE_SECS = 30.0
 
+PIPECAT = VADParams().model_dump()  # pipecat's defaults, and bots/local.yaml's before 2026-12-01
+VIVAVOCE = VADConfig().model_dump(exclude={"model_sample_rate"})  # the bot file's defaults now
 SETTINGS: dict[str, dict[str, float]] = {
-    "pipecat": VADParams().model_dump(),  # pipecat's defaults, and bots/local.yaml's before 2026-12-01
-    "phone_bots_before": {**VADParams().model_dump(), "min_volume": 0.0},  # bots/twilio*.yaml before 2026-12-01
-    "vivavoce": VADConfig().model_dump(exclude={"model_sample_rate"}),  # the bot file's defaults now
-    "start_0.1": {**VADConfig().model_dump(exclude={"model_sample_rate"}), "start_secs": 0.1},
-    "confidence_0.6": {**VADConfig().model_dump(exclude={"model_sample_rate"}), "confidence": 0.6},
+    "pipecat": PIPECAT,
+    "phone_bots_before": {**PIPECAT, "min_volume": 0.0},  # bots/twilio*.yaml before 2026-12-01
+    "vivavoce": VIVAVOCE,
+    "start_0.1": {**VIVAVOCE, "start_secs": 0.1},
+    "confidence_0.6": {**VIVAVOCE, "confidence": 0.6},
 }
 
 
@@ -122,6 +124,7 @@ async def main() -> None:
         bands["wideband"][kind] = padded
         bands["phone"][kind] = [(name, await through_phone_line(pcm)) for name, pcm in padded]
     noises = _noises()
+    first_voice = [PAD_SECS + ce.voiced_bounds(pcm)[0] for _, pcm in whole]
 
     result: dict[str, dict] = {}
     for name in chosen:
@@ -135,7 +138,6 @@ async def main() -> None:
                 for kind, pieces in sets.items()
             }
             missed = {kind: [n for (n, _), on in zip(sets[kind], runs[kind], strict=True) if not on] for kind in sets}
-            first_voice = [PAD_SECS + ce.voiced_bounds(pcm)[0] for _, pcm in whole]
             delays = [on[0] - voice for on, voice in zip(runs["utterances"], first_voice, strict=True) if on]
             figures[band] = {
                 "words_missed": len(missed["words"]),
