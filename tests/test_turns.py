@@ -258,6 +258,48 @@ async def test_words_taken_for_a_backchannel_leave_the_turn_and_are_listed_apart
     assert turn.to_dict()["backchannels"] == ["Mm-hm."]
 
 
+async def test_a_turn_left_without_words_by_a_backchannel_does_not_take_the_answer_over():
+    # "Okay" said over the answer: the VAD opens a user turn, the controller pauses the bot, takes the words
+    # for an acknowledgement and resumes. No transcript reaches the user aggregator, which ends that empty
+    # turn only at its stop timeout (5 s), while the answer still plays. The rest of the answer is still
+    # the first turn's, and nothing answered the empty turn (bench/conversation.py had reported it as
+    # answering the acknowledgement, 5.2 s after it).
+    conversation = Conversation()
+    await conversation.user_says("I heard a beep", speech=(1.0, 2.0), turn_ends=2.5)
+    await conversation.push(2.6, LLMFullResponseStartFrame(), conversation.llm)
+    await conversation.push(2.7, LLMTextFrame(text="A beat is a rhythm."), conversation.llm)
+    await conversation.push(2.72, LLMFullResponseEndFrame(), conversation.llm)
+    await conversation.push(2.73, TTSStartedFrame(), conversation.tts)
+    piece = TTSAudioRawFrame(audio=b"\x00\x10" * 16000, sample_rate=16000, num_channels=1)  # 1 s, not silence
+    for at in (2.9, 3.0, 3.1, 3.2, 3.3):
+        await conversation.push(at, piece, conversation.tts)
+    await conversation.push(3.4, TTSStoppedFrame(), conversation.tts)
+    await conversation.push(3.0, BotStartedSpeakingFrame(), conversation.output)
+    await conversation.push(3.0, piece, conversation.output)
+    await conversation.push(4.064, VADUserStartedSpeakingFrame(start_secs=0.064))
+    await conversation.push(4.064, BotOutputPauseFrame(paused=True))
+    await conversation.push(4.064, UserStartedSpeakingFrame())
+    await conversation.push(4.45, VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    misheard = TranscriptionFrame(text=" I hit it. ", user_id="user", timestamp="t")  # tiny.en's "Okay"
+    await conversation.push(4.9, misheard, conversation.stt)
+    await conversation.push(5.0, BotOutputPauseFrame(paused=False))
+    for at in (5.0, 6.0, 7.0):  # 1 s of the answer is still to play when the empty turn ends
+        await conversation.push(at, piece, conversation.output)
+    await conversation.push(6.2, UserBackchannelFrame(text=" I hit it. ", user_id="user", timestamp="t"))
+    await conversation.push(9.1, UserStoppedSpeakingFrame())  # the aggregator's stop timeout
+    await conversation.push(9.2, piece, conversation.output)
+    await conversation.push(10.5, BotStoppedSpeakingFrame(), conversation.output)
+
+    first, empty = conversation.recorder.turns
+    assert first.backchannels == ["I hit it."]
+    assert first.bot_started_s == pytest.approx(3.0)
+    assert first.bot_stopped_s == pytest.approx(10.2)
+    assert first.spoken.played_secs == pytest.approx(5.0)
+    assert not first.interrupted
+    assert empty.user_text.strip() == "" and empty.bot_started_s is None
+    assert conversation.recorder.completed_turns() == [first]
+
+
 async def test_speech_before_any_answer_is_heard_continues_the_turn():
     # The user goes on while the LLM is still thinking: one turn, all of its words, answered once.
     conversation = Conversation()

@@ -356,10 +356,16 @@ class TurnRecorder(BaseObserver):
 
     def _user_stopped(self, data: FramePushed, at: float) -> None:
         self._activity(at)
-        if self._current is not None:
-            self._current.user_turn_open = False
-            self._current.turn_ended_s = at
-            self._responding = self._current
+        current = self._current
+        if current is None:
+            return
+        current.user_turn_open = False
+        current.turn_ended_s = at
+        answer = self._responding
+        if current.user_text.strip() or answer is None or not self._under_way(answer):
+            self._responding = current
+        # else: a turn that ended with no words (the words over the bot went as a backchannel, and pipecat's
+        # aggregator ended the turn at its stop timeout) runs no LLM: the answer still playing stays its own.
 
     def _transcription(self, data: FramePushed, at: float) -> None:
         self._activity(at)
