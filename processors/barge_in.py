@@ -22,7 +22,8 @@ at the output transport as soon as the VAD fires, so the caller hears it stop ju
   they go on as a ``UserBackchannelFrame``;
 - no words came ``resume_within_secs`` after the pause: an interruption if the user is still speaking,
   otherwise noise, and the bot resumes; but not before the STT has had its usual time to deliver the
-  words (:class:`TranscriptLag`).
+  words (:class:`TranscriptLag`), nor while words that came are still being judged (a second reading takes
+  ~0.1 s: the bot had resumed for 80 ms in between, then stopped for those words).
 
 Speech in a gap inside a reply (its next phrase still being synthesized) counts as speech over the bot:
 pipecat's ``BotStoppedSpeakingFrame`` fires in such a gap, but the reply only ends when the assistant
@@ -195,6 +196,8 @@ class BargeInController(FrameProcessor):
         self._held: tuple[TranscriptionFrame, FrameDirection] | None = None  # words taken for a backchannel
         self._held_until: asyncio.Task | None = None
         self._last_reading: tuple[int, str] | None = None  # (frame id, second reading): asked for once
+        self._words_read = asyncio.Event()  # clear while a transcript over the paused bot is being judged
+        self._words_read.set()
         self._register_event_handler("on_bot_paused")
         self._register_event_handler("on_bot_resumed")
         self._register_event_handler("on_bot_interrupted")
@@ -232,28 +235,36 @@ class BargeInController(FrameProcessor):
                 await self._resume("short speech")  # no transcript will come: length alone decides
             return
         elif isinstance(frame, TranscriptionFrame) and self._paused:
-            text = frame.text.strip()
-            stop = await self._asks_to_stop(frame)
-            acknowledges = not stop and await self._acknowledges(frame)
-            if self._outcome == "interrupted":
-                pass  # decided while the second reading ran (the user kept talking): the words are a turn
-            elif stop:
-                await self._interrupt(f"words {text!r}")
-            elif self._paused and not acknowledges:
-                # Perhaps the first words of a sentence: the bot stays paused, the window decides.
-                logger.debug(f"{self}: {text!r} is no acknowledgement: the bot stays paused for the window")
-                await self._hold(frame, direction)
-                return
-            else:
-                if self._paused:
-                    await self._resume(f"backchannel {text!r}")
-                await self._hold(frame, direction)
-                return
+            self._words_read.clear()
+            try:
+                if await self._judge_words(frame, direction):
+                    return
+            finally:
+                self._words_read.set()
         elif isinstance(frame, TranscriptionFrame) and self._over_the_bot() and await self._acknowledges(frame):
             # A backchannel heard while the bot speaks (e.g. in a gap between its sentences).
             await self.push_frame(_as_backchannel(frame), direction)
             return
         await self.push_frame(frame, direction)
+
+    async def _judge_words(self, frame: TranscriptionFrame, direction: FrameDirection) -> bool:
+        """Decide on words said over the paused bot: stop it, keep it paused for the window, or resume it.
+        Returns whether the words were held (as a backchannel, or until the window decides)."""
+        text = frame.text.strip()
+        stop = await self._asks_to_stop(frame)
+        acknowledges = not stop and await self._acknowledges(frame)
+        if self._outcome == "interrupted":
+            return False  # decided while the second reading ran (the user kept talking): the words are a turn
+        if stop:
+            await self._interrupt(f"words {text!r}")
+            return False
+        if self._paused and not acknowledges:
+            # Perhaps the first words of a sentence: the bot stays paused, the window decides.
+            logger.debug(f"{self}: {text!r} is no acknowledgement: the bot stays paused for the window")
+        elif self._paused:
+            await self._resume(f"backchannel {text!r}")
+        await self._hold(frame, direction)
+        return True
 
     async def _asks_to_stop(self, frame: TranscriptionFrame) -> bool:
         """Whether short speech over the bot asks it to stop: a stop word, or two words that mean something.
@@ -318,6 +329,7 @@ class BargeInController(FrameProcessor):
         await asyncio.sleep(max(0.0, self._resume_within_secs - self._min_speech_secs - self._vad_stop_secs))
         if self._paused and not self._user_speaking:
             await self._wait_for_words()
+        await self._words_read.wait()  # words that came are judged first: they may stop the bot or hold it
         if self._paused and not self._user_speaking and self._held is not None:
             await self._wait_for_more_words()
         if self._paused and self._user_speaking:

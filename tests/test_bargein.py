@@ -387,6 +387,30 @@ async def test_words_that_come_after_the_resume_window_stop_the_bot_without_resu
     assert [f.text for f in run.down_of(TranscriptionFrame)] == ["From Chicago also."]
 
 
+class SlowReading(Reading):
+    """A second reading that takes a while, as Whisper's re-decode does on a loaded machine."""
+
+    async def as_backchannel(self) -> str:
+        await asyncio.sleep(0.2)
+        return await super().as_backchannel()
+
+
+async def test_words_being_read_when_the_wait_for_words_ends_decide_before_any_resume():
+    # bench/conversation.py: "I need the design." came 25 ms before the wait for words ended; while its second
+    # reading ran, the deadline resumed the bot "for lack of words", and the words stopped it again 80 ms later.
+    said = transcript("I need the design.")
+    said.result = SlowReading(" I need the design.")
+    run = await drive(
+        controller(resume_within_secs=0.5),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.4), said, SleepFrame(0.4)],
+    )  # fmt: skip
+
+    assert [p.paused for p in run.down_of(BotOutputPauseFrame)] == [True]  # never resumed
+    assert len(run.down_of(InterruptionFrame)) == 1
+    assert [name for name, _ in run.events] == ["on_bot_paused", "on_bot_interrupted"]
+
+
 def test_the_wait_for_words_follows_the_stt_as_seen():
     lag = TranscriptLag()
     assert lag.wait() == TranscriptLag.UNSEEN_SECS
