@@ -77,6 +77,15 @@ MID_REPLY_GAP_SECS = 3.0
 """A reply whose end never came (no assistant text to aggregate) counts as over after this much silence."""
 
 
+COMMIT_WAIT_SECS = 0.3
+"""Words that stop a reply wait up to this long for the context to hold the reply as heard. The assistant
+aggregator, at the pipeline's end, adds it once the interruption reaches it; the words, answered at once
+(vivavoce.end_of_turn's early answer), had reached the LLM first: "Try again." was answered as if the bot
+had said nothing, the user's last two utterances run together as one message (bench/conversation.py: the
+prompt grew by those words alone). When nothing of the reply was heard nothing is added, and the wait ends
+at this bound."""
+
+
 FILLERS = ("and", "the", "a", "an", "so", "well", "uh", "um", "er", "eh", "like", "i", "it")
 
 
@@ -198,6 +207,11 @@ class BargeInController(FrameProcessor):
         self._last_reading: tuple[int, str] | None = None  # (frame id, second reading): asked for once
         self._words_read = asyncio.Event()  # clear while a transcript over the paused bot is being judged
         self._words_read.set()
+        self._reply_kept = asyncio.Event()  # clear from stopping a reply until the context holds it as heard
+        self._reply_kept.set()
+        self._kept_by = 0.0  # (loop time) the wait for it ends then at the latest
+        self._deferred: deque[tuple[TranscriptionFrame, FrameDirection]] = deque()  # words waiting for it
+        self._deferring: asyncio.Task | None = None
         self._register_event_handler("on_bot_paused")
         self._register_event_handler("on_bot_resumed")
         self._register_event_handler("on_bot_interrupted")
@@ -207,6 +221,10 @@ class BargeInController(FrameProcessor):
         await super().process_frame(frame, direction)
         if isinstance(frame, EndFrame):
             await self._release_held(as_words=False)
+            if self._deferring is not None:
+                await self.cancel_task(self._deferring)
+                self._deferring = None
+            await self._flush_deferred()
         if isinstance(frame, TranscriptionFrame) and self._user_stopped_at is not None:
             self._transcript_lag.seen(asyncio.get_running_loop().time() - self._user_stopped_at)
             self._user_stopped_at = None
@@ -217,6 +235,7 @@ class BargeInController(FrameProcessor):
             self._bot_stopped_at = asyncio.get_running_loop().time()
         elif isinstance(frame, LLMContextAssistantTurnFrame):
             self._reply_open = False
+            self._reply_kept.set()
         elif isinstance(frame, InterruptionFrame):
             self._reply_open = False
             if self._paused:
@@ -245,7 +264,36 @@ class BargeInController(FrameProcessor):
             # A backchannel heard while the bot speaks (e.g. in a gap between its sentences).
             await self.push_frame(_as_backchannel(frame), direction)
             return
+        if isinstance(frame, TranscriptionFrame):
+            await self._push_words(frame, direction)
+            return
         await self.push_frame(frame, direction)
+
+    async def _push_words(self, frame: TranscriptionFrame, direction: FrameDirection) -> None:
+        """Send words into the user's turn once the context holds the reply they stopped (``COMMIT_WAIT_SECS``),
+        in order. The wait runs in a task of its own: the task pushing the words (the STT's) is the one the
+        interruption resets, and the words would be lost with it."""
+        if asyncio.get_running_loop().time() >= self._kept_by:
+            self._reply_kept.set()
+        if self._reply_kept.is_set() and not self._deferred:
+            await self.push_frame(frame, direction)
+            return
+        self._deferred.append((frame, direction))
+        if self._deferring is None:
+            self._deferring = self.create_task(self._push_deferred(), name="barge-in-words-after-reply")
+
+    async def _push_deferred(self) -> None:
+        try:
+            await asyncio.wait_for(self._reply_kept.wait(), self._kept_by - asyncio.get_running_loop().time())
+        except TimeoutError:
+            logger.debug(f"{self}: no reply was added to the context after the barge-in (nothing of it was heard)")
+        self._reply_kept.set()
+        self._deferring = None
+        await self._flush_deferred()
+
+    async def _flush_deferred(self) -> None:
+        while self._deferred:
+            await self.push_frame(*self._deferred.popleft())
 
     async def _judge_words(self, frame: TranscriptionFrame, direction: FrameDirection) -> bool:
         """Decide on words said over the paused bot: stop it, keep it paused for the window, or resume it.
@@ -363,6 +411,9 @@ class BargeInController(FrameProcessor):
 
     async def _interrupt(self, reason: str) -> None:
         self._end_pause()
+        if self._reply_open:
+            self._reply_kept.clear()
+            self._kept_by = asyncio.get_running_loop().time() + COMMIT_WAIT_SECS
         # The reply is over: the InterruptionFrame broadcast here never passes through this processor, and
         # speech that follows is the user's turn, not a backchannel over a reply still "open".
         self._bot_speaking = self._reply_open = False
@@ -399,7 +450,7 @@ class BargeInController(FrameProcessor):
         frame, direction = held
         if as_words:
             logger.debug(f"{self}: {frame.text.strip()!r} was the start of the user's turn, not a backchannel")
-            await self.push_frame(frame, direction)
+            await self._push_words(frame, direction)
         else:
             await self.push_frame(_as_backchannel(frame), direction)
 

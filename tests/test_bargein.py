@@ -43,7 +43,7 @@ from bargein_support import (
     run_with_pauses,
 )
 from vivavoce.frames import BotOutputPauseFrame
-from vivavoce.processors.barge_in import BargeInController, TranscriptLag, is_backchannel
+from vivavoce.processors.barge_in import COMMIT_WAIT_SECS, BargeInController, TranscriptLag, is_backchannel
 
 REPO = Path(__file__).resolve().parents[1]
 UP = FrameDirection.UPSTREAM
@@ -486,6 +486,36 @@ async def test_speech_right_after_a_barge_in_by_words_is_the_users_turn_not_a_ba
     assert [f.text for f in run.down_of(TranscriptionFrame)] == ["It was the age of.", "wisdom."]
     assert not run.down_of(UserBackchannelFrame)
     assert len(run.down_of(InterruptionFrame)) == 2  # the barge-in, then the new turn's, as pipecat does
+
+
+async def test_words_that_stop_the_bot_reach_the_turn_after_the_context_keeps_what_it_said():
+    # bench/conversation.py: "Try again." stopped a reply by its words, and the turn answered at once; its prompt
+    # was read before the assistant aggregator, at the end of the pipeline, had added the reply as heard. The
+    # LLM answered as if it had said nothing, with the user's two utterances run together as one message.
+    run = await drive(
+        controller(),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), transcript("Try again."),
+         SleepFrame(0.1), reply_ends(), SleepFrame(0.1)],
+    )  # fmt: skip
+
+    (words,) = run.down_of(TranscriptionFrame)
+    committed = next(t for t, f in run.up if isinstance(f, LLMContextAssistantTurnFrame))
+    assert len(run.down_of(InterruptionFrame)) == 1
+    assert run.at(words) >= committed
+
+
+async def test_words_that_stop_the_bot_wait_for_the_context_only_so_long():
+    # Nothing of the reply was heard yet: the assistant aggregator adds nothing and says nothing.
+    run = await drive(
+        controller(),
+        [bot_speaks(), VADUserStartedSpeakingFrame(start_secs=0.2), SleepFrame(0.1),
+         VADUserStoppedSpeakingFrame(stop_secs=0.1), SleepFrame(0.02), transcript("Try again."), SleepFrame(0.6)],
+    )  # fmt: skip
+
+    (words,) = run.down_of(TranscriptionFrame)
+    interrupted = run.at(run.down_of(InterruptionFrame)[0])
+    assert 0 < run.at(words) - interrupted <= COMMIT_WAIT_SECS + 0.15
 
 
 async def test_a_long_silence_after_the_bot_ends_a_reply_whose_end_never_came(monkeypatch):

@@ -248,3 +248,23 @@ async def test_nothing_the_user_says_over_the_bot_is_lost(local_bot, corpus, lis
             [t.user_text for t in result.turns]
         )
     assert _first_audio_after(heard, spoken[-1].end) is not None, "the last part was never answered"
+
+
+async def test_words_that_stop_the_bot_follow_its_reply_in_the_context(local_bot, corpus):
+    # "Oh, hello." over the answer stops it by its words, and is answered at once. Its words had reached the LLM
+    # before the reply, as heard, was added to the context: the LLM read the user's two utterances as one
+    # message, as if it had said nothing in between, and the context kept them in that order.
+    timeline = Timeline()
+    first = timeline.say(corpus["two-cities-12"].pcm, corpus["two-cities-12"].text)
+    timeline.wait(3.5)  # the bot is answering
+    timeline.say(corpus["call-03"].pcm, corpus["call-03"].text)
+    timeline.wait(8.0)
+    result = await run_on_recording(local_bot, timeline.audio())
+
+    answer = next(t for t in result.turns if _words(t.user_text) & _words(first.text) - FUNCTION_WORDS)
+    assert answer.interrupted, f"the greeting did not stop the answer: {[t.to_dict() for t in result.turns]}"
+    said = [(m["role"], str(m["content"])) for m in result.messages if m["role"] in ("user", "assistant")]
+    greeting = next(i for i, (role, text) in enumerate(said) if role == "user" and "hello" in _words(text))
+    assert said[greeting - 1][0] == "assistant", said  # the reply as heard, then the greeting
+    assert answer.bot_text.split()[0].lower() in said[greeting - 1][1].lower(), said
+    assert not _words(said[greeting][1]) & _words(first.text) - FUNCTION_WORDS, said

@@ -39,6 +39,8 @@ class FileRunResult:
     """When the bot's audio was paused (True) and resumed (False), in timeline seconds."""
     failovers: dict[str, Any] = field(default_factory=lambda: {"failovers": [], "degraded": False})
     """The session's worker failovers and whether any lost state (``TurnRecorder.report_fields``)."""
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    """The LLM context at the end: the conversation as the bot will remember it."""
 
     def report(self) -> dict[str, Any]:
         """The JSON report (``turns`` with per-turn timing, plus a summary)."""
@@ -52,6 +54,7 @@ class FileRunResult:
             "turns": [turn.to_dict() for turn in self.turns],
             "summary": summarize(self.turns),
             **self.failovers,
+            "context": [{"role": m.get("role"), "content": m.get("content")} for m in self.messages],
         }
 
     def write(self, output: Path | None = None, report: Path | None = None) -> None:
@@ -113,4 +116,5 @@ async def run_on_recording(
         duration_secs=loop.time() - started,
         pauses=recorder.pauses,
         failovers=recorder.report_fields(),
+        messages=[m for m in session.conversation.context.get_messages() if isinstance(m, dict)],
     )
