@@ -94,6 +94,16 @@ class Conversation:
         await self.push(stop + 0.3, TranscriptionFrame(text=f" {text} ", user_id="user", timestamp="t"), self.stt)
         await self.push(turn_ends, UserStoppedSpeakingFrame())
 
+    # An answer written from 2.6 s (LLM) and synthesized as `audio` at each of `at` (none of it played yet).
+    async def bot_writes(self, text: str, audio: TTSAudioRawFrame, at: tuple[float, ...]) -> None:
+        await self.push(2.6, LLMFullResponseStartFrame(), self.llm)
+        await self.push(2.7, LLMTextFrame(text=text), self.llm)
+        await self.push(2.72, LLMFullResponseEndFrame(), self.llm)
+        await self.push(2.73, TTSStartedFrame(), self.tts)
+        for moment in at:
+            await self.push(moment, audio, self.tts)
+        await self.push(at[-1] + 0.05, TTSStoppedFrame(), self.tts)
+
     async def bot_answers(
         self, words: list[str], *, first_token: float, first_audio: float, speaks: tuple[float, float]
     ):
@@ -266,14 +276,8 @@ async def test_a_turn_left_without_words_by_a_backchannel_does_not_take_the_answ
     # answering the acknowledgement, 5.2 s after it).
     conversation = Conversation()
     await conversation.user_says("I heard a beep", speech=(1.0, 2.0), turn_ends=2.5)
-    await conversation.push(2.6, LLMFullResponseStartFrame(), conversation.llm)
-    await conversation.push(2.7, LLMTextFrame(text="A beat is a rhythm."), conversation.llm)
-    await conversation.push(2.72, LLMFullResponseEndFrame(), conversation.llm)
-    await conversation.push(2.73, TTSStartedFrame(), conversation.tts)
     piece = TTSAudioRawFrame(audio=b"\x00\x10" * 16000, sample_rate=16000, num_channels=1)  # 1 s, not silence
-    for at in (2.9, 3.0, 3.1, 3.2, 3.3):
-        await conversation.push(at, piece, conversation.tts)
-    await conversation.push(3.4, TTSStoppedFrame(), conversation.tts)
+    await conversation.bot_writes("A beat is a rhythm.", piece, at=(2.9, 3.0, 3.1, 3.2, 3.3))
     await conversation.push(3.0, BotStartedSpeakingFrame(), conversation.output)
     await conversation.push(3.0, piece, conversation.output)
     await conversation.push(4.064, VADUserStartedSpeakingFrame(start_secs=0.064))
@@ -347,13 +351,8 @@ async def test_speech_just_after_the_answer_ended_does_not_interrupt_it():
     # left to cut: the report must not say it was (the WAV says the answer ended by itself).
     conversation = Conversation()
     await conversation.user_says("hello", speech=(1.0, 2.0), turn_ends=2.5)
-    await conversation.push(2.6, LLMFullResponseStartFrame(), conversation.llm)
-    await conversation.push(2.7, LLMTextFrame(text="Hi."), conversation.llm)
-    await conversation.push(2.72, LLMFullResponseEndFrame(), conversation.llm)
-    await conversation.push(2.73, TTSStartedFrame(), conversation.tts)
     audio = TTSAudioRawFrame(audio=b"\x00\x10" * 6400, sample_rate=16000, num_channels=1)  # 0.4 s, not silence
-    await conversation.push(2.9, audio, conversation.tts)
-    await conversation.push(2.95, TTSStoppedFrame(), conversation.tts)
+    await conversation.bot_writes("Hi.", audio, at=(2.9,))
     await conversation.push(3.0, BotStartedSpeakingFrame(), conversation.output)
     await conversation.push(3.0, audio, conversation.output)
     await conversation.push(3.5, VADUserStartedSpeakingFrame(start_secs=0.064))
