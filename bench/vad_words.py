@@ -11,7 +11,10 @@ before and after:
 - recordings: the nine whole recordings the utterances come from, pauses, breaths and margins included:
   how many times the VAD starts on each (a setting that starts in a pause starts more often).
 Each wideband and through a phone line (8 kHz mu-law, back to 16 kHz), scored as the bot scores that band
-(vivavoce.builder.vad_analyzer: 8 kHz for the phone). Noise: 30 s each of white and pink noise, mains hum,
+(vivavoce.builder.vad_analyzer: 8 kHz for the phone). The ``asr_service*`` settings run the ASR service's own
+turn detector instead (workers/asr: Silero v6's probability per 32 ms window against a threshold, at 16 kHz
+in both bands, as the service resamples what it gets); its starts count a turn's start and every resumption
+after a pause, as the agent's VAD does. Noise: 30 s each of white and pink noise, mains hum,
 clicks, beeps and key clicks, with no speech in them; every "speaking" onset on them is a false start.
 """
 
@@ -21,6 +24,8 @@ import argparse
 import asyncio
 import json
 import sys
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 from pipecat.audio.vad.vad_analyzer import VADParams, VADState
@@ -31,19 +36,29 @@ from vivavoce.testing import conversation_eval as ce
 from vivavoce.testing.phone_line import through_phone_line
 from vivavoce.testing.real_speech import RATE, RECORDINGS, recording_audio, utterances
 
+# The ASR service's pure modules (numpy and onnxruntime only), from its source.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers" / "asr"))
+from vivavoce_asr import (
+    models as asr_models,  # noqa: E402
+    turns as asr_turns,  # noqa: E402
+    vad as asr_vad,  # noqa: E402
+)
+
 STEP = RATE // 50  # 20 ms frames, as the transports deliver them
 PAD_SECS = 1.0
 NOISE_SECS = 30.0
 
 PIPECAT = VADParams().model_dump()  # pipecat's defaults, and bots/local.yaml's before 2026-12-01
 VIVAVOCE = VADConfig().model_dump(exclude={"model_sample_rate"})  # the bot file's defaults now
-SETTINGS: dict[str, dict[str, float]] = {
+SETTINGS: dict[str, dict] = {
     "pipecat": PIPECAT,
     "phone_bots_before": {**PIPECAT, "min_volume": 0.0},  # bots/twilio*.yaml before 2026-12-01
     "vivavoce": VIVAVOCE,
     "start_0.1": {**VIVAVOCE, "start_secs": 0.1},
     "confidence_0.6": {**VIVAVOCE, "confidence": 0.6},
+    "asr_service_before": {"detector": "asr_service", "threshold": 0.5, "start_secs": 0.2, "stop_secs": 0.2},
 }
+SETTINGS["asr_service"] = {"detector": "asr_service", **asdict(asr_turns.TurnParams())}  # its defaults now
 
 
 def _padded(pcm: np.ndarray, seed: int) -> np.ndarray:
@@ -54,8 +69,10 @@ def _padded(pcm: np.ndarray, seed: int) -> np.ndarray:
     return np.clip(np.round(audio), -32768, 32767).astype(np.int16)
 
 
-async def _onsets(pcm: np.ndarray, settings: dict[str, float], phone: bool) -> list[float]:
+async def _onsets(pcm: np.ndarray, settings: dict, phone: bool) -> list[float]:
     """Seconds into ``pcm`` at which the VAD, fed 20 ms frames, turns to "speaking"."""
+    if settings.get("detector") == "asr_service":
+        return _asr_service_onsets(pcm, settings)
     vad = vad_analyzer(VADConfig(**settings), narrowband_input=phone)
     vad.set_sample_rate(RATE)
     onsets, speaking = [], False
@@ -67,6 +84,25 @@ async def _onsets(pcm: np.ndarray, settings: dict[str, float], phone: bool) -> l
             speaking = now
     finally:
         await vad.cleanup()
+    return onsets
+
+
+_SILERO: list = []
+
+
+def _asr_service_onsets(pcm: np.ndarray, settings: dict) -> list[float]:
+    """Seconds into ``pcm`` at which the ASR service's turn detector, fed 20 ms frames, starts or resumes a turn."""
+    if not _SILERO:
+        _SILERO.append(asr_vad.SileroVad(asr_models.silero_vad()))
+    params = {k: v for k, v in settings.items() if k != "detector"}
+    detector, stream = asr_turns.TurnDetector(asr_turns.TurnParams(**params)), _SILERO[0].stream()
+    onsets, index = [], 0
+    for start in range(0, len(pcm) - STEP + 1, STEP):
+        for probability in stream.feed(pcm[start : start + STEP].astype(np.float32) / 32768.0):
+            events = detector.window(index, float(probability))
+            index += 1
+            if any(isinstance(e, (asr_turns.SpeechStarted, asr_turns.Resumed)) for e in events):
+                onsets.append(index * asr_vad.WINDOW / RATE)
     return onsets
 
 

@@ -240,7 +240,7 @@ def test_turn_logic_pause_verdict_resume_and_fallback():
     """Speech for 0.2 s starts a turn; 0.2 s of silence is a pause; "finished" ends it at once, "not
     finished" waits; speech resuming continues the turn; a stale verdict is ignored; 1 s of silence ends it."""
     turns = _worker_module("turns")
-    detector = turns.TurnDetector(turns.TurnParams())
+    detector = turns.TurnDetector(turns.TurnParams(start_secs=0.2))
     events: list = []
 
     def feed(probabilities: list[float]) -> None:

@@ -37,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, help="requests run together in one model batch (1: one by one)")
     p.add_argument("--partial-interval", type=float, default=0.5, help="seconds of speech between partials (0: none)")
     p.add_argument("--vad-threshold", type=float, default=TurnParams.threshold, help="Silero speech probability")
+    p.add_argument("--start-secs", type=float, default=TurnParams.start_secs, help="speech that starts a turn")
     p.add_argument("--stop-secs", type=float, default=TurnParams.stop_secs, help="silence that makes a pause")
     p.add_argument(
         "--max-silence-secs",
@@ -80,7 +81,12 @@ def main() -> None:
         time.perf_counter() - loaded,
     )
     settings = SessionSettings(
-        turn=TurnParams(threshold=args.vad_threshold, stop_secs=args.stop_secs, max_silence_secs=args.max_silence_secs),
+        turn=TurnParams(
+            threshold=args.vad_threshold,
+            start_secs=args.start_secs,
+            stop_secs=args.stop_secs,
+            max_silence_secs=args.max_silence_secs,
+        ),
         partial_interval_secs=args.partial_interval,
     )
     thread = ModelThread(models, max_batch=args.max_batch)

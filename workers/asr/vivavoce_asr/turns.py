@@ -17,10 +17,11 @@ from vivavoce_asr.vad import WINDOW
 
 @dataclass(frozen=True)
 class TurnParams:
-    """End-of-turn settings (the agent's defaults, except the fallback: it has no words to weigh)."""
+    """End-of-turn settings (the agent's timing, except the fallback: it has no words to weigh)."""
 
     threshold: float = 0.5  # Silero's speech probability threshold (faster-whisper's default)
-    start_secs: float = 0.2  # speech needed to start (or resume) a turn
+    start_secs: float = 0.064  # speech needed to start (or resume) a turn: two windows, as the agent's VAD
+    # (0.2 s missed short words said alone, "No.", a quiet "Hello?": bench/vad_words.py, bench/README.md)
     stop_secs: float = 0.2  # silence that makes a pause, where Smart Turn is asked
     max_silence_secs: float = 1.0  # a pause this long ends the turn whatever Smart Turn said
     complete_probability: float = 0.5  # Smart Turn's verdict "finished" from this probability
