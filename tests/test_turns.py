@@ -304,6 +304,29 @@ async def test_a_turn_left_without_words_by_a_backchannel_does_not_take_the_answ
     assert conversation.recorder.completed_turns() == [first]
 
 
+async def test_a_turn_without_words_in_a_pipeline_without_an_stt_takes_the_answer_that_follows():
+    # Moshi (speech to speech): no turn has words. The second turn ends while the first answer's audio, made
+    # ahead, still plays; the audio after that answers the second turn (tests/test_moshi_e2e.py).
+    conversation = Conversation()
+    piece = TTSAudioRawFrame(audio=b"\x00\x10" * 16000, sample_rate=16000, num_channels=1)  # 1 s, not silence
+    await conversation.push(1.2, VADUserStartedSpeakingFrame(start_secs=0.2))
+    await conversation.push(1.2, UserStartedSpeakingFrame())
+    await conversation.push(2.2, VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await conversation.push(2.5, UserStoppedSpeakingFrame())
+    await conversation.bot_writes("", piece, at=(2.9, 3.0))
+    await conversation.push(3.0, BotStartedSpeakingFrame(), conversation.output)
+    await conversation.push(3.0, piece, conversation.output)
+    await conversation.push(3.5, VADUserStartedSpeakingFrame(start_secs=0.2))
+    await conversation.push(3.5, UserStartedSpeakingFrame())
+    await conversation.push(3.8, VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await conversation.push(3.9, UserStoppedSpeakingFrame())
+    await conversation.push(4.0, piece, conversation.output)
+
+    first, second = conversation.recorder.turns
+    assert first.bot_started_s == pytest.approx(3.0) and second.bot_started_s == pytest.approx(4.0)
+    assert conversation.recorder.completed_turns() == [first, second]
+
+
 async def test_speech_before_any_answer_is_heard_continues_the_turn():
     # The user goes on while the LLM is still thinking: one turn, all of its words, answered once.
     conversation = Conversation()

@@ -287,6 +287,7 @@ class TurnRecorder(BaseObserver):
         self.turns: list[Turn] = []
         self._current: Turn | None = None
         self._responding: Turn | None = None  # the turn whose answer is being generated or spoken
+        self._acknowledgement: Turn | None = None  # a turn the VAD opened for words taken for an acknowledgement
         self._vad_speaking = False
         self._llm_open = False
         self._tts_open = False
@@ -362,10 +363,9 @@ class TurnRecorder(BaseObserver):
         current.user_turn_open = False
         current.turn_ended_s = at
         answer = self._responding
-        if current.user_text.strip() or answer is None or not self._under_way(answer):
-            self._responding = current
-        # else: a turn that ended with no words (the words over the bot went as a backchannel, and pipecat's
-        # aggregator ended the turn at its stop timeout) runs no LLM: the answer still playing stays its own.
+        if current is self._acknowledgement and not current.user_text.strip() and answer and self._under_way(answer):
+            return  # its words went as a backchannel: no LLM runs for it, the answer still playing stays its own
+        self._responding = current
 
     def _transcription(self, data: FramePushed, at: float) -> None:
         self._activity(at)
@@ -386,6 +386,8 @@ class TurnRecorder(BaseObserver):
         over = recorded_in
         if recorded_in is self.turns[-1] and len(self.turns) > 1 and not recorded_in.completed:
             over = self.turns[-2]  # a turn the VAD opened for the acknowledgement alone: the one answering
+            # pipecat's aggregator ends that turn, wordless, only at its stop timeout (5 s): see _user_stopped.
+            self._acknowledgement = recorded_in
         over.backchannels.append(text)
 
     def _llm_started(self, data: FramePushed, at: float) -> None:
