@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 from dataclasses import asdict
@@ -87,15 +88,16 @@ async def _onsets(pcm: np.ndarray, settings: dict, phone: bool) -> list[float]:
     return onsets
 
 
-_SILERO: list = []
+@functools.cache
+def _asr_silero() -> asr_vad.SileroVad:
+    """The ASR service's Silero model, loaded once."""
+    return asr_vad.SileroVad(asr_models.silero_vad())
 
 
 def _asr_service_onsets(pcm: np.ndarray, settings: dict) -> list[float]:
     """Seconds into ``pcm`` at which the ASR service's turn detector, fed 20 ms frames, starts or resumes a turn."""
-    if not _SILERO:
-        _SILERO.append(asr_vad.SileroVad(asr_models.silero_vad()))
     params = {k: v for k, v in settings.items() if k != "detector"}
-    detector, stream = asr_turns.TurnDetector(asr_turns.TurnParams(**params)), _SILERO[0].stream()
+    detector, stream = asr_turns.TurnDetector(asr_turns.TurnParams(**params)), _asr_silero().stream()
     onsets, index = [], 0
     for start in range(0, len(pcm) - STEP + 1, STEP):
         for probability in stream.feed(pcm[start : start + STEP].astype(np.float32) / 32768.0):
