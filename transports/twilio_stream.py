@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
+from pipecat.audio.resamplers.base_audio_resampler import BaseAudioResampler
 from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import Frame, InputTransportMessageFrame, OutputTransportMessageFrame, TTSStoppedFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
@@ -37,6 +38,16 @@ def parse_message(data: str | bytes) -> Any | None:
         return None
 
 
+def caller_audio_resampler(clear_after_secs: float | None) -> BaseAudioResampler:
+    """The stream resampler that brings a caller's 8 kHz audio to the pipeline's rate.
+
+    soxr's default (VHQ) stream resampler releases 8 kHz input in bursts, which holds caller audio back from the
+    VAD (a later barge-in: measured by bench/twilio_load.py, figures in bench/README.md); QQ emits steadily, and a
+    phone line has nothing above 4 kHz for the better filter to keep.
+    """
+    return create_stream_resampler(quality="QQ", clear_after_secs=clear_after_secs)
+
+
 class TwilioStreamSerializer(TwilioFrameSerializer):
     """pipecat's Twilio serializer, validating every message and reporting ``mark`` echoes.
 
@@ -50,12 +61,7 @@ class TwilioStreamSerializer(TwilioFrameSerializer):
         """See :class:`TwilioFrameSerializer`."""
         super().__init__(*args, **kwargs)
         self._keep_call = keep_call
-        # soxr's default (VHQ) stream resampler releases 8 kHz input in bursts, which holds caller audio
-        # back from the VAD (a later barge-in: measured by bench/twilio_load.py, figures in bench/README.md);
-        # QQ emits steadily, and a phone line has nothing above 4 kHz for the better filter to keep.
-        self._input_resampler = create_stream_resampler(
-            quality="QQ", clear_after_secs=self._params.resampler_clear_after_secs
-        )
+        self._input_resampler = caller_audio_resampler(self._params.resampler_clear_after_secs)
         self.rejected: Counter[str] = Counter()
         self.stopped = False
 
