@@ -12,6 +12,8 @@ figure is read from the output WAV on the input's timeline, with the bot's repor
 
 Variants, each a copy of bots/local.yaml with its YAML patched (same models, loaded once):
 - vivavoce: bots/local.yaml as it is; vivavoce_late: with `end_of_turn.early_answer: false`;
+  vivavoce_vad06: with the VAD's confidence at 0.6 instead of 0.7 (more of a quiet word heard, speech held
+  longer at its end: measured on the phone line, where bench/vad_words.py finds the difference);
 - pipecat: pipecat's stock turn-taking (VAD 0.7/0.2/0.2, min_volume 0.6, Smart Turn v3, immediate
   interruptions on any speech), Whisper's standard 30 s path without speculation, Piper on whole sentences
   with its audio as it comes;
@@ -90,9 +92,14 @@ def _vivavoce_late(data: dict[str, Any]) -> None:
     data.setdefault("turn_taking", {}).setdefault("end_of_turn", {})["early_answer"] = False
 
 
+def _vivavoce_vad06(data: dict[str, Any]) -> None:
+    data.setdefault("turn_taking", {}).setdefault("vad", {})["confidence"] = 0.6
+
+
 VARIANTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "vivavoce": lambda data: None,  # bots/local.yaml as it is
     "vivavoce_late": _vivavoce_late,  # the answer starts only once the verdict ends the turn
+    "vivavoce_vad06": _vivavoce_vad06,
     "pipecat": _pipecat,
     "livekit": _livekit,
 }
