@@ -37,8 +37,9 @@ import asyncio
 import dataclasses
 import os
 import re
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncGenerator, TypeVar
@@ -153,6 +154,7 @@ class SpeculativeTranscriber:
         self._beam_size = beam_size
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper-speculation")
         self._pending: tuple[np.ndarray, dict[str, Any], Future] | None = None
+        self._dropped: threading.Event | None = None  # set when the speculation in flight is discarded
         self.reused = 0
         self.last: list[Any] = []
         """The segments of the latest ``transcribe``."""
@@ -164,19 +166,24 @@ class SpeculativeTranscriber:
 
     def speculate(self, audio: np.ndarray, **options: Any) -> Future:
         """Start transcribing ``audio`` in the background; the future's result is ``transcribe``'s."""
-        future = self._executor.submit(self._run, audio, options)
+        self._dropped = threading.Event()
+        future = self._executor.submit(self._run, audio, options, self._dropped)
         self._pending = (audio, options, future)
         return future
 
     def discard(self) -> None:
-        """The user went on speaking: the speculation will not be used (nor run, if not started)."""
+        """The user went on speaking: the speculation will not be used, nor run if not started, nor decoded if
+        being encoded (the decoder's ~60 ms would hold back the next transcription on a small CPU)."""
         if self._pending is not None:
             self._pending[2].cancel()
-        self._pending = None
+        if self._dropped is not None:
+            self._dropped.set()
+        self._pending = self._dropped = None
 
     def transcribe(self, audio: np.ndarray, **options: Any) -> tuple[list[Any], Any]:
         """Transcribe ``audio``, reusing the speculation when the user said nothing after it."""
         pending, self._pending = self._pending, None
+        dropped, self._dropped = self._dropped, None
         if pending is not None:
             spoken, spoken_options, future = pending
             # The speculation was padded with silence; compare only the audio it really heard.
@@ -193,6 +200,8 @@ class SpeculativeTranscriber:
                 self.last = result[0]
                 return result
             future.cancel()
+            if dropped is not None:
+                dropped.set()
         result = self._run(audio, options)
         self.last = result[0]
         return result
@@ -224,7 +233,9 @@ class SpeculativeTranscriber:
         )[0]
         return " " + tokenizer.decode(result.sequences_ids[0]).strip(), result
 
-    def _run(self, audio: np.ndarray, options: dict[str, Any]) -> tuple[list[Any], Any]:
+    def _run(
+        self, audio: np.ndarray, options: dict[str, Any], dropped: threading.Event | None = None
+    ) -> tuple[list[Any], Any]:
         started = time.perf_counter()
         seconds = len(audio) / SAMPLE_RATE
         short = (
@@ -233,7 +244,7 @@ class SpeculativeTranscriber:
             and not options.get("hotwords")
         )
         if short:
-            result: list[Any] = [self._transcribe_short(audio, options.get("language"))]
+            result: list[Any] = [self._transcribe_short(audio, options.get("language"), dropped)]
             info = None
         else:
             segments, info = self._model.transcribe(
@@ -250,13 +261,18 @@ class SpeculativeTranscriber:
         model = self._model
         return Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language or "en")
 
-    def _transcribe_short(self, audio: np.ndarray, language: str | None) -> Utterance:
+    def _transcribe_short(
+        self, audio: np.ndarray, language: str | None, dropped: threading.Event | None = None
+    ) -> Utterance:
         import ctranslate2
         from faster_whisper.audio import pad_or_trim
 
         model = self._model
         features = pad_or_trim(model.feature_extractor(audio), self._window_frames)
         encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
+        if dropped is not None and dropped.is_set():
+            logger.debug("whisper (short window): speculation discarded after encoding, not decoded")
+            raise CancelledError
         tokenizer = self._tokenizer(language)
         # Speech runs at most ~5 tokens a second; a cap well above that stops any runaway repetition.
         max_length = int(12 + 8 * len(audio) / SAMPLE_RATE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import CancelledError
 
 import numpy as np
 import pytest
@@ -320,6 +321,55 @@ def test_speculation_is_reused_only_if_nothing_was_said_after_it(phrases):
     transcriber.speculate(np.concatenate([first, pad]), language="en")
     text = transcriber.transcribe(np.concatenate([first, second, pad]), language="en")[0][0].text
     assert transcriber.reused == 1 and "failed" in text.lower()
+    transcriber.close()
+
+
+class _CountingWhisper:
+    """The ctranslate2 model, counting decodes and calling ``on_encoded`` after each encode."""
+
+    def __init__(self, model, on_encoded):
+        self._model, self._on_encoded, self.decodes = model, on_encoded, 0
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def encode(self, *args, **kwargs):
+        encoded = self._model.encode(*args, **kwargs)
+        self._on_encoded()
+        return encoded
+
+    def generate(self, *args, **kwargs):
+        self.decodes += 1
+        return self._model.generate(*args, **kwargs)
+
+
+class _WhisperWith:
+    """A faster-whisper model whose ctranslate2 model is ``inner``."""
+
+    def __init__(self, model, inner):
+        self._model, self.model = model, inner
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def test_a_speculation_discarded_while_it_is_encoded_is_not_decoded(phrases):
+    model = load_whisper("tiny.en", "cpu", "int8")
+    user_went_on = []
+    counting = _CountingWhisper(model.model, lambda: user_went_on and transcriber.discard())
+    transcriber = SpeculativeTranscriber(_WhisperWith(model, counting))
+    audio = np.concatenate([phrases[0], np.zeros(8000, np.float32)])
+    # The user speaks again while the encoder reads the pause: its decoder must not run.
+    user_went_on.append(True)
+    dropped = transcriber.speculate(audio, language="en")
+    with pytest.raises(CancelledError):
+        dropped.result(timeout=60)
+    assert counting.decodes == 0
+    # A speculation left alone is decoded, and its transcript reused.
+    user_went_on.clear()
+    transcriber.speculate(audio, language="en")
+    text = transcriber.transcribe(audio, language="en")[0][0].text
+    assert counting.decodes == 1 and transcriber.reused == 1 and "tried" in text.lower()
     transcriber.close()
 
 
